@@ -1,0 +1,108 @@
+"""The `talkcurate` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from pipeline.config import RunConfig, render_defaults
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("pipeline").setLevel(min(level, logging.INFO))
+
+
+def _cmd_run(args) -> int:
+    from pipeline.output import ConfigMismatch
+    from pipeline.inputs import InputError
+    from pipeline.inspect import render
+    from pipeline.run import run
+
+    try:
+        config = RunConfig.load(args.config, args.set or [])
+        if args.no_progress:
+            config.execution.progress = False
+        result = run(args.inputs, args.out, config, address=args.address)
+    except (InputError, ConfigMismatch, ValueError, KeyError, FileNotFoundError) as exc:
+        print(f"talkcurate run: {exc}", file=sys.stderr)
+        return 2
+    print(render(result.summary))
+    print(f"\n{result.sources_processed} sources processed in {result.wall_s:.1f} s; "
+          f"manifest, index and report.html in {args.out}")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from pipeline.inspect import load, render, summarize
+    from stages.storage import OutputDir
+
+    try:
+        table, index = load(OutputDir(args.dir))
+    except FileNotFoundError as exc:
+        print(f"talkcurate inspect: {exc}", file=sys.stderr)
+        return 2
+    summary = summarize(table, index)
+    print(json.dumps(summary, indent=1) if args.json else render(summary))
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from pipeline.verify import verify
+    from stages.storage import OutputDir
+
+    try:
+        checked, problems = verify(OutputDir(args.dir))
+    except FileNotFoundError as exc:
+        print(f"talkcurate verify: {exc}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(problem)
+    print(f"{checked} shards checked, {len(problems)} problems")
+    return 1 if problems else 0
+
+
+def _cmd_config(args) -> int:
+    print(render_defaults())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="talkcurate", description="Curate talking-portrait video into WebDataset shards.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="curate inputs into shards, manifest, index and report (resumes)")
+    run.add_argument("inputs", nargs="+", metavar="INPUT", help="video file, folder, list file or URI")
+    run.add_argument("--out", required=True, help="output folder or URI; the same --out resumes a run")
+    run.add_argument("--config", help="TOML configuration file (see `talkcurate config`)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one option, e.g. scene_cut.max_clip_s=8")
+    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.set_defaults(func=_cmd_run)
+
+    inspect = commands.add_parser("inspect", help="funnel, totals, shards and score distributions of a run")
+    inspect.add_argument("dir")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.set_defaults(func=_cmd_inspect)
+
+    verify = commands.add_parser("verify", help="re-read every shard against the index; non-zero exit on mismatch")
+    verify.add_argument("dir")
+    verify.set_defaults(func=_cmd_verify)
+
+    config = commands.add_parser("config", help="print the documented default configuration")
+    config.set_defaults(func=_cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

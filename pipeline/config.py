@@ -1,0 +1,123 @@
+"""Run configuration: one section per stage (the stage's own fields) plus `execution`.
+
+Defaults live on the stage classes, each field with its documentation; `talkcurate config`
+prints them as a commented TOML file (the one in configs/default.toml). A file given with
+`--config` and `--set section.key=value` overrides replace them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.definition import ALL_STAGES
+from schemas.manifest import SCHEMA_VERSION
+from stages.base import Stage, option
+
+
+@dataclass
+class ExecutionConfig:
+    """How the run is executed; changing these never changes what a run writes."""
+
+    name: typing.ClassVar[str] = "execution"
+
+    num_cpus: int = option(0, "CPUs of the local Ray instance started for the run (0: all of this machine's).")
+    object_store_mb: int = option(0, "Object store of the local Ray instance, in MB (0: Ray's default).")
+    max_workers: int = option(0, "Upper bound on the workers of each stage group (0: as many as the CPUs allow).")
+    block_mb: int = option(64, "Ray Data's target block size in MB: smaller blocks stream sooner and bound memory.")
+    progress: bool = option(True, "Show Ray Data's progress bars.")
+
+
+@dataclass
+class RunConfig:
+    stages: dict[str, Stage] = field(default_factory=lambda: {cls.name: cls() for cls in ALL_STAGES})
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+
+    def section(self, name: str) -> Any:
+        if name == ExecutionConfig.name:
+            return self.execution
+        if name not in self.stages:
+            raise KeyError(f"unknown config section {name!r}; sections: {', '.join(self.section_names())}")
+        return self.stages[name]
+
+    def section_names(self) -> list[str]:
+        return [*self.stages, ExecutionConfig.name]
+
+    def set(self, dotted: str, value: Any) -> None:
+        section_name, _, key = dotted.partition(".")
+        section = self.section(section_name)
+        fields = {f.name: f for f in dataclasses.fields(section)}
+        if key not in fields:
+            raise KeyError(f"unknown option {dotted!r}; {section_name} has: {', '.join(fields)}")
+        setattr(section, key, _coerce(fields[key], value, dotted))
+
+    def validate(self) -> None:
+        for stage in self.stages.values():
+            stage.validate()
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that decides what a run writes: a resumed run must match it."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            **{name: dataclasses.asdict(stage) for name, stage in self.stages.items()},
+        }
+
+    @classmethod
+    def load(cls, path: str | None = None, overrides: list[str] = ()) -> RunConfig:
+        config = cls()
+        if path:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+            for section_name, values in data.items():
+                if not isinstance(values, dict):
+                    raise ValueError(f"{path}: top-level key {section_name!r} must be a [section]")
+                for key, value in values.items():
+                    config.set(f"{section_name}.{key}", value)
+        for item in overrides:
+            dotted, sep, raw = item.partition("=")
+            if not sep:
+                raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+            config.set(dotted.strip(), _parse_value(raw.strip()))
+        config.validate()
+        return config
+
+
+def _parse_value(raw: str) -> Any:
+    """A TOML value (8, 2.5, true, "x", [1, 2]); anything else is taken as a plain string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _coerce(spec: dataclasses.Field, value: Any, dotted: str) -> Any:
+    hint = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", str(spec.type))
+    if value == "null" and "None" in hint:
+        return None
+    if hint.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    expected = {"int": int, "float": float, "bool": bool, "str": str}.get(hint.split(" ")[0])
+    if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+        raise ValueError(f"{dotted} must be {hint}, got {value!r}")
+    return value
+
+
+def render_defaults() -> str:
+    """The documented default configuration, as TOML."""
+    config = RunConfig()
+    lines = ["# talkcurate configuration: every key with its default.", "# Override with --config FILE or --set section.key=value.", ""]
+    for name in config.section_names():
+        section = config.section(name)
+        doc = (type(section).__doc__ or "").strip().splitlines()[0]
+        lines.append(f"[{name}]  # {doc}")
+        for spec in dataclasses.fields(section):
+            lines.append(f"# {spec.metadata.get('doc', '')}")
+            value = getattr(section, spec.name)
+            rendered = '"null"' if value is None else json.dumps(value)
+            lines.append(f"{spec.name} = {rendered}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,34 @@
+"""The pipeline: which stages run, in which order, fused into which worker groups.
+
+Stages of one group run in the same worker, passing records in memory: that is how a source
+is decoded once and its frames are shared by every frame-level stage, and why full-resolution
+frames never enter Ray's object store. Adding a stage is one module in `stages/` and one entry
+here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stages.base import Stage
+from stages.chunk import ChunkStage
+from stages.normalize import NormalizeStage
+from stages.probe import ProbeStage
+from stages.scene_cut import SceneCutStage
+from stages.shard_writer import ShardWriterStage
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    stages: tuple[type[Stage], ...]
+
+
+PIPELINE: tuple[Group, ...] = (
+    Group("ingest", (ProbeStage, ChunkStage)),
+    Group("clips", (NormalizeStage, SceneCutStage)),
+)
+
+SHARD_WRITER = ShardWriterStage
+
+ALL_STAGES: tuple[type[Stage], ...] = tuple(s for g in PIPELINE for s in g.stages) + (SHARD_WRITER,)

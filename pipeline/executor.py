@@ -1,0 +1,153 @@
+"""Running the pipeline on Ray Data: the only module that knows about Ray.
+
+Each group of fused stages becomes one `map_batches` operator: a task pool for stateless groups
+(tasks release their CPUs between items, so groups share a small machine well) and an actor pool
+for groups whose stages load models. Records travel pickled in a single binary `item` column. The driver streams the results into the shard writer, so memory stays bounded by Ray
+Data's backpressure, not by the size of the input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import ray
+
+from pipeline.config import RunConfig
+from pipeline.definition import PIPELINE, Group
+from pipeline.output import RunOutput
+from pipeline.runner import ChainRunner, RunStats
+from schemas.records import SourceVideo
+from stages.base import Resources, Stage
+
+log = logging.getLogger(__name__)
+
+COLUMN = "item"
+
+
+def _column(items: Sequence[object]) -> np.ndarray:
+    column = np.empty(len(items), dtype=object)
+    column[:] = [pickle.dumps(item, protocol=5) for item in items]
+    return column
+
+
+def _items(batch: dict[str, np.ndarray]) -> Iterator[object]:
+    for data in batch[COLUMN]:
+        yield pickle.loads(data)
+
+
+@ray.remote(num_cpus=0)
+class StatsCollector:
+    """Gathers per-stage timings from every worker of the run."""
+
+    def __init__(self):
+        self.stats = RunStats()
+
+    def add(self, stats: RunStats) -> None:
+        self.stats.merge(stats)
+
+    def get(self) -> RunStats:
+        return self.stats
+
+
+def _run_batch(runner: ChainRunner, batch: dict[str, np.ndarray], collector) -> Iterator[dict[str, np.ndarray]]:
+    for item in _items(batch):
+        for out in runner.run(item):
+            yield {COLUMN: _column([out])}
+    ray.get(collector.add.remote(runner.stats))  # before the task ends, so the driver's totals are complete
+    runner.stats = RunStats()
+
+
+class GroupActor:
+    """An actor-pool worker of a stateful group: sets its stages up once."""
+
+    def __init__(self, stages: list[Stage], collector):
+        self.runner = ChainRunner(stages)
+        self.runner.setup()
+        self.collector = collector
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        yield from _run_batch(self.runner, batch, self.collector)
+
+
+def _group_task(stages: list[Stage], collector):
+    def run(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        yield from _run_batch(ChainRunner(stages), batch, collector)
+
+    return run
+
+
+def _group_resources(stages: list[Stage]) -> Resources:
+    return Resources(cpus=max(s.resources.cpus for s in stages), gpus=max(s.resources.gpus for s in stages))
+
+
+def _add_group(ds: ray.data.Dataset, group: Group, config: RunConfig, collector) -> ray.data.Dataset:
+    stages = [config.stages[cls.name] for cls in group.stages]
+    resources = _group_resources(stages)
+    cpus_total = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    workers = max(1, int(cpus_total / max(resources.cpus, 0.25)))
+    if config.execution.max_workers:
+        workers = min(workers, config.execution.max_workers)
+    common = dict(batch_size=1, batch_format="numpy", num_cpus=resources.cpus, num_gpus=resources.gpus or None)
+    if any(cls.stateful for cls in group.stages):
+        return ds.map_batches(
+            GroupActor,
+            fn_constructor_kwargs={"stages": stages, "collector": collector},
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+            **common,
+        )
+    return ds.map_batches(_group_task(stages, collector), compute=ray.data.TaskPoolStrategy(size=workers), **common)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, config: RunConfig):
+    """Connect to the named cluster, or start a local Ray instance for the run."""
+    if ray.is_initialized():
+        yield
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    # Ray's local instance runs with token authentication on; its notice about that is not news.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    kwargs = dict(logging_level=logging.WARNING, log_to_driver=True)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(
+            num_cpus=config.execution.num_cpus or None,
+            object_store_memory=config.execution.object_store_mb * 2**20 or None,
+            include_dashboard=False,
+            **kwargs,
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def execute(sources: list[SourceVideo], output: RunOutput, config: RunConfig, address: str | None = None) -> RunStats:
+    """Process `sources` (those not already done) and stream their rows into `output`."""
+    stats = RunStats()
+    todo = [s for s in sources if s.source_id not in output.done_sources]
+    if not todo:
+        return stats
+    with ray_session(address, config):
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = config.execution.progress
+        context.target_max_block_size = config.execution.block_mb * 2**20
+        context.verbose_stats_logs = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        collector = StatsCollector.remote()
+        ds = ray.data.from_items([{COLUMN: pickle.dumps(s)} for s in todo], override_num_blocks=len(todo))
+        for group in PIPELINE:
+            ds = _add_group(ds, group, config, collector)
+        output.open_writer(config.stages["shards"])
+        for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2):
+            for item in _items(batch):
+                output.add(item)
+        output.close()
+        stats.merge(ray.get(collector.get.remote()))
+    return stats

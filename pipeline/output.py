@@ -1,0 +1,186 @@
+"""What a run writes in its output folder, and how a killed run resumes.
+
+The journal in `.talkcurate/` is the truth; `manifest.parquet`, `index.json` and the report are
+rebuilt from it at the end of every run:
+
+- `.talkcurate/shards/NAME.json`: one per published shard (index entry plus keys), written
+  after the tar is renamed into place. A tar without its record is a leftover of a killed run
+  and is deleted; temporary `.partial` files are deleted too.
+- `.talkcurate/sources/SOURCE_ID.parquet`: all manifest rows of a source, written once every
+  chunk of it has reported and every kept sample of it is in a published shard. A source with
+  this file is done and is skipped by later runs.
+
+A source that was not done is processed again; its samples already in published shards are
+not written twice (keys are stable), so a resumed run ends with exactly the samples of an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.manifest import MANIFEST_SCHEMA, SCHEMA_VERSION, manifest_row, rows_to_table
+from schemas.records import CandidateClip, ChunkDone, Status
+from stages.shard_writer import SHARD_FOLDER, ShardRecord, ShardWriterStage
+from stages.storage import TMP_SUFFIX, OutputDir
+
+log = logging.getLogger(__name__)
+
+JOURNAL = ".talkcurate"
+SHARD_RECORDS = f"{JOURNAL}/shards"
+SOURCE_RECORDS = f"{JOURNAL}/sources"
+CONFIG_RECORD = f"{JOURNAL}/config.json"
+MANIFEST = "manifest.parquet"
+INDEX = "index.json"
+
+
+class ConfigMismatch(RuntimeError):
+    pass
+
+
+@dataclass
+class _SourceProgress:
+    chunk_count: int | None = None
+    chunks_done: set[int] = field(default_factory=set)
+    clips_expected: int = 0
+    clips_seen: int = 0
+    rows: list[dict] = field(default_factory=list)
+    unpublished: set[str] = field(default_factory=set)
+
+    def complete(self) -> bool:
+        return (
+            self.chunk_count is not None
+            and len(self.chunks_done) == self.chunk_count
+            and self.clips_seen == self.clips_expected
+            and not self.unpublished
+        )
+
+
+class RunOutput:
+    def __init__(self, out: OutputDir, config_fingerprint: dict):
+        self.out = out
+        self._check_config(config_fingerprint)
+        self.shards: dict[str, ShardRecord] = {}
+        self.published_keys: dict[str, str] = {}
+        self.done_sources: set[str] = set()
+        self._progress: dict[str, _SourceProgress] = {}
+        self._writer = None
+        self._recover()
+
+    # -- resume -------------------------------------------------------------------------------
+
+    def _check_config(self, fingerprint: dict) -> None:
+        if self.out.exists(CONFIG_RECORD):
+            previous = json.loads(self.out.read(CONFIG_RECORD))
+            if previous != fingerprint:
+                changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
+                raise ConfigMismatch(
+                    f"{self.out.uri} was written with a different configuration (changed: {', '.join(changed)}); "
+                    "resume with the same configuration or choose a new --out"
+                )
+        else:
+            self.out.write_atomic(CONFIG_RECORD, json.dumps(fingerprint, sort_keys=True, indent=1).encode())
+
+    def _recover(self) -> None:
+        for name in self.out.list(SHARD_RECORDS, ".json"):
+            data = json.loads(self.out.read(f"{SHARD_RECORDS}/{name}"))
+            record = ShardRecord(data["url"], data["md5sum"], data["nsamples"], data["filesize"], tuple(data["keys"]))
+            self.shards[record.url] = record
+            self.published_keys.update((key, record.url) for key in record.keys)
+        for name in self.out.list(SHARD_FOLDER):
+            relative = f"{SHARD_FOLDER}/{name}"
+            if name.endswith(TMP_SUFFIX) or relative not in self.shards:
+                log.info("removing %s left by an interrupted run", relative)
+                self.out.delete(relative)
+        for folder in (SHARD_RECORDS, SOURCE_RECORDS, JOURNAL):
+            for name in self.out.list(folder, TMP_SUFFIX):
+                self.out.delete(f"{folder}/{name}")
+        self.done_sources = {name.removesuffix(".parquet") for name in self.out.list(SOURCE_RECORDS, ".parquet")}
+
+    def next_shard_number(self) -> int:
+        numbers = [int(url.rsplit("-", 1)[1].split(".")[0]) for url in self.shards]
+        return max(numbers, default=-1) + 1
+
+    # -- the sink ----------------------------------------------------------------------------
+
+    def open_writer(self, config: ShardWriterStage) -> None:
+        self._writer = config.open(self.out, self.next_shard_number(), self._on_publish)
+
+    def add(self, item: CandidateClip | ChunkDone) -> None:
+        progress = self._progress.setdefault(item.source.source_id, _SourceProgress())
+        if isinstance(item, ChunkDone):
+            progress.chunk_count = item.chunk_count
+            progress.chunks_done.add(item.chunk_index)
+            progress.clips_expected += item.num_clips
+        else:
+            progress.clips_seen += 1
+            shard = None
+            if item.status is not Status.REJECTED:
+                shard = self.published_keys.get(item.key)
+                if shard is None:  # not already published by an interrupted run
+                    shard = self._writer.add(item)
+                    progress.unpublished.add(item.key)
+            progress.rows.append(manifest_row(item, shard))
+            self._writer.flush_if_full()
+        self._finish_if_complete(item.source.source_id)
+
+    def close(self) -> None:
+        """Publish the last, partly filled shard and every source it completes."""
+        self._writer.flush()
+        incomplete = [sid for sid, p in self._progress.items() if not p.complete()]
+        if incomplete:
+            log.warning("%d sources did not report all their clips; they will be processed again", len(incomplete))
+
+    def _on_publish(self, record: ShardRecord) -> None:
+        name = record.url.rsplit("/", 1)[1]
+        data = {**record.index_entry(), "keys": list(record.keys)}
+        self.out.write_atomic(f"{SHARD_RECORDS}/{name}.json", json.dumps(data).encode())
+        self.shards[record.url] = record
+        published = set(record.keys)
+        self.published_keys.update((key, record.url) for key in record.keys)
+        for source_id, progress in list(self._progress.items()):
+            progress.unpublished -= published
+            self._finish_if_complete(source_id)
+
+    def _finish_if_complete(self, source_id: str) -> None:
+        progress = self._progress.get(source_id)
+        if progress is None or not progress.complete():
+            return
+        sink = io.BytesIO()
+        pq.write_table(rows_to_table(progress.rows), sink)
+        self.out.write_atomic(f"{SOURCE_RECORDS}/{source_id}.parquet", sink.getvalue())
+        self.done_sources.add(source_id)
+        del self._progress[source_id]
+
+    # -- what a person and a trainer read ------------------------------------------------------
+
+    def manifest(self) -> pa.Table:
+        tables = [pq.read_table(io.BytesIO(self.out.read(f"{SOURCE_RECORDS}/{sid}.parquet"))) for sid in sorted(self.done_sources)]
+        if not tables:
+            return MANIFEST_SCHEMA.empty_table()
+        table = pa.concat_tables([t.cast(MANIFEST_SCHEMA) for t in tables])
+        return table.sort_by([("source", "ascending"), ("start_s", "ascending"), ("key", "ascending")])
+
+    def index(self) -> dict:
+        return {
+            "__kind__": "wids-shard-index-v1",
+            "wids_version": 1,
+            "name": "talkcurate",
+            "talkcurate_schema_version": SCHEMA_VERSION,
+            "shardlist": [self.shards[url].index_entry() for url in sorted(self.shards)],
+        }
+
+    def finalize(self) -> pa.Table:
+        table = self.manifest()
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        self.out.write_atomic(MANIFEST, sink.getvalue())
+        self.out.write_atomic(INDEX, json.dumps(self.index(), indent=1).encode())
+        return table
+

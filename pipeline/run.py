@@ -1,0 +1,49 @@
+"""A whole curation run: discover inputs, process what is not done, publish manifest, index, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.config import RunConfig
+from pipeline.executor import execute
+from pipeline.inputs import discover
+from pipeline.inspect import summarize
+from pipeline.output import RunOutput
+from pipeline.report import REPORT, render_report
+from stages.storage import OutputDir
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "summary.json"
+
+
+@dataclass
+class RunResult:
+    summary: dict[str, Any]
+    stage_stats: dict[str, dict]
+    sources_processed: int
+    wall_s: float
+
+
+def run(inputs: list[str], out_uri: str, config: RunConfig, address: str | None = None) -> RunResult:
+    started = time.perf_counter()
+    sources = discover(inputs)
+    out = OutputDir(out_uri)
+    output = RunOutput(out, config.fingerprint())
+    todo = sum(s.source_id not in output.done_sources for s in sources)
+    log.info("%d sources, %d to process, output %s", len(sources), todo, out_uri)
+    stats = execute(sources, output, config, address)
+    table = output.finalize()
+    summary = summarize(table, output.index())
+    stage_stats = stats.as_dict()
+    wall = time.perf_counter() - started
+    out.write_atomic(REPORT, render_report(table, summary, stage_stats).encode())
+    out.write_atomic(
+        SUMMARY,
+        json.dumps({"summary": summary, "last_run": {"sources_processed": todo, "wall_s": wall, "stages": stage_stats}}, indent=1).encode(),
+    )
+    return RunResult(summary, stage_stats, todo, wall)

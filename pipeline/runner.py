@@ -1,0 +1,168 @@
+"""Running a chain of stages on one worker, without Ray.
+
+The runner turns stage results into records: a `Rejected` becomes the input's rejected row, an
+exception becomes an `error` row naming the stage and the file (the run goes on), and after each
+chunk of a source it emits `ChunkDone` with the number of clips the chunk produced, so the writer
+knows when a source is complete. It also times each stage (wall and CPU seconds per item).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from schemas.records import CandidateClip, ChunkDone, ProbedSource, Rejected, SourceChunk, SourceVideo, Status
+from stages.base import Stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageStats:
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    items: int = 0
+    video_s: float = 0.0  # seconds of source video the stage handled
+
+    def add(self, other: StageStats) -> None:
+        self.wall_s += other.wall_s
+        self.cpu_s += other.cpu_s
+        self.items += other.items
+        self.video_s += other.video_s
+
+
+@dataclass
+class RunStats:
+    stages: dict[str, StageStats] = field(default_factory=lambda: defaultdict(StageStats))
+
+    def merge(self, other: RunStats) -> None:
+        for name, stats in other.stages.items():
+            self.stages[name].add(stats)
+
+    def as_dict(self) -> dict[str, dict]:
+        return {name: vars(stats) for name, stats in self.stages.items()}
+
+
+def _video_seconds(item: object) -> float:
+    item = getattr(item, "chunk", item)  # a lazily decoded chunk counts as its span
+    if isinstance(item, SourceChunk):
+        return (item.end_frame - item.start_frame) / 25
+    if isinstance(item, CandidateClip):
+        return item.end_s - item.start_s
+    if isinstance(item, ProbedSource):
+        return item.probe.duration_s
+    return 0.0
+
+
+def _describe(item: object) -> str:
+    source = getattr(item, "source", item)
+    return getattr(source, "uri", repr(item))
+
+
+class _Timed:
+    """Times a stage's work on one item, including the work done inside a generator it returns."""
+
+    def __init__(self, stats: StageStats):
+        self.stats = stats
+
+    def __enter__(self):
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.stats.wall_s += time.perf_counter() - self._wall
+        self.stats.cpu_s += time.process_time() - self._cpu
+
+
+class ChainRunner:
+    """Runs items through `stages` in order; items a stage does not accept pass through."""
+
+    def __init__(self, stages: Sequence[Stage]):
+        self.stages = list(stages)
+        self.stats = RunStats()
+        self._set_up = False
+
+    def setup(self) -> None:
+        if not self._set_up:
+            for stage in self.stages:
+                stage.setup()
+            self._set_up = True
+
+    def run(self, item: object) -> Iterator[object]:
+        self.setup()
+        yield from self._run_from(0, item)
+
+    def _run_from(self, position: int, item: object) -> Iterator[object]:
+        for index in range(position, len(self.stages)):
+            stage = self.stages[index]
+            if not stage.accepts(item) or (isinstance(item, CandidateClip) and item.status is Status.REJECTED):
+                continue
+            yield from self._apply(index, stage, item)
+            return
+        yield item
+
+    def _apply(self, index: int, stage: Stage, item: object) -> Iterator[object]:
+        outputs = self._apply_stage(index, stage, item)
+        if isinstance(item, SourceChunk):
+            # The chunk ends here: tell the writer how many rows came out of it.
+            emitted = 0
+            for out in outputs:
+                emitted += isinstance(out, CandidateClip)
+                yield out
+            yield ChunkDone(item.source, item.index, item.count, emitted)
+        else:
+            yield from outputs
+
+    def _reject(self, stage: Stage, item: object, reason: str, detail: str) -> Iterator[object]:
+        yield item.reject(reason, detail, stage.name)
+        if isinstance(item, (SourceVideo, ProbedSource)):
+            yield ChunkDone(item.source if isinstance(item, ProbedSource) else item, 0, 1, 1)
+
+    def _apply_stage(self, index: int, stage: Stage, item: object) -> Iterator[object]:
+        stats = self.stats.stages[stage.name]
+        stats.items += 1
+        stats.video_s += _video_seconds(item)
+        try:
+            with _Timed(stats):
+                result = stage.process(item)
+            if isinstance(result, Rejected):
+                yield from self._reject(stage, item, result.reason, result.detail)
+            elif isinstance(result, Iterator):
+                yield from self._drain(index, stage, item, result, stats)
+            else:
+                yield from self._run_from(index + 1, result)
+        except Exception as exc:  # a bug or an input nobody foresaw: one row, never a dead run
+            log.error("stage %s failed on %s: %s", stage.name, _describe(item), exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            yield from self._reject(stage, item, "error", f"{stage.name}: {type(exc).__name__}: {exc}")
+
+    def _drain(self, index: int, stage: Stage, item: object, results: Iterator, stats: StageStats) -> Iterator[object]:
+        """A fan-out stage: time each step of its generator, run each output through the rest."""
+        covered = None  # end frame of the last clip out, to name what a failure leaves unprocessed
+        try:
+            while True:
+                try:
+                    with _Timed(stats):
+                        result = next(results)
+                except StopIteration:
+                    return
+                if isinstance(result, Rejected):
+                    yield from self._reject(stage, item, result.reason, result.detail)
+                    continue
+                if isinstance(result, CandidateClip):
+                    covered = result.end_frame
+                yield from self._run_from(index + 1, result)
+        except Exception as exc:
+            log.error("stage %s failed on %s: %s", stage.name, _describe(item), exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            rest = item if covered is None else item.remainder(covered)
+            yield from self._reject(stage, rest, "error", f"{stage.name}: {type(exc).__name__}: {exc}")
+        finally:
+            lazy = getattr(item, "lazy_work", None)
+            if lazy is not None:  # work a lazy input did while this stage pulled from it
+                producer = self.stats.stages[lazy.stage]
+                producer.wall_s += lazy.wall_s
+                producer.cpu_s += lazy.cpu_s
+                stats.wall_s -= lazy.wall_s
+                stats.cpu_s -= lazy.cpu_s

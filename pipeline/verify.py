@@ -1,0 +1,91 @@
+"""`talkcurate verify`: re-read every shard and check it against the index and the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+
+from pipeline.inspect import load
+from schemas.manifest import SAMPLE_MEMBERS
+from stages.storage import OutputDir
+
+
+class _Hashing:
+    """A read-only stream that hashes what tarfile reads through it."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.md5 = hashlib.md5()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.md5.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def verify_shard(out: OutputDir, entry: dict, expected_keys: set[str]) -> list[str]:
+    url = entry["url"]
+    if not out.exists(url):
+        return [f"{url}: missing"]
+    problems = []
+    seen: list[str] = []
+    members: dict[str, set[str]] = {}
+    with out.open_read(url) as raw:
+        stream = _Hashing(raw)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for info in tar:
+                    key, dot, suffix = info.name.partition(".")
+                    if not dot or "/" in key:
+                        problems.append(f"{url}: member {info.name!r} has no KEY.suffix name")
+                        continue
+                    if not seen or seen[-1] != key:
+                        if key in members:
+                            problems.append(f"{url}: members of {key} are not adjacent")
+                        seen.append(key)
+                        members.setdefault(key, set())
+                    members[key].add(suffix)
+                    tar.extractfile(info).read()
+            stream.drain()
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            problems.append(f"{url}: unreadable tar: {exc}")
+            stream.drain()
+    if stream.size != entry["filesize"]:
+        problems.append(f"{url}: {stream.size} bytes, index says {entry['filesize']}")
+    if stream.md5.hexdigest() != entry["md5sum"]:
+        problems.append(f"{url}: md5 {stream.md5.hexdigest()} does not match the index ({entry['md5sum']})")
+    if len(members) != entry["nsamples"]:
+        problems.append(f"{url}: {len(members)} samples, index says {entry['nsamples']}")
+    for key, suffixes in members.items():
+        missing = set(SAMPLE_MEMBERS) - suffixes
+        if missing:
+            problems.append(f"{url}: sample {key} lacks {', '.join(sorted(missing))}")
+    if set(members) != expected_keys:
+        extra, absent = set(members) - expected_keys, expected_keys - set(members)
+        if extra:
+            problems.append(f"{url}: {len(extra)} samples not kept in the manifest, e.g. {sorted(extra)[0]}")
+        if absent:
+            problems.append(f"{url}: {len(absent)} kept manifest rows missing, e.g. {sorted(absent)[0]}")
+    return problems
+
+
+def verify(out: OutputDir) -> tuple[int, list[str]]:
+    """Number of shards checked and every problem found (empty when all is well)."""
+    table, index = load(out)
+    kept: dict[str, set[str]] = {}
+    for row in table.select(["key", "status", "shard"]).to_pylist():
+        if row["status"] == "kept":
+            kept.setdefault(row["shard"], set()).add(row["key"])
+    problems = []
+    listed = {entry["url"] for entry in index["shardlist"]}
+    for shard in sorted(set(kept) - listed):
+        problems.append(f"{shard}: named by kept manifest rows but not in the index")
+    for entry in index["shardlist"]:
+        problems.extend(verify_shard(out, entry, kept.get(entry["url"], set())))
+    return len(index["shardlist"]), problems

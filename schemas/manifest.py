@@ -1,0 +1,134 @@
+"""The manifest's Arrow schema, the sample JSON and the shard member names: one place, versioned."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status
+
+SCHEMA_VERSION = "1.0"
+"""Bumped whenever a manifest column or a sample member changes meaning."""
+
+# Shard member suffixes of one sample (the WebDataset key is everything before the first dot).
+MEMBER_VIDEO = "mp4"
+MEMBER_AUDIO = "wav"
+MEMBER_META = "json"
+MEMBER_CAPTION = "txt"
+SAMPLE_MEMBERS = (MEMBER_VIDEO, MEMBER_AUDIO, MEMBER_META, MEMBER_CAPTION)
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("end_s", pa.float64(), nullable=False),
+        pa.field("duration_s", pa.float64(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("reason_detail", pa.string()),
+        pa.field("rejected_by", pa.string()),
+        pa.field("shard", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("num_frames", pa.int32()),
+        pa.field("source_duration_s", pa.float64()),
+        pa.field("source_fps", pa.float64()),
+        pa.field("source_width", pa.int32()),
+        pa.field("source_height", pa.int32()),
+        pa.field("source_rotation", pa.int32()),
+        pa.field("source_video_codec", pa.string()),
+        pa.field("source_audio_codec", pa.string()),
+        # Filled by later stages; null until they run.
+        pa.field("num_faces", pa.int32()),
+        pa.field("sync_offset_ms", pa.float64()),
+        pa.field("sync_confidence", pa.float64()),
+        pa.field("sync_backend", pa.string()),
+        pa.field("transcript", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("caption_backend", pa.string()),
+    ],
+    metadata={b"talkcurate_schema_version": SCHEMA_VERSION.encode()},
+)
+
+
+def manifest_row(clip: CandidateClip, shard: str | None) -> dict[str, Any]:
+    """The manifest row of a clip that has left the pipeline (kept with its shard, or rejected)."""
+    kept = clip.status is not Status.REJECTED
+    probe = clip.probe
+    return {
+        "key": clip.key,
+        "source": clip.source.uri,
+        "source_id": clip.source.source_id,
+        "start_s": clip.start_s,
+        "end_s": clip.end_s,
+        "duration_s": clip.end_s - clip.start_s,
+        "status": Status.KEPT.value if kept else Status.REJECTED.value,
+        "reason": None if kept else clip.reason,
+        "reason_detail": None if kept else clip.reason_detail,
+        "rejected_by": None if kept else clip.rejected_by,
+        "shard": shard if kept else None,
+        "width": clip.video.width if clip.video else None,
+        "height": clip.video.height if clip.video else None,
+        "num_frames": clip.num_frames if clip.num_frames > 0 else None,
+        "source_duration_s": probe.duration_s if probe else None,
+        "source_fps": probe.fps if probe else None,
+        "source_width": probe.width if probe else None,
+        "source_height": probe.height if probe else None,
+        "source_rotation": probe.rotation if probe else None,
+        "source_video_codec": probe.video_codec if probe else None,
+        "source_audio_codec": probe.audio_codec if probe else None,
+        "num_faces": None,
+        "sync_offset_ms": None,
+        "sync_confidence": None,
+        "sync_backend": None,
+        "transcript": None,
+        "language": None,
+        "caption": None,
+        "caption_backend": None,
+    }
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+
+def sample_metadata(clip: CandidateClip) -> dict[str, Any]:
+    """`KEY.json`: everything a trainer or a person needs to know about one sample."""
+    probe = clip.probe
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "key": clip.key,
+        "source": clip.source.uri,
+        "source_id": clip.source.source_id,
+        "start_s": clip.start_s,
+        "end_s": clip.end_s,
+        "fps": FPS,
+        "num_frames": clip.num_frames,
+        "sample_rate": SAMPLE_RATE,
+        "width": clip.video.width if clip.video else None,
+        "height": clip.video.height if clip.video else None,
+        "source_info": None
+        if probe is None
+        else {
+            "duration_s": probe.duration_s,
+            "fps": probe.fps,
+            "variable_frame_rate": probe.variable_frame_rate,
+            "width": probe.width,
+            "height": probe.height,
+            "rotation": probe.rotation,
+            "video_codec": probe.video_codec,
+            "audio_codec": probe.audio_codec,
+            "audio_sample_rate": probe.audio_sample_rate,
+            "audio_channels": probe.audio_channels,
+        },
+        "backends": dict(clip.backends),
+    }
+
+
+def encode_metadata(meta: dict[str, Any]) -> bytes:
+    return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")

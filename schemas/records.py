@@ -1,0 +1,184 @@
+"""Typed records that flow between stages.
+
+A run moves these through Ray as pickled Python objects; nothing else is passed between stages.
+Later stages (faces, sync, transcripts, captions) add their own result records as optional
+fields of `CandidateClip`, so a stage reads exactly the fields it needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+FPS = 25
+"""Frame rate of every normalized clip."""
+
+SAMPLE_RATE = 16_000
+"""Sample rate of every normalized clip's mono audio."""
+
+
+class Status(str, Enum):
+    PENDING = "pending"  # still moving through the stages
+    KEPT = "kept"
+    REJECTED = "rejected"
+
+
+def source_id_for(uri: str) -> str:
+    """Stable id of an input: the start of the SHA-1 of its URI (no dots, safe in keys and file names)."""
+    return hashlib.sha1(uri.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SourceVideo:
+    """One input as the user named it."""
+
+    uri: str
+    source_id: str
+
+    @classmethod
+    def from_uri(cls, uri: str) -> SourceVideo:
+        return cls(uri=uri, source_id=source_id_for(uri))
+
+    def reject(self, reason: str, detail: str, stage: str) -> CandidateClip:
+        return CandidateClip.for_span(self, 0, 0, chunk_index=0).reject(reason, detail, stage)
+
+
+@dataclass(frozen=True)
+class ProbeInfo:
+    """What the probe stage learned by opening and demuxing the whole input."""
+
+    container: str
+    size_bytes: int
+    duration_s: float
+    video_codec: str
+    width: int  # as displayed, after rotation
+    height: int
+    rotation: int  # degrees counter-clockwise the stored picture must turn to be upright
+    fps: float  # average frame rate of the input
+    variable_frame_rate: bool
+    num_video_packets: int
+    video_start_s: float
+    audio_codec: str
+    audio_sample_rate: int
+    audio_channels: int
+    audio_start_s: float
+    audio_duration_s: float
+
+
+@dataclass(frozen=True)
+class ProbedSource:
+    source: SourceVideo
+    probe: ProbeInfo
+
+    @property
+    def num_frames(self) -> int:
+        """Frames on the normalized 25 fps grid."""
+        return int(round(self.probe.duration_s * FPS))
+
+    def reject(self, reason: str, detail: str, stage: str) -> CandidateClip:
+        return self.source.reject(reason, detail, stage)
+
+
+@dataclass(frozen=True)
+class SourceChunk:
+    """A span of one source on the 25 fps grid, decoded by one worker; long inputs get several."""
+
+    source: SourceVideo
+    probe: ProbeInfo
+    index: int
+    count: int
+    start_frame: int
+    end_frame: int  # exclusive
+
+    def reject(self, reason: str, detail: str, stage: str) -> CandidateClip:
+        return CandidateClip.for_span(self.source, self.start_frame, self.end_frame, self.index).reject(
+            reason, detail, stage
+        )
+
+    def remainder(self, from_frame: int) -> SourceChunk:
+        """The part of this chunk from `from_frame` on (what is left when processing stops there)."""
+        return dataclasses.replace(self, start_frame=from_frame)
+
+
+@dataclass(frozen=True)
+class ChunkDone:
+    """Sent after the last clip of a chunk, so the writer knows when a source is complete."""
+
+    source: SourceVideo
+    chunk_index: int
+    chunk_count: int
+    num_clips: int
+
+
+@dataclass
+class EncodedVideo:
+    """A normalized clip: H.264, 25 fps, no audio track."""
+
+    mp4: bytes
+    width: int
+    height: int
+    num_frames: int
+
+
+@dataclass
+class CandidateClip:
+    """A span of a source between scene cuts; becomes a sample or a rejected manifest row."""
+
+    source: SourceVideo
+    chunk_index: int
+    start_frame: int  # on the source's 25 fps grid
+    end_frame: int  # exclusive
+    shot_index: int = -1  # shot number within the chunk
+    status: Status = Status.PENDING
+    reason: str | None = None
+    reason_detail: str | None = None
+    rejected_by: str | None = None  # stage name
+    video: EncodedVideo | None = None
+    audio: np.ndarray | None = None  # int16 mono at SAMPLE_RATE, aligned to the first frame
+    probe: ProbeInfo | None = None
+    backends: dict[str, str] = field(default_factory=dict)  # field name -> backend that produced it
+
+    @classmethod
+    def for_span(cls, source: SourceVideo, start_frame: int, end_frame: int, chunk_index: int) -> CandidateClip:
+        return cls(source=source, chunk_index=chunk_index, start_frame=start_frame, end_frame=end_frame)
+
+    @property
+    def key(self) -> str:
+        """WebDataset key: unique per source and span, stable across runs, no dots."""
+        return f"{self.source.source_id}_{self.start_frame:08d}"
+
+    @property
+    def start_s(self) -> float:
+        return self.start_frame / FPS
+
+    @property
+    def end_s(self) -> float:
+        return self.end_frame / FPS
+
+    @property
+    def num_frames(self) -> int:
+        return self.end_frame - self.start_frame
+
+    def reject(self, reason: str, detail: str, stage: str) -> CandidateClip:
+        """This clip as a rejected row; heavy payloads are dropped, they will never be written."""
+        return dataclasses.replace(
+            self,
+            status=Status.REJECTED,
+            reason=reason,
+            reason_detail=detail,
+            rejected_by=stage,
+            video=None,
+            audio=None,
+        )
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """What a stage returns instead of its output: a stable snake_case reason and a human detail."""
+
+    reason: str
+    detail: str = ""

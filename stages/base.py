@@ -1,0 +1,73 @@
+"""The stage interface: plain Python, testable without Ray.
+
+A stage is a dataclass whose fields are its configuration (each with a `doc` in its metadata,
+which `talkcurate config` prints). It declares the record type it consumes, the resources one
+worker needs, loads models once in `setup()`, and turns one input into its output, a
+`Rejected(reason, detail)`, or, for stages that fan out (one source into many clips), an
+iterator of outputs and rejections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+
+from schemas.records import Rejected
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+@dataclass
+class LazyWork:
+    """Time a lazily evaluated stage output spends when its consumer pulls from it, so the
+    runner can charge it to the stage that produced it."""
+
+    stage: str
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker of a stage needs from the scheduler."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+def option(default: Any, doc: str, **kwargs: Any) -> Any:
+    """A documented configuration field of a stage."""
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"doc": doc}, **kwargs)
+    return dataclasses.field(default=default, metadata={"doc": doc}, **kwargs)
+
+
+class Stage(Generic[In, Out]):
+    """Base class of every stage; subclasses are dataclasses."""
+
+    name: ClassVar[str]
+    """Config section and manifest `rejected_by` value."""
+
+    input_type: ClassVar[type]
+    """Records of other types pass through the stage untouched."""
+
+    resources: ClassVar[Resources] = Resources()
+    """Declared per-worker resources; the pipeline config may override them."""
+
+    stateful: ClassVar[bool] = False
+    """True when `setup()` loads something worth keeping: the pipeline runs it in an actor pool."""
+
+    def setup(self) -> None:
+        """Load models and other per-worker state. Called once per worker, before `process`."""
+
+    def process(self, item: In) -> Out | Rejected | Iterator[Out | Rejected]:
+        raise NotImplementedError
+
+    def validate(self) -> None:
+        """Raise ValueError on an inconsistent configuration (called before a run starts)."""
+
+    def accepts(self, item: object) -> bool:
+        return isinstance(item, self.input_type)

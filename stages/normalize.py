@@ -1,0 +1,260 @@
+"""Normalize: decode one chunk of a source once, to 25 fps frames and 16 kHz mono audio.
+
+FFmpeg's own filters do the frame work in C: `transpose`/`flip` for rotated inputs, `fps` for
+variable and other frame rates (frames are taken on a fixed 25 fps grid anchored at the first
+video frame, so chunks of one source line up exactly), `scale` to the output size. Audio is
+resampled by libswresample and placed by its timestamps on the same grid, which honours stream
+start times and edit lists (AAC priming), so audio sample `n * 640` belongs to frame `n`.
+
+The result is a lazy, single-use stream: the scene cut stage consumes it in the same worker,
+so full-resolution frames never leave the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from fractions import Fraction
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+import av
+import av.filter
+import numpy as np
+
+from schemas.records import FPS, SAMPLE_RATE, ProbeInfo, SourceChunk, SourceVideo
+from stages.base import LazyWork, Resources, Stage, option
+from stages.media_io import open_container
+from stages.probe import _video_stream
+
+log = logging.getLogger(__name__)
+
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
+_FRAME_TIME_BASE = Fraction(1, FPS)
+
+_ROTATION_FILTERS = {90: [("transpose", "cclock")], 180: [("hflip", ""), ("vflip", "")], 270: [("transpose", "clock")]}
+
+
+def output_size(width: int, height: int, max_short_side: int) -> tuple[int, int]:
+    """Display size scaled so the short side is at most `max_short_side` (0 keeps it), both even."""
+    scale = 1.0
+    if max_short_side and min(width, height) > max_short_side:
+        scale = max_short_side / min(width, height)
+    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+
+
+@dataclass
+class NormalizedFrame:
+    index: int  # on the source's 25 fps grid
+    picture: av.VideoFrame  # yuv420p at the output size, ready to encode
+    small: np.ndarray | None  # BGR at the detection size requested by the consumer
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    codec: str
+    crf: int
+    preset: str
+
+
+class NormalizedChunk:
+    """A chunk being decoded: iterate `frames()` once; audio accumulates alongside."""
+
+    def __init__(self, chunk: SourceChunk, max_short_side: int, encoder: EncoderSettings, strict: bool):
+        self.chunk = chunk
+        self.encoder = encoder
+        self.width, self.height = output_size(chunk.probe.width, chunk.probe.height, max_short_side)
+        self._strict = strict
+        self._audio = np.zeros(0, np.int16)
+        self._audio_base = chunk.start_frame * SAMPLES_PER_FRAME  # grid sample of self._audio[0]
+        self._audio_end = self._audio_base  # one past the last sample written
+        self.error_frames: list[int] = []  # grid frames near which a packet failed to decode
+        self.audio_errors = 0
+        self.frames_out = 0
+        self.lazy_work = LazyWork("normalize")
+        self._consumed = False
+
+    def __reduce__(self):
+        raise TypeError("a NormalizedChunk holds open decoders; run its consumer in the same worker")
+
+    def reject(self, reason: str, detail: str, stage: str):
+        return self.chunk.reject(reason, detail, stage)
+
+    def remainder(self, from_frame: int) -> SourceChunk:
+        return self.chunk.remainder(from_frame)
+
+    @property
+    def source(self) -> SourceVideo:
+        return self.chunk.source
+
+    @property
+    def probe(self) -> ProbeInfo:
+        return self.chunk.probe
+
+    @property
+    def audio_end_frame(self) -> int:
+        """Frames before this one have all the audio the input holds for them, as far as decoded."""
+        return self._audio_end // SAMPLES_PER_FRAME
+
+    def audio(self, start_frame: int, end_frame: int) -> tuple[np.ndarray, float]:
+        """int16 samples of the span and the share of it the input really covered."""
+        lo, hi = start_frame * SAMPLES_PER_FRAME, end_frame * SAMPLES_PER_FRAME
+        out = np.zeros(hi - lo, np.int16)
+        a, b = max(lo, self._audio_base), min(hi, self._audio_end)
+        if b > a:
+            out[a - lo : b - lo] = self._audio[a - self._audio_base : b - self._audio_base]
+        return out, max(0, b - a) / max(1, hi - lo)
+
+    def frames(self, small_width: int = 0) -> Iterator[NormalizedFrame]:
+        """Decode the chunk; `small_width` > 0 also gives each frame as BGR at that width."""
+        work = self.lazy_work
+        wall, cpu = time.perf_counter(), time.process_time()
+        for frame in self._decode(small_width):
+            work.wall_s += time.perf_counter() - wall
+            work.cpu_s += time.process_time() - cpu
+            yield frame
+            wall, cpu = time.perf_counter(), time.process_time()
+        work.wall_s += time.perf_counter() - wall
+        work.cpu_s += time.process_time() - cpu
+
+    def _decode(self, small_width: int) -> Iterator[NormalizedFrame]:
+        if self._consumed:
+            raise RuntimeError("a NormalizedChunk can be iterated once")
+        self._consumed = True
+        chunk, probe = self.chunk, self.chunk.probe
+        small_size = (small_width, max(2, round(small_width * self.height / self.width) // 2 * 2)) if small_width else None
+        origin = probe.video_start_s
+        chunk_start_s = origin + chunk.start_frame / FPS
+        origin_pts = round(origin * FPS)
+        last_chunk = chunk.index == chunk.count - 1
+        end_frame = chunk.end_frame if not last_chunk else 1 << 40
+        audio_end_sample = end_frame * SAMPLES_PER_FRAME
+
+        with open_container(chunk.source.uri) as container:
+            video = _video_stream(container)
+            audio = container.streams.audio[0]
+            video.thread_type = "AUTO"
+            if self._strict:
+                # Surface corrupt data as errors instead of silently concealed pictures.
+                video.codec_context.options = {"err_detect": "explode"}
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            if chunk.start_frame > 0:
+                container.seek(int(chunk_start_s / video.time_base), stream=video, backward=True)
+            graph = None
+            reformatter = av.video.reformatter.VideoReformatter()
+            video_done = False
+
+            def pull(graph) -> Iterator[NormalizedFrame]:
+                while True:
+                    try:
+                        picture = graph.pull()
+                    except (av.error.BlockingIOError, av.error.EOFError):
+                        return
+                    index = picture.pts - origin_pts
+                    if index < chunk.start_frame or index >= end_frame:
+                        continue
+                    picture.pts = index
+                    picture.time_base = _FRAME_TIME_BASE
+                    small = (
+                        reformatter.reformat(picture, width=small_size[0], height=small_size[1], format="bgr24").to_ndarray()
+                        if small_size
+                        else None
+                    )
+                    self.frames_out += 1
+                    yield NormalizedFrame(index, picture, small)
+
+            for packet in container.demux(video, audio):
+                if packet.stream is audio:
+                    self._decode_audio(packet, resampler, origin)
+                    if video_done and self._audio_end >= audio_end_sample:
+                        break
+                    continue
+                if video_done:
+                    continue
+                try:
+                    decoded = packet.decode()
+                except av.error.FFmpegError as exc:
+                    position = packet.pts if packet.pts is not None else packet.dts
+                    at = round((float(position * packet.time_base) - origin) * FPS) if position is not None else -1
+                    self.error_frames.append(at)
+                    log.debug("decode error in %s near frame %d: %s", chunk.source.uri, at, exc)
+                    continue
+                for frame in decoded:
+                    if graph is None:
+                        graph = self._build_graph(video, frame, chunk_start_s)
+                    graph.push(frame)
+                    for out in pull(graph):
+                        yield out
+                        if out.index + 1 >= end_frame:
+                            video_done = True
+                if packet.pts is None and packet.size == 0:
+                    break
+            if graph is not None and not video_done:
+                try:
+                    graph.push(None)
+                except ValueError:
+                    pass
+                yield from pull(graph)
+            self._decode_audio(None, resampler, origin)
+
+    def _decode_audio(self, packet: av.Packet | None, resampler: av.AudioResampler, origin: float) -> None:
+        try:
+            frames = packet.decode() if packet is not None else [None]
+        except av.error.FFmpegError:
+            self.audio_errors += 1
+            return
+        for frame in frames:
+            for out in resampler.resample(frame):
+                samples = out.to_ndarray().reshape(-1)
+                if out.pts is None:
+                    start = self._audio_end
+                else:
+                    start = round((float(out.pts * out.time_base) - origin) * SAMPLE_RATE)
+                self._write_audio(start, samples)
+
+    def _write_audio(self, start: int, samples: np.ndarray) -> None:
+        lo = max(start, self._audio_base)
+        hi = start + len(samples)
+        if hi <= lo:
+            return
+        needed = hi - self._audio_base
+        if needed > len(self._audio):
+            grown = np.zeros(max(needed, 2 * len(self._audio)), np.int16)
+            grown[: len(self._audio)] = self._audio
+            self._audio = grown
+        self._audio[lo - self._audio_base : hi - self._audio_base] = samples[lo - start :]
+        self._audio_end = max(self._audio_end, hi)
+
+    def _build_graph(self, stream: av.video.stream.VideoStream, first: av.VideoFrame, start_s: float) -> av.filter.Graph:
+        graph = av.filter.Graph()
+        chain = [graph.add_buffer(template=stream)]
+        for name, args in _ROTATION_FILTERS.get(int(getattr(first, "rotation", 0) or 0) % 360, []):
+            chain.append(graph.add(name, args))
+        chain.append(graph.add("fps", f"fps={FPS}:start_time={start_s:.6f}:round=near"))
+        chain.append(graph.add("scale", f"w={self.width}:h={self.height}:flags=bicubic"))
+        chain.append(graph.add("format", "pix_fmts=yuv420p"))
+        chain.append(graph.add("buffersink"))
+        for a, b in zip(chain, chain[1:]):
+            a.link_to(b)
+        graph.configure()
+        return graph
+
+
+@dataclass
+class NormalizeStage(Stage[SourceChunk, NormalizedChunk]):
+    """Decode once to 25 fps frames and 16 kHz mono audio; the output format of stored clips."""
+
+    name: ClassVar[str] = "normalize"
+    input_type: ClassVar[type] = SourceChunk
+    resources: ClassVar[Resources] = Resources(cpus=1)
+
+    max_short_side: int = option(720, "Clips are scaled down so their short side is at most this (0 keeps the input size).")
+    crf: int = option(18, "x264 constant rate factor of the stored clips (lower is better quality).")
+    preset: str = option("veryfast", "x264 preset of the stored clips.")
+    strict_decoding: bool = option(
+        True, "Treat concealable decode errors as errors, so clips with corrupt frames are rejected `decode_error`."
+    )
+
+    def process(self, item: SourceChunk) -> NormalizedChunk:
+        return NormalizedChunk(item, self.max_short_side, EncoderSettings("libx264", self.crf, self.preset), self.strict_decoding)

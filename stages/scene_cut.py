@@ -1,0 +1,147 @@
+"""Scene cut: PySceneDetect on small frames as they are decoded, then shots split into clips.
+
+Shots are split greedily into clips of at most `max_clip_s`; a shot, or the tail of one, shorter
+than `min_clip_s` becomes a `too_short` row. Each clip is encoded while its frames stream by, so
+a worker holds a few frames at a time, never a shot.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import ClassVar
+
+from scenedetect.common import FrameTimecode
+from scenedetect.detectors import AdaptiveDetector, ContentDetector, HashDetector, HistogramDetector
+
+from schemas.records import FPS, CandidateClip, Status
+from stages.base import Resources, Stage, option
+from stages.clip_encoder import ClipEncoder
+from stages.normalize import NormalizedChunk, NormalizedFrame
+
+_RATE = Fraction(FPS)
+
+DETECTORS = {
+    "adaptive": (AdaptiveDetector, "adaptive_threshold"),
+    "content": (ContentDetector, "threshold"),
+    "hash": (HashDetector, "threshold"),
+    "histogram": (HistogramDetector, "threshold"),
+}
+
+
+class _OpenClip:
+    """A clip whose frames are still arriving."""
+
+    def __init__(self, chunk: NormalizedChunk, start: int, shot: int):
+        self.start = self.end = start
+        self.shot = shot
+        self.encoder = ClipEncoder(chunk.width, chunk.height, chunk.encoder)
+
+    def add(self, frame: NormalizedFrame) -> None:
+        self.encoder.add(frame.picture)
+        self.end = frame.index + 1
+
+
+@dataclass
+class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
+    """Detect shot cuts with PySceneDetect and split shots into clips of bounded length."""
+
+    name: ClassVar[str] = "scene_cut"
+    input_type: ClassVar[type] = NormalizedChunk
+    resources: ClassVar[Resources] = Resources(cpus=1)
+
+    detector: str = option("adaptive", "PySceneDetect detector: adaptive, content, hash or histogram.")
+    threshold: float | None = option(
+        None, "The detector's threshold (adaptive_threshold for adaptive); null keeps PySceneDetect's default."
+    )
+    min_scene_len_frames: int = option(15, "No two cuts closer than this many frames.")
+    detect_width: int = option(256, "Width of the frames the detector sees (PySceneDetect's auto-downscale size).")
+    min_clip_s: float = option(2.0, "Shots and shot tails shorter than this become `too_short` rows.")
+    max_clip_s: float = option(10.0, "Shots longer than this are split into clips of at most this length.")
+    min_audio_coverage: float = option(0.9, "Clips whose span the audio stream covers less than this share of are `no_audio`.")
+
+    def validate(self) -> None:
+        if self.detector not in DETECTORS:
+            raise ValueError(f"scene_cut.detector must be one of {sorted(DETECTORS)}, not {self.detector!r}")
+        if not 0 < self.min_clip_s <= self.max_clip_s:
+            raise ValueError("scene_cut needs 0 < min_clip_s <= max_clip_s")
+
+    def _make_detector(self):
+        cls, threshold_name = DETECTORS[self.detector]
+        kwargs = {"min_scene_len": self.min_scene_len_frames}
+        if self.threshold is not None:
+            kwargs[threshold_name] = self.threshold
+        return cls(**kwargs)
+
+    def process(self, item: NormalizedChunk) -> Iterator[CandidateClip]:
+        detector = self._make_detector()
+        # A detector reports a cut a few frames after it happens (AdaptiveDetector: window_width).
+        lag = getattr(detector, "window_width", 0) + 1
+        min_frames = round(self.min_clip_s * FPS)
+        max_frames = round(self.max_clip_s * FPS)
+        cuts: set[int] = set()
+        waiting: deque[NormalizedFrame] = deque()
+        finished: deque[CandidateClip] = deque()  # encoded, waiting for their audio
+        clip: _OpenClip | None = None
+        shot = -1
+
+        def place(frame: NormalizedFrame) -> None:
+            nonlocal clip, shot
+            new_shot = clip is None or frame.index in cuts or frame.index != clip.end
+            if new_shot or clip.end - clip.start >= max_frames:
+                if clip is not None:
+                    finished.append(self._close(item, clip, min_frames))
+                shot += int(new_shot)
+                clip = _OpenClip(item, frame.index, shot)
+            clip.add(frame)
+
+        def ready(final: bool) -> Iterator[CandidateClip]:
+            while finished and (final or finished[0].end_frame <= item.audio_end_frame):
+                yield self._attach_audio(item, finished.popleft())
+
+        last = None
+        try:
+            for frame in item.frames(small_width=self.detect_width):
+                last = frame.index
+                cuts.update(tc.frame_num for tc in detector.process_frame(FrameTimecode(frame.index, _RATE), frame.small))
+                waiting.append(frame)
+                while len(waiting) > lag:
+                    place(waiting.popleft())
+                yield from ready(final=False)
+            if last is not None:
+                cuts.update(tc.frame_num for tc in detector.post_process(FrameTimecode(last, _RATE)))
+            while waiting:
+                place(waiting.popleft())
+            if clip is not None:
+                finished.append(self._close(item, clip, min_frames))
+                clip = None
+            yield from ready(final=True)
+        finally:
+            if clip is not None:
+                clip.encoder.abort()
+
+    def _close(self, chunk: NormalizedChunk, clip: _OpenClip, min_frames: int) -> CandidateClip:
+        record = CandidateClip(
+            source=chunk.source, chunk_index=chunk.chunk.index, start_frame=clip.start, end_frame=clip.end,
+            shot_index=clip.shot, probe=chunk.probe,
+        )
+        length = clip.end - clip.start
+        if length < min_frames:
+            clip.encoder.abort()
+            return record.reject("too_short", f"{length / FPS:.2f} s between cuts, minimum {self.min_clip_s} s", self.name)
+        record.video = clip.encoder.finish()
+        return record
+
+    def _attach_audio(self, chunk: NormalizedChunk, clip: CandidateClip) -> CandidateClip:
+        if clip.status is Status.REJECTED:
+            return clip
+        broken = [f for f in chunk.error_frames if clip.start_frame - 1 <= f < clip.end_frame + 1]
+        if broken:
+            return clip.reject("decode_error", f"corrupt video data near frame {broken[0]}", "normalize")
+        audio, coverage = chunk.audio(clip.start_frame, clip.end_frame)
+        if coverage < self.min_audio_coverage:
+            return clip.reject("no_audio", f"audio covers {coverage:.0%} of the clip", self.name)
+        clip.audio = audio
+        return clip

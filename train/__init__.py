@@ -1,0 +1,1 @@
+"""Training on talkcurate shards (dataset, sampler, model, FSDP trainer): see the issues."""
