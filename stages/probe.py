@@ -78,7 +78,7 @@ class ProbeStage(Stage[SourceVideo, ProbedSource]):
         try:
             container = open_container(item.uri)
         except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
-            if "moov atom not found" in str(exc) or _iso_bmff_lacks_index(item.uri):
+            if _iso_bmff_lacks_index(item.uri):
                 return Rejected("truncated", "MP4/MOV without its moov index: the file was cut before the end")
             return Rejected("unreadable", f"not a media file FFmpeg can open: {exc}")
         with container:
@@ -188,7 +188,7 @@ class ProbeStage(Stage[SourceVideo, ProbedSource]):
                     if count + 1 >= self.decode_check_frames:
                         break
         except av.error.FFmpegError as exc:
-            return Rejected("undecodable", f"the {kind} stream cannot be decoded: {exc}")
+            return Rejected("decode_error", f"the {kind} stream cannot be decoded: {exc}")
         if first is None:
-            return Rejected("undecodable", f"the {kind} stream decodes to no frames")
+            return Rejected("decode_error", f"the {kind} stream decodes to no frames")
         return first

