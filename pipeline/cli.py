@@ -66,7 +66,7 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_config(args) -> int:
-    print(render_defaults())
+    print(render_defaults(), end="")
     return 0
 
 

@@ -117,7 +117,7 @@ def render_defaults() -> str:
         for spec in dataclasses.fields(section):
             lines.append(f"# {spec.metadata.get('doc', '')}")
             value = getattr(section, spec.name)
-            rendered = '"null"' if value is None else json.dumps(value)
-            lines.append(f"{spec.name} = {rendered}")
+            # TOML has no null: an option that is unset by default is shown commented out.
+            lines.append(f"# {spec.name} = (unset)" if value is None else f"{spec.name} = {json.dumps(value)}")
         lines.append("")
     return "\n".join(lines)

@@ -104,6 +104,22 @@ def _add_group(ds: ray.data.Dataset, group: Group, config: RunConfig, collector)
 
 
 @contextlib.contextmanager
+def _stdin_detached():
+    """Give the processes Ray starts /dev/null as stdin. Otherwise they inherit the user's
+    terminal, and a child that touches it from Ray's background process group (the `ffmpeg`
+    probe PySceneDetect runs at import) is stopped by SIGTTOU and hangs the run."""
+    saved = os.dup(0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+
+
+@contextlib.contextmanager
 def ray_session(address: str | None, config: RunConfig):
     """Connect to the named cluster, or start a local Ray instance for the run."""
     if ray.is_initialized():
@@ -116,12 +132,13 @@ def ray_session(address: str | None, config: RunConfig):
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(
-            num_cpus=config.execution.num_cpus or None,
-            object_store_memory=config.execution.object_store_mb * 2**20 or None,
-            include_dashboard=False,
-            **kwargs,
-        )
+        with _stdin_detached():
+            ray.init(
+                num_cpus=config.execution.num_cpus or None,
+                object_store_memory=config.execution.object_store_mb * 2**20 or None,
+                include_dashboard=False,
+                **kwargs,
+            )
     try:
         yield
     finally:
@@ -137,6 +154,8 @@ def execute(sources: list[SourceVideo], output: RunOutput, config: RunConfig, ad
     with ray_session(address, config):
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = config.execution.progress
+        context.enable_rich_progress_bars = config.execution.progress  # the tqdm ones draw nothing in a terminal
+        context.use_ray_tqdm = False
         context.target_max_block_size = config.execution.block_mb * 2**20
         context.verbose_stats_logs = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)

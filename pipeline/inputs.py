@@ -29,7 +29,8 @@ def _from_list(path: str) -> list[str]:
         for line in f:
             line = line.strip()
             if line and not line.startswith("#"):
-                entries.append(line if "://" in line or os.path.isabs(line) else os.path.join(base, line))
+                # Normalized like every other local input, so one file named two ways is one source.
+                entries.append(line if "://" in line else os.path.abspath(os.path.join(base, line)))
     return entries
 
 

@@ -7,6 +7,7 @@ import tarfile
 
 from pipeline.inspect import load
 from schemas.manifest import SAMPLE_MEMBERS
+from stages.shard_writer import SHARD_FOLDER
 from stages.storage import OutputDir
 
 
@@ -86,6 +87,9 @@ def verify(out: OutputDir) -> tuple[int, list[str]]:
     listed = {entry["url"] for entry in index["shardlist"]}
     for shard in sorted(set(kept) - listed):
         problems.append(f"{shard}: named by kept manifest rows but not in the index")
+    for name in out.list(SHARD_FOLDER):
+        if f"{SHARD_FOLDER}/{name}" not in listed:
+            problems.append(f"{SHARD_FOLDER}/{name}: in the shard folder but not in the index")
     for entry in index["shardlist"]:
         problems.extend(verify_shard(out, entry, kept.get(entry["url"], set())))
     return len(index["shardlist"]), problems

@@ -10,8 +10,10 @@ from urllib.parse import urlparse
 import av
 
 # FFmpeg's own log lines (concealed errors, "moov atom not found") would flood a long run's terminal;
-# the stages turn what matters into rejection reasons instead.
-av.logging.set_level(av.logging.PANIC)
+# the stages turn what matters into rejection reasons instead. Not a level but None: PyAV's callback
+# takes the GIL for every error line, and a decoder thread logging while the GIL holder frees that
+# decoder (waiting for its threads) deadlocks. Exception messages lose FFmpeg's last log line.
+av.logging.set_level(None)
 logging.getLogger("libav").setLevel(logging.CRITICAL)
 
 

@@ -69,8 +69,11 @@ class NormalizedChunk:
         self._audio = np.zeros(0, np.int16)
         self._audio_base = chunk.start_frame * SAMPLES_PER_FRAME  # grid sample of self._audio[0]
         self._audio_end = self._audio_base  # one past the last sample written
+        self._audio_first: int | None = None  # first sample written: the stream may start after the video
         self.error_frames: list[int] = []  # grid frames near which a packet failed to decode
         self.audio_errors = 0
+        self._resampler: av.AudioResampler | None = None
+        self._resampler_input: tuple[str, str, int] | None = None  # (format, layout, rate) it was made for
         self.frames_out = 0
         self.lazy_work = LazyWork("normalize")
         self._consumed = False
@@ -104,7 +107,8 @@ class NormalizedChunk:
         a, b = max(lo, self._audio_base), min(hi, self._audio_end)
         if b > a:
             out[a - lo : b - lo] = self._audio[a - self._audio_base : b - self._audio_base]
-        return out, max(0, b - a) / max(1, hi - lo)
+        covered_from = a if self._audio_first is None else max(a, self._audio_first)
+        return out, max(0, b - covered_from) / max(1, hi - lo)
 
     def frames(self, small_width: int = 0) -> Iterator[NormalizedFrame]:
         """Decode the chunk; `small_width` > 0 also gives each frame as BGR at that width."""
@@ -138,7 +142,6 @@ class NormalizedChunk:
             if self._strict:
                 # Surface corrupt data as errors instead of silently concealed pictures.
                 video.codec_context.options = {"err_detect": "explode"}
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
             if chunk.start_frame > 0:
                 container.seek(int(chunk_start_s / video.time_base), stream=video, backward=True)
             graph = None
@@ -166,7 +169,7 @@ class NormalizedChunk:
 
             for packet in container.demux(video, audio):
                 if packet.stream is audio:
-                    self._decode_audio(packet, resampler, origin)
+                    self._decode_audio(packet, origin)
                     if video_done and self._audio_end >= audio_end_sample:
                         break
                     continue
@@ -188,30 +191,45 @@ class NormalizedChunk:
                         yield out
                         if out.index + 1 >= end_frame:
                             video_done = True
-                if packet.pts is None and packet.size == 0:
-                    break
             if graph is not None and not video_done:
                 try:
                     graph.push(None)
                 except ValueError:
                     pass
                 yield from pull(graph)
-            self._decode_audio(None, resampler, origin)
+            self._decode_audio(None, origin)
 
-    def _decode_audio(self, packet: av.Packet | None, resampler: av.AudioResampler, origin: float) -> None:
+    def _decode_audio(self, packet: av.Packet | None, origin: float) -> None:
         try:
             frames = packet.decode() if packet is not None else [None]
         except av.error.FFmpegError:
             self.audio_errors += 1
             return
         for frame in frames:
-            for out in resampler.resample(frame):
+            for out in self._resample(frame):
                 samples = out.to_ndarray().reshape(-1)
                 if out.pts is None:
                     start = self._audio_end
                 else:
                     start = round((float(out.pts * out.time_base) - origin) * SAMPLE_RATE)
                 self._write_audio(start, samples)
+
+    def release_audio(self, before_frame: int) -> None:
+        """Forget audio before `before_frame`: no clip still to come starts earlier."""
+        drop = min(before_frame * SAMPLES_PER_FRAME, self._audio_end) - self._audio_base
+        if drop > 0:
+            self._audio = self._audio[drop:].copy()
+            self._audio_base += drop
+
+    def _resample(self, frame: av.AudioFrame | None) -> list[av.AudioFrame]:
+        """`frame` as 16 kHz mono s16 (None flushes). A resampler only takes the format, layout and
+        rate of its first frame, so a stream that changes them mid-way (spliced recordings) gets a new one."""
+        if frame is not None and (shape := (frame.format.name, frame.layout.name, frame.sample_rate)) != self._resampler_input:
+            drained = self._resampler.resample(None) if self._resampler is not None else []
+            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            self._resampler_input = shape
+            return drained + self._resampler.resample(frame)
+        return self._resampler.resample(frame) if self._resampler is not None else []
 
     def _write_audio(self, start: int, samples: np.ndarray) -> None:
         lo = max(start, self._audio_base)
@@ -225,6 +243,7 @@ class NormalizedChunk:
             self._audio = grown
         self._audio[lo - self._audio_base : hi - self._audio_base] = samples[lo - start :]
         self._audio_end = max(self._audio_end, hi)
+        self._audio_first = lo if self._audio_first is None else min(self._audio_first, lo)
 
     def _build_graph(self, stream: av.video.stream.VideoStream, first: av.VideoFrame, start_s: float) -> av.filter.Graph:
         graph = av.filter.Graph()

@@ -120,18 +120,15 @@ class ProbeStage(Stage[SourceVideo, ProbedSource]):
         audio_start = starts.get(audio.index, 0.0)
         video_span = ends[video.index] - video_start
         audio_span = ends[audio.index] - audio_start
-        declared = [
-            d
-            for d in (
-                _seconds(video.duration, video.time_base),
-                container.duration / av.time_base if container.duration else None,
-            )
-            if d
-        ]
-        if declared and video_span < self.truncation_tolerance * max(declared):
-            return Rejected(
-                "truncated", f"packets cover {video_span:.2f} s of the declared {max(declared):.2f} s"
-            )
+        # The container's duration spans every stream (audio may outlast the video), so it is
+        # compared with what all packets cover, the video stream's own duration with the video's.
+        all_span = max(ends.values()) - min(starts.values(), default=0.0)
+        for span, declared in (
+            (video_span, _seconds(video.duration, video.time_base)),
+            (all_span, container.duration / av.time_base if container.duration else None),
+        ):
+            if declared and span < self.truncation_tolerance * declared:
+                return Rejected("truncated", f"packets cover {span:.2f} s of the declared {declared:.2f} s")
         if demux_error is not None and video_span == 0:
             return Rejected("unreadable", f"demuxing failed: {demux_error}")
         if audio_span <= 0:

@@ -54,7 +54,7 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
 
     detector: str = option("adaptive", "PySceneDetect detector: adaptive, content, hash or histogram.")
     threshold: float | None = option(
-        None, "The detector's threshold (adaptive_threshold for adaptive); null keeps PySceneDetect's default."
+        None, "The detector's threshold (adaptive_threshold for adaptive); unset (or --set ...=null) keeps PySceneDetect's default."
     )
     min_scene_len_frames: int = option(15, "No two cuts closer than this many frames.")
     detect_width: int = option(256, "Width of the frames the detector sees (PySceneDetect's auto-downscale size).")
@@ -99,7 +99,9 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
 
         def ready(final: bool) -> Iterator[CandidateClip]:
             while finished and (final or finished[0].end_frame <= item.audio_end_frame):
-                yield self._attach_audio(item, finished.popleft())
+                done = finished.popleft()
+                yield self._attach_audio(item, done)
+                item.release_audio(finished[0].start_frame if finished else done.end_frame)
 
         last = None
         try:
@@ -118,6 +120,10 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
                 finished.append(self._close(item, clip, min_frames))
                 clip = None
             yield from ready(final=True)
+            # Corrupt data up to the end of the chunk decodes to no frames at all: that span still needs its row.
+            decoded_to = item.chunk.start_frame if last is None else last + 1
+            if decoded_to < item.chunk.end_frame and any(f >= decoded_to - 1 for f in item.error_frames):
+                yield item.remainder(decoded_to).reject("decode_error", f"no frame decodes from frame {decoded_to} on", "normalize")
         finally:
             if clip is not None:
                 clip.encoder.abort()

@@ -55,6 +55,32 @@ def rotated(src: Path, out: Path) -> None:
     turned.unlink()
 
 
+def frame_rate(src: Path, out: Path, rate: str = "30000/1001") -> None:
+    """Re-encoded at another constant frame rate (frames duplicated or dropped by ffmpeg), audio kept."""
+    ffmpeg("-i", src, "-r", rate, "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+
+
+def audio_delayed(src: Path, out: Path, seconds: float) -> None:
+    """The audio starts `seconds` after the video, by its timestamps (no silence is inserted).
+
+    PCM in Matroska: no codec priming or edit list to blur the offset, so it is exactly `seconds`.
+    """
+    ffmpeg("-i", src, "-itsoffset", str(seconds), "-i", src, "-map", "0:v", "-map", "1:a",
+           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "pcm_s16le", "-f", "matroska", out)
+
+
+def spliced_layouts(out: Path) -> None:
+    """MPEG-TS joined byte-wise from a stereo recording and a mono one (timestamps continue):
+    one audio stream whose channel layout changes half-way."""
+    parts = [out.with_suffix(f".part{i}.ts") for i in range(2)]
+    for i, (part, channels) in enumerate(zip(parts, ("2", "1"))):
+        ffmpeg("-i", GRID[i], "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", "-ac", channels,
+               "-output_ts_offset", str(3 * i), "-f", "mpegts", part)
+    out.write_bytes(b"".join(part.read_bytes() for part in parts))
+    for part in parts:
+        part.unlink()
+
+
 def odd_sized(src: Path, out: Path) -> None:
     ffmpeg("-i", src, "-vf", "scale=357:285", "-c:v", "libx264", "-pix_fmt", "yuv444p", "-preset", "veryfast", "-c:a", "aac", out)
 
@@ -107,14 +133,16 @@ def no_container_duration(out: Path) -> None:
                         "-c:a", "libopus", "-f", "matroska", "pipe:1"], stdout=f, check=True)
 
 
-def bit_flips(out: Path, flips: int = 200, seed: int = 1) -> None:
-    """Flipped bytes inside the media data of a faststart MP4 (index intact)."""
+def bit_flips(out: Path, flips: int | None = 200, seed: int = 1) -> None:
+    """Flipped bytes inside the media data of a faststart MP4 (index intact); `flips=None` flips
+    every byte after the first 2000 of the media data, so nothing decodes."""
     whole = out.with_suffix(".whole.mp4")
     mp4(GRID[2], whole, "-movflags", "+faststart")
     data = bytearray(whole.read_bytes())
     start = data.find(b"mdat") + 4 + 2000
     rng = random.Random(seed)
-    for position in rng.sample(range(start, len(data)), flips):
+    everything = range(start, len(data))
+    for position in everything if flips is None else rng.sample(everything, flips):
         data[position] ^= 0xFF
     out.write_bytes(bytes(data))
     whole.unlink()

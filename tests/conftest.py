@@ -1,0 +1,154 @@
+"""Shared fixtures.
+
+Media: every generated file is made once per session (real ffmpeg, from the demo clips) in its
+own tmp_path_factory folder. Stage results that cost seconds (the full-size portrait) are also
+computed once and shared; tests must not mutate them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import media
+from pipeline.runner import ChainRunner
+from schemas.records import CandidateClip, ChunkDone, SourceVideo
+from stages.base import Stage
+from stages.chunk import ChunkStage
+from stages.normalize import NormalizeStage
+from stages.probe import ProbeStage
+from stages.scene_cut import SceneCutStage
+
+# -- generated media ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shots:
+    path: Path
+    cuts: list[int]  # first frame of each later shot
+    num_frames: int
+
+
+@dataclass(frozen=True)
+class DelayedAudio:
+    path: Path
+    delay_s: float  # the audio starts this long after the video
+
+
+@pytest.fixture(scope="session")
+def broken_media(tmp_path_factory) -> tuple[Path, dict[str, str | None]]:
+    """Every broken kind of tests/media.py: (folder, file name -> expected probe reason)."""
+    folder = tmp_path_factory.mktemp("broken")
+    return folder, media.make_broken(folder)
+
+
+@pytest.fixture(scope="session")
+def hostile_media(tmp_path_factory) -> list[Path]:
+    return media.make_hostile(tmp_path_factory.mktemp("hostile"))
+
+
+@pytest.fixture(scope="session")
+def vfr_video(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("vfr") / "vfr.mp4"
+    media.variable_frame_rate(media.GRID[0], out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def rotated_video(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rotated") / "rotated.mp4"
+    media.rotated(media.GRID[0], out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def odd_video(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("odd") / "odd.mp4"
+    media.odd_sized(media.GRID[0], out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shots_video(tmp_path_factory) -> Shots:
+    """10 s at 25 fps: three different shots (3 s, 4 s, 3 s) with hard cuts."""
+    out = tmp_path_factory.mktemp("shots") / "shots.mp4"
+    lengths = [(media.GRID[0], 3.0), (media.PORTRAIT, 4.0), (media.GRID[1], 3.0)]
+    cuts = media.concat_shots(out, lengths)
+    return Shots(out, cuts, round(sum(seconds for _, seconds in lengths) * 25))
+
+
+@pytest.fixture(scope="session")
+def ntsc_video(tmp_path_factory, shots_video) -> Path:
+    """The shots at 29.97 fps (NTSC rate), with audio."""
+    out = tmp_path_factory.mktemp("ntsc") / "ntsc.mp4"
+    media.frame_rate(shots_video.path, out, "30000/1001")
+    return out
+
+
+@pytest.fixture(scope="session")
+def delayed_audio_video(tmp_path_factory) -> DelayedAudio:
+    """GRID[0] whose audio starts 0.3 s after its video."""
+    out = DelayedAudio(tmp_path_factory.mktemp("delayed") / "delayed.mkv", 0.3)
+    media.audio_delayed(media.GRID[0], out.path, out.delay_s)
+    return out
+
+
+@pytest.fixture(scope="session")
+def late_audio_video(tmp_path_factory) -> DelayedAudio:
+    """GRID[0] (3 s) whose audio starts 2 s after its video, so it also ends 2 s after it."""
+    out = DelayedAudio(tmp_path_factory.mktemp("late") / "late.mkv", 2.0)
+    media.audio_delayed(media.GRID[0], out.path, out.delay_s)
+    return out
+
+
+@pytest.fixture(scope="session")
+def corrupt_media(tmp_path_factory) -> dict[str, Path]:
+    """GRID[2] as a faststart MP4: "intact", "flipped" (1000 bytes) and "scrambled" (all media data).
+    The corrupt ones keep the intact file's index, so its probe describes them too."""
+    folder = tmp_path_factory.mktemp("corrupt")
+    paths = {name: folder / f"{name}.mp4" for name in ("intact", "flipped", "scrambled")}
+    media.mp4(media.GRID[2], paths["intact"], "-movflags", "+faststart")
+    media.bit_flips(paths["flipped"], flips=1000, seed=1)
+    media.bit_flips(paths["scrambled"], flips=None)
+    return paths
+
+
+# -- running stages without Ray -----------------------------------------------------------------
+
+
+RunChain = Callable[[Path | str, list[Stage], list[Stage]], list[object]]
+
+
+def _run_chain(path: Path | str, ingest: list[Stage], clips: list[Stage]) -> list[object]:
+    first, second = ChainRunner(ingest), ChainRunner(clips)
+    out: list[object] = []
+    for item in first.run(SourceVideo.from_uri(str(path))):
+        out.extend(second.run(item))
+    return out
+
+
+@pytest.fixture(scope="session")
+def run_chain() -> RunChain:
+    """`run_chain(path, ingest_stages, clip_stages)`: everything the pipeline's two worker groups,
+    as two ChainRunners, emit for one input."""
+    return _run_chain
+
+
+@dataclass(frozen=True)
+class ClipRun:
+    rows: list[CandidateClip]
+    min_clip_s: float
+    max_clip_s: float
+
+
+@pytest.fixture(scope="session")
+def portrait_clips() -> ClipRun:
+    """The 10 s 1080x1920 HEVC portrait through the whole chain at the default output size,
+    split into clips of at most 4 s with a 3 s minimum (x264 `ultrafast`: the encoding is the slow part)."""
+    scene_cut = SceneCutStage(min_clip_s=3.0, max_clip_s=4.0)
+    out = _run_chain(media.PORTRAIT, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), scene_cut])
+    assert sum(isinstance(o, ChunkDone) for o in out) == 1
+    return ClipRun([o for o in out if isinstance(o, CandidateClip)], scene_cut.min_clip_s, scene_cut.max_clip_s)

@@ -1,0 +1,173 @@
+"""SceneCutStage: cuts found where they are, shots split into clips within the configured bounds,
+every frame of a chunk accounted for by exactly one row, corrupt data as `decode_error` rows."""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from pathlib import Path
+
+import av
+import pytest
+
+from schemas.records import FPS, CandidateClip, ProbedSource, SourceChunk, SourceVideo, Status
+from stages.chunk import ChunkStage
+from stages.normalize import NormalizeStage
+from stages.probe import ProbeStage
+from stages.scene_cut import DETECTORS, SceneCutStage
+
+
+def cut(path: Path, normalize: NormalizeStage | None = None, **options) -> list[CandidateClip]:
+    probed = ProbeStage().process(SourceVideo.from_uri(str(path)))
+    assert isinstance(probed, ProbedSource), probed
+    (chunk,) = ChunkStage().process(probed)
+    return list(SceneCutStage(**options).process((normalize or NormalizeStage()).process(chunk)))
+
+
+def assert_tiles(rows: list[CandidateClip], start: int, end: int) -> None:
+    """The rows cover [start, end) once each: in order, no gap, no overlap."""
+    spans = [(row.start_frame, row.end_frame) for row in rows]
+    assert spans[0][0] == start and spans[-1][1] == end, spans
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:])), spans
+    assert all(a < b for a, b in spans), spans
+
+
+def assert_split(rows: list[CandidateClip], min_clip_s: float, max_clip_s: float) -> dict[int, tuple[int, int]]:
+    """Each shot is split greedily into clips of `max_clip_s`; pieces under `min_clip_s` are
+    `too_short` rows, the others encoded clips with their audio. Returns the shot spans."""
+    min_frames, max_frames = round(min_clip_s * FPS), round(max_clip_s * FPS)
+    by_shot: dict[int, list[CandidateClip]] = defaultdict(list)
+    for row in rows:
+        by_shot[row.shot_index].append(row)
+    assert sorted(by_shot) == list(range(len(by_shot)))
+    shots = {}
+    for shot, clips in by_shot.items():
+        start, end = clips[0].start_frame, clips[-1].end_frame
+        shots[shot] = (start, end)
+        expected = [(s, min(s + max_frames, end)) for s in range(start, end, max_frames)]
+        assert [(c.start_frame, c.end_frame) for c in clips] == expected
+        for clip in clips:
+            if clip.num_frames < min_frames:
+                assert (clip.status, clip.reason, clip.rejected_by) == (Status.REJECTED, "too_short", "scene_cut")
+                assert str(min_clip_s) in clip.reason_detail and clip.video is None and clip.audio is None
+            else:
+                assert clip.status is Status.PENDING, clip.reason_detail
+                assert min_frames <= clip.num_frames <= max_frames
+                assert clip.video.num_frames == clip.num_frames
+                assert len(clip.audio) == clip.num_frames * 640
+    return shots
+
+
+@pytest.mark.parametrize("detector", sorted(DETECTORS))
+def test_every_detector_finds_the_cuts(shots_video, detector):
+    rows = cut(shots_video.path, detector=detector)
+    assert_tiles(rows, 0, shots_video.num_frames)
+    starts = [row.start_frame for row in rows if row.start_frame > 0]
+    assert len(starts) == len(shots_video.cuts), starts
+    for found, true in zip(starts, shots_video.cuts):
+        assert abs(found - true) <= 1, (starts, shots_video.cuts)
+    assert [row.shot_index for row in rows] == list(range(len(rows)))
+    assert all(row.status is Status.PENDING for row in rows)  # 3 s and 4 s shots, default 2..10 s
+
+
+@pytest.mark.parametrize("min_clip_s,max_clip_s", [(2.0, 10.0), (2.0, 2.0), (3.5, 10.0), (1.0, 1.5)])
+def test_clips_respect_the_length_bounds(shots_video, min_clip_s, max_clip_s):
+    rows = cut(shots_video.path, NormalizeStage(preset="ultrafast"), min_clip_s=min_clip_s, max_clip_s=max_clip_s)
+    assert_tiles(rows, 0, shots_video.num_frames)
+    shots = assert_split(rows, min_clip_s, max_clip_s)
+    boundaries = [start for start, _ in sorted(shots.values())][1:]
+    assert len(boundaries) == len(shots_video.cuts)
+    assert all(abs(a - b) <= 1 for a, b in zip(boundaries, shots_video.cuts))
+    # What the true shot lengths predict, independently of the stage's own split.
+    edges = [0, *shots_video.cuts, shots_video.num_frames]
+    max_frames, min_frames = round(max_clip_s * FPS), round(min_clip_s * FPS)
+    short = sum(0 < (b - a) % max_frames < min_frames for a, b in zip(edges, edges[1:]))  # a shot's last piece
+    assert sum(row.reason == "too_short" for row in rows) == short
+
+
+def test_shots_shorter_than_the_minimum_are_rejected_rows(shots_video):
+    rows = cut(shots_video.path, NormalizeStage(preset="ultrafast"), min_clip_s=3.5)
+    rejected = [row for row in rows if row.status is Status.REJECTED]
+    kept = [row for row in rows if row.status is not Status.REJECTED]
+    assert [(r.start_frame, r.end_frame) for r in kept] == [(shots_video.cuts[0], shots_video.cuts[1])]  # the 4 s shot
+    assert len(rejected) == 2
+    for row in rejected:
+        assert row.reason == "too_short" and "3.00 s" in row.reason_detail and "3.5" in row.reason_detail
+
+
+def test_long_portrait_is_split_with_a_short_tail(portrait_clips):
+    rows, min_clip_s, max_clip_s = portrait_clips.rows, portrait_clips.min_clip_s, portrait_clips.max_clip_s
+    assert (min_clip_s, max_clip_s) == (3.0, 4.0)
+    assert_tiles(rows, 0, 250)
+    assert {clip.shot_index for clip in rows} == {0}  # the premise: one continuous shot
+    assert_split(rows, min_clip_s, max_clip_s)
+    assert all(clip.num_frames <= max_clip_s * FPS for clip in rows)
+    tail = rows[-1]
+    assert (tail.start_frame, tail.end_frame, tail.reason) == (200, 250, "too_short")
+    assert tail.source.uri.endswith("latentsync_demo1_video.mp4") and tail.probe is not None
+
+
+def test_encoded_clips_decode_to_their_frames(shots_video):
+    rows = cut(shots_video.path)
+    for row in rows:
+        with av.open(io.BytesIO(row.video.mp4)) as container:
+            assert not container.streams.audio
+            stream = container.streams.video[0]
+            assert (stream.codec_context.name, stream.average_rate) == ("h264", FPS)
+            assert sum(1 for _ in container.decode(stream)) == row.num_frames
+
+
+def test_clips_the_audio_does_not_cover_are_no_audio(late_audio_video):
+    """Audio from 2 s on: the first two 1 s clips have none, the last one all of it."""
+    rows = cut(late_audio_video.path, NormalizeStage(preset="ultrafast"), min_clip_s=1.0, max_clip_s=1.0)
+    assert [(row.start_frame, row.end_frame, row.reason) for row in rows] == [(0, 25, "no_audio"), (25, 50, "no_audio"), (50, 75, None)]
+    assert all(row.rejected_by == "scene_cut" and "0%" in row.reason_detail for row in rows[:2])
+    assert rows[2].audio.any()
+
+
+def _corrupt_chunk(corrupt_media, name: str) -> SourceChunk:
+    """A chunk of a corrupt file with the probe of the intact one (a corrupt file may not pass probe)."""
+    intact = ProbeStage().process(SourceVideo.from_uri(str(corrupt_media["intact"])))
+    assert isinstance(intact, ProbedSource)
+    return SourceChunk(SourceVideo.from_uri(str(corrupt_media[name])), intact.probe, 0, 1, 0, intact.num_frames)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_corrupt_video_gives_decode_error_rows(corrupt_media, strict):
+    chunk = _corrupt_chunk(corrupt_media, "flipped")
+    normalized = NormalizeStage(strict_decoding=strict).process(chunk)
+    rows = list(SceneCutStage(min_clip_s=0.5, max_clip_s=1.0).process(normalized))
+    assert normalized.error_frames  # the premise: the decoder did fail
+    assert_tiles(rows, 0, chunk.end_frame)
+    errors = [row for row in rows if row.reason == "decode_error"]
+    assert errors and all(row.rejected_by == "normalize" and row.video is None for row in errors)
+    for row in rows:
+        if row.status is not Status.REJECTED:  # no kept clip spans a frame that failed to decode
+            assert not any(row.start_frame - 1 <= f < row.end_frame + 1 for f in normalized.error_frames)
+
+
+def test_undecodable_chunk_still_gets_its_row(corrupt_media):
+    chunk = _corrupt_chunk(corrupt_media, "scrambled")
+    normalized = NormalizeStage().process(chunk)
+    rows = list(SceneCutStage().process(normalized))
+    assert normalized.frames_out == 0
+    assert [(row.start_frame, row.end_frame, row.reason) for row in rows] == [(0, chunk.end_frame, "decode_error")]
+
+
+def test_validate_rejects_bad_configurations():
+    for detector in DETECTORS:
+        SceneCutStage(detector=detector).validate()
+    for bad in [
+        SceneCutStage(detector="pyscenedetect"),
+        SceneCutStage(min_clip_s=0.0),
+        SceneCutStage(min_clip_s=-1.0),
+        SceneCutStage(min_clip_s=5.0, max_clip_s=4.0),
+    ]:
+        with pytest.raises(ValueError, match="scene_cut"):
+            bad.validate()
+
+
+def test_threshold_reaches_the_detector(shots_video):
+    """A content threshold no hard cut can reach: the whole file is one shot, one 10 s clip."""
+    rows = cut(shots_video.path, NormalizeStage(preset="ultrafast"), detector="content", threshold=255.0)
+    assert [(row.start_frame, row.end_frame, row.shot_index) for row in rows] == [(0, shots_video.num_frames, 0)]
