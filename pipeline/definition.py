@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from stages.base import Stage
 from stages.chunk import ChunkStage
+from stages.face import FaceStage
 from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
 from stages.scene_cut import SceneCutStage
@@ -22,11 +23,12 @@ from stages.shard_writer import ShardWriterStage
 class Group:
     name: str
     stages: tuple[type[Stage], ...]
+    actors: bool = False  # an actor pool instead of tasks (always for groups that ask for GPUs)
 
 
 PIPELINE: tuple[Group, ...] = (
     Group("ingest", (ProbeStage, ChunkStage)),
-    Group("clips", (NormalizeStage, SceneCutStage)),
+    Group("clips", (NormalizeStage, SceneCutStage, FaceStage)),
 )
 
 SHARD_WRITER = ShardWriterStage

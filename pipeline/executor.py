@@ -63,10 +63,10 @@ def _run_batch(runner: ChainRunner, batch: dict[str, np.ndarray], collector) -> 
 
 
 class GroupActor:
-    """An actor-pool worker of a stateful group: sets its stages up once."""
+    """An actor-pool worker: sets its stages up once."""
 
-    def __init__(self, stages: list[Stage], collector):
-        self.runner = ChainRunner(stages)
+    def __init__(self, stages: list[Stage], keep_frames: bool, collector):
+        self.runner = ChainRunner(stages, keep_frames)
         self.runner.setup()
         self.collector = collector
 
@@ -74,9 +74,20 @@ class GroupActor:
         yield from _run_batch(self.runner, batch, self.collector)
 
 
-def _group_task(stages: list[Stage], collector):
+_WORKER_RUNNERS: dict[bytes, ChainRunner] = {}
+"""Runners of task-pool groups, kept per worker process: Ray reuses worker processes between
+tasks, so stages loading models set up once per worker, like an actor's, while tasks still
+release their CPUs between items."""
+
+
+def _group_task(stages: list[Stage], keep_frames: bool, collector):
+    key = pickle.dumps((stages, keep_frames))
+
     def run(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        yield from _run_batch(ChainRunner(stages), batch, collector)
+        runner = _WORKER_RUNNERS.get(key)
+        if runner is None:
+            runner = _WORKER_RUNNERS[key] = ChainRunner(stages, keep_frames)
+        yield from _run_batch(runner, batch, collector)
 
     return run
 
@@ -85,7 +96,7 @@ def _group_resources(stages: list[Stage]) -> Resources:
     return Resources(cpus=max(s.resources.cpus for s in stages), gpus=max(s.resources.gpus for s in stages))
 
 
-def _add_group(ds: ray.data.Dataset, group: Group, config: RunConfig, collector) -> ray.data.Dataset:
+def _add_group(ds: ray.data.Dataset, group: Group, keep_frames: bool, config: RunConfig, collector) -> ray.data.Dataset:
     stages = [config.stages[cls.name] for cls in group.stages]
     resources = _group_resources(stages)
     cpus_total = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -93,14 +104,14 @@ def _add_group(ds: ray.data.Dataset, group: Group, config: RunConfig, collector)
     if config.execution.max_workers:
         workers = min(workers, config.execution.max_workers)
     common = dict(batch_size=1, batch_format="numpy", num_cpus=resources.cpus, num_gpus=resources.gpus or None)
-    if any(cls.stateful for cls in group.stages):
+    if group.actors or resources.gpus:
         return ds.map_batches(
             GroupActor,
-            fn_constructor_kwargs={"stages": stages, "collector": collector},
+            fn_constructor_kwargs={"stages": stages, "keep_frames": keep_frames, "collector": collector},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
             **common,
         )
-    return ds.map_batches(_group_task(stages, collector), compute=ray.data.TaskPoolStrategy(size=workers), **common)
+    return ds.map_batches(_group_task(stages, keep_frames, collector), compute=ray.data.TaskPoolStrategy(size=workers), **common)
 
 
 @contextlib.contextmanager
@@ -161,8 +172,9 @@ def execute(sources: list[SourceVideo], output: RunOutput, config: RunConfig, ad
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         collector = StatsCollector.remote()
         ds = ray.data.from_items([{COLUMN: pickle.dumps(s)} for s in todo], override_num_blocks=len(todo))
-        for group in PIPELINE:
-            ds = _add_group(ds, group, config, collector)
+        for position, group in enumerate(PIPELINE):
+            keep_frames = any(s.uses_frames for later in PIPELINE[position + 1 :] for s in later.stages)
+            ds = _add_group(ds, group, keep_frames, config, collector)
         output.open_writer(config.stages["shards"])
         for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2):
             for item in _items(batch):

@@ -80,8 +80,9 @@ class _Timed:
 class ChainRunner:
     """Runs items through `stages` in order; items a stage does not accept pass through."""
 
-    def __init__(self, stages: Sequence[Stage]):
+    def __init__(self, stages: Sequence[Stage], keep_frames: bool = False):
         self.stages = list(stages)
+        self.keep_frames = keep_frames  # a later group still needs the clips' analysis frames
         self.stats = RunStats()
         self._set_up = False
 
@@ -93,7 +94,10 @@ class ChainRunner:
 
     def run(self, item: object) -> Iterator[object]:
         self.setup()
-        yield from self._run_from(0, item)
+        for out in self._run_from(0, item):
+            if isinstance(out, CandidateClip) and not self.keep_frames:
+                out.frames = None  # large, and nothing downstream reads them
+            yield out
 
     def _run_from(self, position: int, item: object) -> Iterator[object]:
         for index in range(position, len(self.stages)):

@@ -7,9 +7,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from schemas.face import FaceResult
 from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 """Bumped whenever a manifest column or a sample member changes meaning."""
 
 # Shard member suffixes of one sample (the WebDataset key is everything before the first dot).
@@ -17,7 +18,8 @@ MEMBER_VIDEO = "mp4"
 MEMBER_AUDIO = "wav"
 MEMBER_META = "json"
 MEMBER_CAPTION = "txt"
-SAMPLE_MEMBERS = (MEMBER_VIDEO, MEMBER_AUDIO, MEMBER_META, MEMBER_CAPTION)
+MEMBER_FACE = "face.npz"  # per-frame landmarks, boxes, mouth opening: schemas/face.py
+SAMPLE_MEMBERS = (MEMBER_VIDEO, MEMBER_AUDIO, MEMBER_META, MEMBER_CAPTION, MEMBER_FACE)
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -44,6 +46,18 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("source_audio_codec", pa.string()),
         # Filled by later stages; null until they run.
         pa.field("num_faces", pa.int32()),
+        pa.field("face_backend", pa.string()),
+        pa.field("face_coverage", pa.float64()),
+        pa.field("face_size_px", pa.float64()),
+        pa.field("head_yaw", pa.float64()),
+        pa.field("head_pitch", pa.float64()),
+        pa.field("head_roll", pa.float64()),
+        pa.field("face_jitter", pa.float64()),
+        pa.field("face_sharpness", pa.float64()),
+        pa.field("face_brightness", pa.float64()),
+        pa.field("identity_backend", pa.string()),
+        pa.field("identity_consistency", pa.float64()),
+        pa.field("identity_embedding", pa.list_(pa.float32())),
         pa.field("sync_offset_ms", pa.float64()),
         pa.field("sync_confidence", pa.float64()),
         pa.field("sync_backend", pa.string()),
@@ -82,7 +96,7 @@ def manifest_row(clip: CandidateClip, shard: str | None) -> dict[str, Any]:
         "source_rotation": probe.rotation if probe else None,
         "source_video_codec": probe.video_codec if probe else None,
         "source_audio_codec": probe.audio_codec if probe else None,
-        "num_faces": None,
+        **_face_columns(clip.face),
         "sync_offset_ms": None,
         "sync_confidence": None,
         "sync_backend": None,
@@ -91,6 +105,33 @@ def manifest_row(clip: CandidateClip, shard: str | None) -> dict[str, Any]:
         "caption": None,
         "caption_backend": None,
     }
+
+
+def _number(value: float | None) -> float | None:
+    return None if value is None or value != value else float(value)  # NaN: not measured
+
+
+def _face_columns(face: FaceResult | None) -> dict[str, Any]:
+    if face is None:
+        return {name: None for name in _FACE_COLUMNS}
+    return {
+        "num_faces": face.num_faces,
+        "face_backend": face.backend,
+        "face_coverage": _number(face.coverage),
+        "face_size_px": _number(face.size_px),
+        "head_yaw": _number(face.yaw),
+        "head_pitch": _number(face.pitch),
+        "head_roll": _number(face.roll),
+        "face_jitter": _number(face.jitter),
+        "face_sharpness": _number(face.sharpness),
+        "face_brightness": _number(face.brightness),
+        "identity_backend": face.identity_backend,
+        "identity_consistency": _number(face.identity_consistency),
+        "identity_embedding": None if face.identity_embedding is None else face.identity_embedding.tolist(),
+    }
+
+
+_FACE_COLUMNS = tuple(_face_columns(FaceResult(backend="", num_faces=0)))
 
 
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -126,8 +167,20 @@ def sample_metadata(clip: CandidateClip) -> dict[str, Any]:
             "audio_sample_rate": probe.audio_sample_rate,
             "audio_channels": probe.audio_channels,
         },
+        "face": _face_metadata(clip.face),
         "backends": dict(clip.backends),
     }
+
+
+def _face_metadata(face: FaceResult | None) -> dict[str, Any] | None:
+    if face is None:
+        return None
+    columns = _face_columns(face)
+    columns.pop("identity_embedding")
+    track = face.track
+    columns["crop_box"] = None if track is None else [round(float(v), 5) for v in track.crop_box]
+    columns["member"] = MEMBER_FACE
+    return columns
 
 
 def encode_metadata(meta: dict[str, Any]) -> bytes:

@@ -14,6 +14,8 @@ from enum import Enum
 
 import numpy as np
 
+from schemas.face import FaceResult
+
 FPS = 25
 """Frame rate of every normalized clip."""
 
@@ -140,6 +142,8 @@ class CandidateClip:
     video: EncodedVideo | None = None
     audio: np.ndarray | None = None  # int16 mono at SAMPLE_RATE, aligned to the first frame
     probe: ProbeInfo | None = None
+    frames: np.ndarray | None = None  # (T, h, w, 3) RGB analysis frames; never leaves the worker group that uses them
+    face: FaceResult | None = None
     backends: dict[str, str] = field(default_factory=dict)  # field name -> backend that produced it
 
     @classmethod
@@ -173,6 +177,7 @@ class CandidateClip:
             rejected_by=stage,
             video=None,
             audio=None,
+            frames=None,
         )
 
 

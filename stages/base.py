@@ -57,8 +57,8 @@ class Stage(Generic[In, Out]):
     resources: ClassVar[Resources] = Resources()
     """Declared per-worker resources; the pipeline config may override them."""
 
-    stateful: ClassVar[bool] = False
-    """True when `setup()` loads something worth keeping: the pipeline runs it in an actor pool."""
+    uses_frames: ClassVar[bool] = False
+    """True when `process` reads the clip's analysis frames, so they must reach this stage."""
 
     def setup(self) -> None:
         """Load models and other per-worker state. Called once per worker, before `process`."""

@@ -49,6 +49,7 @@ class NormalizedFrame:
     index: int  # on the source's 25 fps grid
     picture: av.VideoFrame  # yuv420p at the output size, ready to encode
     small: np.ndarray | None  # BGR at the detection size requested by the consumer
+    analysis: np.ndarray | None  # RGB at the analysis size, shared with frame-level stages (faces)
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,12 @@ class EncoderSettings:
 class NormalizedChunk:
     """A chunk being decoded: iterate `frames()` once; audio accumulates alongside."""
 
-    def __init__(self, chunk: SourceChunk, max_short_side: int, encoder: EncoderSettings, strict: bool):
+    def __init__(self, chunk: SourceChunk, max_short_side: int, encoder: EncoderSettings, strict: bool, analysis_long_side: int):
         self.chunk = chunk
         self.encoder = encoder
         self.width, self.height = output_size(chunk.probe.width, chunk.probe.height, max_short_side)
+        scale = min(1.0, analysis_long_side / max(self.width, self.height)) if analysis_long_side else 0.0
+        self.analysis_size = (max(2, round(self.width * scale)), max(2, round(self.height * scale))) if scale else None
         self._strict = strict
         self._audio = np.zeros(0, np.int16)
         self._audio_base = chunk.start_frame * SAMPLES_PER_FRAME  # grid sample of self._audio[0]
@@ -164,8 +167,13 @@ class NormalizedChunk:
                         if small_size
                         else None
                     )
+                    analysis = (
+                        reformatter.reformat(picture, width=self.analysis_size[0], height=self.analysis_size[1], format="rgb24").to_ndarray()
+                        if self.analysis_size
+                        else None
+                    )
                     self.frames_out += 1
-                    yield NormalizedFrame(index, picture, small)
+                    yield NormalizedFrame(index, picture, small, analysis)
 
             for packet in container.demux(video, audio):
                 if packet.stream is audio:
@@ -274,6 +282,10 @@ class NormalizeStage(Stage[SourceChunk, NormalizedChunk]):
     strict_decoding: bool = option(
         True, "Treat concealable decode errors as errors, so clips with corrupt frames are rejected `decode_error`."
     )
+    analysis_long_side: int = option(
+        512, "Long side of the RGB frames shared in memory with frame-level stages such as faces (0: none)."
+    )
 
     def process(self, item: SourceChunk) -> NormalizedChunk:
-        return NormalizedChunk(item, self.max_short_side, EncoderSettings("libx264", self.crf, self.preset), self.strict_decoding)
+        settings = EncoderSettings("libx264", self.crf, self.preset)
+        return NormalizedChunk(item, self.max_short_side, settings, self.strict_decoding, self.analysis_long_side)

