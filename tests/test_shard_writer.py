@@ -18,6 +18,7 @@ import media
 from schemas.manifest import SAMPLE_MEMBERS
 from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status
 from stages.chunk import ChunkStage
+from stages.face import FaceStage
 from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
 from stages.scene_cut import SceneCutStage
@@ -31,7 +32,7 @@ def clips(run_chain) -> list[CandidateClip]:
     kept = []
     for path in media.GRID:
         out = run_chain(path, [ProbeStage(), ChunkStage()],
-                        [NormalizeStage(preset="ultrafast"), SceneCutStage(min_clip_s=1.0, max_clip_s=1.5)])
+                        [NormalizeStage(preset="ultrafast"), SceneCutStage(min_clip_s=1.0, max_clip_s=1.5), FaceStage()])
         kept += [o for o in out if isinstance(o, CandidateClip) and o.status is not Status.REJECTED]
     assert len(kept) == 2 * len(media.GRID)
     return kept
@@ -111,7 +112,7 @@ def test_tar_members_are_adjacent_per_key(tmp_path, clips):
         members = tar.getmembers()
     names = [m.name for m in members]
     assert names == [f"{clip.key}.{suffix}" for clip in clips for suffix in SAMPLE_MEMBERS]
-    assert SAMPLE_MEMBERS == ("mp4", "wav", "json", "txt")
+    assert SAMPLE_MEMBERS == ("mp4", "wav", "json", "txt", "face.npz")
     assert all(m.mtime == 0 and m.mode == 0o644 and m.isfile() for m in members)
     assert all("." not in clip.key for clip in clips)
 
