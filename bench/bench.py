@@ -32,6 +32,8 @@ RESULTS = ROOT / "bench" / "results"
 MB = 2**20
 sys.path.insert(0, str(ROOT))  # the pipeline packages, also in the spawned driver processes
 
+from schemas.records import FPS  # noqa: E402
+
 
 def _load_test_media():
     """tests/media.py by path (tests/ is not a package), for its demo clips and concat_shots."""
@@ -224,15 +226,16 @@ def _speed(value: float | None) -> str:
 
 def render(cases: list[Case]) -> str:
     lines = ["Stages (wall and CPU s are summed over all parallel workers; share = of the summed stage wall)",
-             f"{'case':<10} {'stage':<10} {'items':>6} {'wall s':>8} {'CPU s':>8} {'video s/wall s':>15} {'share':>7}"]
+             f"{'case':<10} {'stage':<10} {'items':>6} {'wall s':>8} {'CPU s':>8} {'video s/wall s':>15} {'frames/s':>9} {'share':>7}"]
     for case in cases:
         d = case.derived()
         for name, s in case.pipeline["stages"].items():
             speed = d["stage_video_s_per_wall_s"][name]
+            frames = _speed(speed * FPS) if speed is not None else "-"
             lines.append(f"{case.name:<10} {name:<10} {s['items']:>6} {s['wall_s']:>8.2f} {s['cpu_s']:>8.2f} "
-                         f"{_speed(speed):>15} {d['stage_share'][name]:>7.1%}")
+                         f"{_speed(speed):>15} {frames:>9} {d['stage_share'][name]:>7.1%}")
         lines.append(f"{case.name:<10} {'(sum)':<10} {'':>6} {d['stage_wall_sum_s']:>8.2f} "
-                     f"{sum(s['cpu_s'] for s in case.pipeline['stages'].values()):>8.2f} {'':>15} "
+                     f"{sum(s['cpu_s'] for s in case.pipeline['stages'].values()):>8.2f} {'':>15} {'':>9} "
                      f"{sum(d['stage_share'].values()):>7.1%}")
     lines.append("(normalize's video s is the chunk spans it decoded; scene_cut's, those of the chunks it consumed; "
                  "probe has none)")

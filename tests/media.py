@@ -177,3 +177,66 @@ def make_hostile(folder: Path) -> list[Path]:
         shutil.copyfile(src, folder / name)
         paths.append(folder / name)
     return paths
+
+
+# -- faces: media whose face the face stage must find, reject or bridge ----------------------------
+
+
+def with_silent_audio(src: Path, out: Path) -> None:
+    """The video of `src` (copied, not re-encoded) with a silent mono track as long as it."""
+    ffmpeg("-i", src, "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-map", "0:v", "-map", "1:a",
+           "-c:v", "copy", "-c:a", "aac", "-shortest", out)
+
+
+def side_by_side(left: Path, right: Path, out: Path) -> None:
+    """Two clips of the same height next to each other (hstack), with the audio of `left`."""
+    ffmpeg("-i", left, "-i", right, "-filter_complex", "[0:v][1:v]hstack=inputs=2,setsar=1[v]", "-map", "[v]", "-map", "0:a",
+           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", "-shortest", out)
+
+
+def shrunk(src: Path, out: Path, scale: float, size=(360, 288)) -> None:
+    """The picture scaled by `scale` and centred on a black canvas of `size` (the source's size):
+    the same frame size, a face `scale` times as tall."""
+    w, h = size
+    ffmpeg("-i", src, "-vf", f"scale=trunc(iw*{scale}/2)*2:-2,pad={w}:{h}:(ow-iw)/2:(oh-ih)/2,setsar=1",
+           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+
+
+def cropped(src: Path, out: Path, width: int, height: int, x: int, y: int) -> None:
+    """A `width` x `height` window of the picture with its top left corner at (`x`, `y`)."""
+    ffmpeg("-i", src, "-vf", f"crop={width}:{height}:{x}:{y}", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+
+
+def blacked_out(src: Path, out: Path, first: int, count: int) -> None:
+    """Frames `first` .. `first + count - 1` painted black (drawbox over the whole frame), audio kept."""
+    ffmpeg("-i", src, "-vf", f"drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill:enable='between(n,{first},{first + count - 1})'",
+           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+
+
+def black(out: Path, seconds: float, size=(360, 288)) -> None:
+    """Black frames at 25 fps with a quiet tone, `seconds` long."""
+    w, h = size
+    ffmpeg("-f", "lavfi", "-i", f"color=black:s={w}x{h}:r=25:d={seconds}", "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=16000:d={seconds}",
+           "-af", "volume=0.1", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", "-shortest", out)
+
+
+def crossfade_shots(out: Path, first: tuple[Path, float], second: tuple[Path, float], fade_s: float, size=(360, 288)) -> range:
+    """Two shots (file, seconds) joined by a `fade_s` dissolve (xfade, audio acrossfade) instead of a
+    cut, at 25 fps: a change of picture a shot detector may not see. Returns the dissolve's frames."""
+    parts = [out.with_suffix(f".part{i}.mp4") for i in range(2)]
+    for part, shot in zip(parts, (first, second)):
+        concat_shots(part, [shot], size)  # one shot: scaled, cropped and trimmed like the hard-cut media
+    offset = first[1] - fade_s
+    ffmpeg("-i", parts[0], "-i", parts[1], "-filter_complex",
+           f"[0:v][1:v]xfade=transition=fade:duration={fade_s}:offset={offset}[v];[0:a][1:a]acrossfade=d={fade_s}[a]",
+           "-map", "[v]", "-map", "[a]", "-t", str(offset + second[1]),  # xfade may add a frame at the end
+           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+    for part in parts:
+        part.unlink()
+    return range(round(offset * 25), round(first[1] * 25))
+
+
+def frozen(src: Path, out: Path, frame: int, num_frames: int = 75) -> None:
+    """Frame `frame` of `src` repeated `num_frames` times at 25 fps (a still face), audio kept."""
+    ffmpeg("-i", src, "-vf", f"trim=start_frame={frame}:end_frame={frame + 1},loop=loop={num_frames - 1}:size=1:start=0,setpts=N/25/TB",
+           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
