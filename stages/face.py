@@ -103,21 +103,21 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         if not tracks:
             return Rejected("no_face", "no face detected on any frame")
         main = max(range(len(tracks)), key=lambda i: (present[i], len(tracks[i].frames)))
+        boxes = dense[main]
+        clip_height = item.video.height if item.video else height
+        # Recorded before the rules, so a rejected row says what was measured.
+        result.coverage = present[main]
+        result.size_px = float(np.nanmedian((boxes[:, 3] - boxes[:, 1]) * clip_height))
         if present[main] < self.min_face_coverage:
             return Rejected("no_face", f"the face is visible on {present[main]:.0%} of frames, minimum {self.min_face_coverage:.0%}")
         if len(counted) > 1 and self.multiple_faces == "reject":
             return Rejected("multiple_faces", f"{len(counted)} faces each on at least {self.min_track_share:.0%} of frames")
-        boxes = dense[main]
-        clip_height = item.video.height if item.video else height
-        heights = (boxes[:, 3] - boxes[:, 1]) * clip_height
-        size_px = float(np.nanmedian(heights))
-        if size_px < self.min_face_px:
-            return Rejected("face_too_small", f"median face height {size_px:.0f} px, minimum {self.min_face_px:.0f} px")
+        if result.size_px < self.min_face_px:
+            return Rejected("face_too_small", f"median face height {result.size_px:.0f} px, minimum {self.min_face_px:.0f} px")
         touching = np.nanmean((boxes[:, 0] < 0.005) | (boxes[:, 1] < 0.005) | (boxes[:, 2] > 0.995) | (boxes[:, 3] > 0.995))
         if touching > self.max_cut_off_share:
             return Rejected("face_cut_off", f"the face touches the frame's edge on {touching:.0%} of frames")
 
-        result.size_px, result.coverage = size_px, present[main]
         landmarks = self._landmarks(frames, boxes)
         if landmarks is None:
             return Rejected("no_face", "the face mesh found no landmarks on the tracked face")

@@ -36,7 +36,7 @@ class Track:
         boxes = np.full((num_frames, 4), np.nan, np.float32)
         for (f0, b0), (f1, b1) in zip(zip(self.frames, self.boxes), zip(self.frames[1:], self.boxes[1:])):
             boxes[f0] = b0
-            if False:
+            if 1 < f1 - f0 <= max_gap + 1:
                 for f in range(f0 + 1, f1):
                     w = (f - f0) / (f1 - f0)
                     boxes[f] = (1 - w) * b0 + w * b1
