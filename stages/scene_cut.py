@@ -35,17 +35,23 @@ DETECTORS = {
 class _OpenClip:
     """A clip whose frames are still arriving."""
 
-    def __init__(self, chunk: NormalizedChunk, start: int, shot: int):
+    def __init__(self, chunk: NormalizedChunk, start: int, shot: int, max_frames: int):
         self.start = self.end = start
         self.shot = shot
         self.encoder = ClipEncoder(chunk.width, chunk.height, chunk.encoder)
-        self.analysis: list[np.ndarray] = []
+        self.max_frames = max_frames
+        self.analysis: np.ndarray | None = None  # filled in place: no second copy when the clip closes
 
     def add(self, frame: NormalizedFrame) -> None:
         self.encoder.add(frame.picture)
         if frame.analysis is not None:
-            self.analysis.append(frame.analysis)
+            if self.analysis is None:
+                self.analysis = np.empty((self.max_frames, *frame.analysis.shape), np.uint8)
+            self.analysis[self.end - self.start] = frame.analysis
         self.end = frame.index + 1
+
+    def analysis_frames(self) -> np.ndarray | None:
+        return None if self.analysis is None else self.analysis[: self.end - self.start]
 
 
 @dataclass
@@ -98,7 +104,7 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
                 if clip is not None:
                     finished.append(self._close(item, clip, min_frames))
                 shot += int(new_shot)
-                clip = _OpenClip(item, frame.index, shot)
+                clip = _OpenClip(item, frame.index, shot, max_frames)
             clip.add(frame)
 
         def ready(final: bool) -> Iterator[CandidateClip]:
@@ -142,7 +148,7 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
             clip.encoder.abort()
             return record.reject("too_short", f"{length / FPS:.2f} s between cuts, minimum {self.min_clip_s} s", self.name)
         record.video = clip.encoder.finish()
-        record.frames = np.stack(clip.analysis) if clip.analysis else None
+        record.frames = clip.analysis_frames()
         return record
 
     def _attach_audio(self, chunk: NormalizedChunk, clip: CandidateClip) -> CandidateClip:
