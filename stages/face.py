@@ -72,6 +72,9 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
     min_face_px: float = option(96.0, "Median face box height, in pixels of the stored clip, below which a clip is `face_too_small`.")
     max_cut_off_share: float = option(0.2, "Share of frames on which the face box may touch the frame's edge before the clip is `face_cut_off`.")
     multiple_faces: str = option("reject", "When several faces count: `reject` (reason multiple_faces) or `keep` (the sync stage picks the speaker).")
+    max_head_yaw: float = option(50.0, "Median |yaw| in degrees above which the face is `profile_face` (turned too far for lip training).")
+    min_face_sharpness: float = option(10.0, "Median variance of the Laplacian of the 128 px face crop below which a clip is `low_quality` (blurred).")
+    face_brightness_range: list = option([30.0, 230.0], "Median luma of the face crop outside this range makes a clip `low_quality` (too dark or blown out).")
     crop_scale: float = option(1.6, "The face mesh sees a square crop this many times the face box.")
     mesh_size: int = option(256, "Side of the crop the face mesh sees, in pixels.")
     measure_every: int = option(5, "Head pose, sharpness and brightness are measured on every n-th frame.")
@@ -82,6 +85,8 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
     def validate(self) -> None:
         if self.multiple_faces not in ("reject", "keep"):
             raise ValueError("face.multiple_faces must be `reject` or `keep`")
+        if len(self.face_brightness_range) != 2 or self.face_brightness_range[0] > self.face_brightness_range[1]:
+            raise ValueError("face.face_brightness_range must be [low, high]")
 
     def setup(self) -> None:
         self._mediapipe = MediapipeDetector(self.min_detection_confidence)
@@ -125,6 +130,13 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         detected[tracks[main].frames] = True
         self._measure(frames, boxes, detected, landmarks, result)
         result.other_tracks = [dense[i] for i in counted if i != main]
+        if abs(result.yaw) > self.max_head_yaw:
+            return Rejected("profile_face", f"median head yaw {result.yaw:.0f} degrees, maximum {self.max_head_yaw:.0f}")
+        if result.sharpness < self.min_face_sharpness:
+            return Rejected("low_quality", f"face sharpness {result.sharpness:.1f}, minimum {self.min_face_sharpness}")
+        low, high = self.face_brightness_range
+        if not low <= result.brightness <= high:
+            return Rejected("low_quality", f"face brightness {result.brightness:.0f}, allowed {low:.0f}-{high:.0f}")
         item.backends["identity"] = result.identity_backend
         if result.identity_consistency is not None and result.identity_consistency < self.min_identity_consistency:
             return Rejected("identity_changed", f"identity consistency {result.identity_consistency:.2f}, minimum {self.min_identity_consistency}")

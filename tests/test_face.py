@@ -413,3 +413,18 @@ def test_a_face_cut_by_the_frame_edge_is_face_cut_off(run_chain, cut_off_face, s
     clip = only_clip(face_rows(run_chain, cut_off_face))
     assert (clip.status, clip.reason, clip.rejected_by) == (Status.REJECTED, "face_cut_off", "face"), clip.reason_detail
     assert clip.face.num_faces == 1
+
+
+def test_turned_blurred_and_badly_lit_faces_are_rejected_by_their_thresholds(run_chain):
+    """The rules compare measured medians with their thresholds: GRID bbaf2n looks about 4 degrees
+    to the side and lwbsza under 2 (see the pose test), so a 3-degree limit separates them; the
+    GRID faces' brightness (100-140) and sharpness (about 90-110) sit far inside the defaults."""
+    turned = only_clip(face_rows(run_chain, media.GRID[0], max_head_yaw=3.0))
+    assert (turned.reason, turned.rejected_by) == ("profile_face", "face")
+    assert abs(turned.face.yaw) > 3.0
+    assert only_clip(face_rows(run_chain, media.GRID[2], max_head_yaw=3.0)).status is Status.PENDING
+    blurred = only_clip(face_rows(run_chain, media.GRID[2], min_face_sharpness=1000.0))
+    assert blurred.reason == "low_quality" and "sharpness" in blurred.reason_detail
+    dark = only_clip(face_rows(run_chain, media.GRID[2], face_brightness_range=[150.0, 255.0]))
+    assert dark.reason == "low_quality" and "brightness" in dark.reason_detail
+    assert only_clip(face_rows(run_chain, media.GRID[2])).status is Status.PENDING
