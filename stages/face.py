@@ -19,7 +19,7 @@ import numpy as np
 from schemas.face import CHIN, FOREHEAD_TOP, FaceResult, FaceTrackData, mouth_opening
 from schemas.records import CandidateClip, Rejected
 from stages.base import Resources, Stage, option
-from stages.face_models import ArcFaceOnnx, FaceMesh, MediapipeDetector, NoIdentity, RetinaFaceDetector
+from stages.face_models import ArcFaceOnnx, FaceMesh, MediapipeDetector, NoIdentity, RetinaFaceDetector, quiet_stderr
 from stages.face_track import link, merge_backends
 
 # ArcFace's 5-point template order: eye on the image's left, other eye, nose tip, mouth corners.
@@ -153,20 +153,21 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         """(T, 478, 3) landmarks in [0, 1] of the frame; frames the mesh misses are interpolated."""
         num_frames, height, width = frames.shape[:3]
         landmarks = np.full((num_frames, 478, 3), np.nan, np.float32)
-        mesh = FaceMesh(self.min_detection_confidence)
-        try:
-            for t in range(num_frames):
-                if np.isnan(boxes[t, 0]):
-                    continue
-                x0, y0, x1, y1 = _square_crop(boxes[t], width, height, self.crop_scale)
-                crop = cv2.resize(frames[t, y0:y1, x0:x1], (self.mesh_size, self.mesh_size), interpolation=cv2.INTER_LINEAR)
-                points = mesh.landmarks(np.ascontiguousarray(crop))
-                if points is not None:
-                    landmarks[t, :, 0] = (x0 + points[:, 0] * (x1 - x0)) / width
-                    landmarks[t, :, 1] = (y0 + points[:, 1] * (y1 - y0)) / height
-                    landmarks[t, :, 2] = points[:, 2] * (x1 - x0) / width  # depth in the same units as x
-        finally:
-            mesh.close()
+        with quiet_stderr():
+            mesh = FaceMesh(self.min_detection_confidence)
+            try:
+                for t in range(num_frames):
+                    if np.isnan(boxes[t, 0]):
+                        continue
+                    x0, y0, x1, y1 = _square_crop(boxes[t], width, height, self.crop_scale)
+                    crop = cv2.resize(frames[t, y0:y1, x0:x1], (self.mesh_size, self.mesh_size), interpolation=cv2.INTER_LINEAR)
+                    points = mesh.landmarks(np.ascontiguousarray(crop))
+                    if points is not None:
+                        landmarks[t, :, 0] = (x0 + points[:, 0] * (x1 - x0)) / width
+                        landmarks[t, :, 1] = (y0 + points[:, 1] * (y1 - y0)) / height
+                        landmarks[t, :, 2] = points[:, 2] * (x1 - x0) / width  # depth in the same units as x
+            finally:
+                mesh.close()
         found = ~np.isnan(landmarks[:, 0, 0])
         if not found.any():
             return None

@@ -21,9 +21,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
-    """mediapipe's C++ side prints notices to file descriptor 2 when a graph starts and on its first
-    frame, whatever the log settings; in a Ray worker each line would reach the user's terminal."""
+def quiet_stderr():
+    """mediapipe's C++ side prints notices to file descriptor 2 when a graph starts and while its
+    first frames run, whatever the log settings; in a Ray worker each line would reach the user's
+    terminal. Wrap mediapipe calls in this; Python exceptions still propagate normally."""
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
@@ -54,7 +55,7 @@ class MediapipeDetector:
     name = "mediapipe"
 
     def __init__(self, min_confidence: float):
-        with _quiet_stderr():  # its import also prints a harmless protobuf AttributeError
+        with quiet_stderr():  # its import also prints a harmless protobuf AttributeError
             from mediapipe.python.solutions import face_detection
 
             self._model = face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
@@ -98,26 +99,20 @@ class RetinaFaceDetector:
 
 
 class FaceMesh:
-    """mediapipe face mesh with iris refinement (478 landmarks) in tracking mode, for one clip."""
+    """mediapipe face mesh with iris refinement (478 landmarks) in tracking mode, for one clip;
+    create and use it inside `quiet_stderr()`."""
 
     def __init__(self, min_confidence: float):
-        with _quiet_stderr():
-            from mediapipe.python.solutions import face_mesh
+        from mediapipe.python.solutions import face_mesh
 
-            self._model = face_mesh.FaceMesh(
-                static_image_mode=False, max_num_faces=1, refine_landmarks=True,
-                min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence,
-            )
-        self._started = False
+        self._model = face_mesh.FaceMesh(
+            static_image_mode=False, max_num_faces=1, refine_landmarks=True,
+            min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence,
+        )
 
     def landmarks(self, crop: np.ndarray) -> np.ndarray | None:
         """(478, 3) landmarks in [0, 1] of the crop, or None."""
-        if not self._started:
-            with _quiet_stderr():
-                result = self._model.process(crop)
-            self._started = result.multi_face_landmarks is not None
-        else:
-            result = self._model.process(crop)
+        result = self._model.process(crop)
         if not result.multi_face_landmarks:
             return None
         return np.array([(p.x, p.y, p.z) for p in result.multi_face_landmarks[0].landmark], np.float32)
