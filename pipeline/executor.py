@@ -23,6 +23,7 @@ from pipeline.output import RunOutput
 from pipeline.runner import ChainRunner, RunStats
 from schemas.records import SourceVideo
 from stages.base import Resources, Stage
+from stages.descriptors import redirected_to_devnull
 
 log = logging.getLogger(__name__)
 
@@ -115,22 +116,6 @@ def _add_group(ds: ray.data.Dataset, group: Group, keep_frames: bool, config: Ru
 
 
 @contextlib.contextmanager
-def _stdin_detached():
-    """Give the processes Ray starts /dev/null as stdin. Otherwise they inherit the user's
-    terminal, and a child that touches it from Ray's background process group (the `ffmpeg`
-    probe PySceneDetect runs at import) is stopped by SIGTTOU and hangs the run."""
-    saved = os.dup(0)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 0)
-        os.close(saved)
-
-
-@contextlib.contextmanager
 def ray_session(address: str | None, config: RunConfig):
     """Connect to the named cluster, or start a local Ray instance for the run."""
     if ray.is_initialized():
@@ -143,7 +128,10 @@ def ray_session(address: str | None, config: RunConfig):
     if address:
         ray.init(address=address, **kwargs)
     else:
-        with _stdin_detached():
+        # Ray's processes inherit stdin; a terminal there lets a child that touches it from Ray's
+        # background process group (the `ffmpeg` probe PySceneDetect runs at import) be stopped
+        # by SIGTTOU, hanging the run.
+        with redirected_to_devnull(0):
             ray.init(
                 num_cpus=config.execution.num_cpus or None,
                 object_store_memory=config.execution.object_store_mb * 2**20 or None,

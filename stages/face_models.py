@@ -6,7 +6,6 @@ itself so the manifest can say which one produced a field.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -15,25 +14,18 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from stages.descriptors import redirected_to_devnull
+
 # mediapipe's C++ side logs through glog; keep it out of the user's terminal (before importing it).
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-@contextlib.contextmanager
 def quiet_stderr():
     """mediapipe's C++ side prints notices to file descriptor 2 when a graph starts and while its
     first frames run, whatever the log settings; in a Ray worker each line would reach the user's
     terminal. Wrap mediapipe calls in this; Python exceptions still propagate normally."""
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    os.close(devnull)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    return redirected_to_devnull(2)
 
 
 @dataclass

@@ -10,6 +10,7 @@ the tag is what finds every process a run started, to kill it by id afterwards.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import io
 import json
@@ -20,6 +21,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import termios
+import threading
 import time
 import uuid
 from collections import Counter
@@ -73,15 +76,48 @@ def _tagged(tag: str) -> list[int]:
 class Talkcurate:
     """`talkcurate ARGS` in a session of its own; leaving the `with` block kills all it started."""
 
-    def __init__(self, args: list[str], logs: Path):
+    def __init__(self, args: list[str], logs: Path, terminal: bool = False):
         self.tag = uuid.uuid4().hex
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         env[TAG] = self.tag
         self.stdout, self.stderr = logs.with_suffix(".out"), logs.with_suffix(".err")
+        self._reader = None
+        if terminal:
+            self._start_in_terminal([TALKCURATE, *args], env)
+            return
         with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
             self.proc = subprocess.Popen(
                 [TALKCURATE, *args], env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
             )
+
+    def _start_in_terminal(self, command: list[str], env: dict[str, str]) -> None:
+        """As a user runs it: a pseudo-terminal on stdin, stdout and stderr, and as the session's
+        controlling terminal, so processes in other process groups of the session can be stopped
+        by SIGTTOU when they touch it. Everything it prints lands in the stdout log."""
+        master, slave = os.openpty()
+
+        def become_terminal_owner():
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen(command, env=env, stdin=slave, stdout=slave, stderr=slave,
+                                     start_new_session=True, preexec_fn=become_terminal_owner)
+        os.close(slave)
+        self.stderr.write_bytes(b"")
+
+        def drain():
+            with open(self.stdout, "wb") as out:
+                while True:
+                    try:
+                        data = os.read(master, 65536)
+                    except OSError:  # the terminal closes when the last process holding it exits
+                        break
+                    if not data:
+                        break
+                    out.write(data)
+            os.close(master)
+
+        self._reader = threading.Thread(target=drain, daemon=True)
+        self._reader.start()
 
     def __enter__(self) -> Talkcurate:
         return self
@@ -93,7 +129,10 @@ class Talkcurate:
         return self.stdout.read_text(errors="replace") + self.stderr.read_text(errors="replace")
 
     def finish(self, timeout: float = 300) -> int:
-        return self.proc.wait(timeout)
+        rc = self.proc.wait(timeout)
+        if self._reader is not None:
+            self._reader.join(30)
+        return rc
 
     def wait_for(self, condition: Callable[[], object], what: str, timeout: float = 300) -> None:
         """Poll `condition`; fail if the run ends first (the kill would come too late to test anything)."""
@@ -136,9 +175,9 @@ class Talkcurate:
             time.sleep(0.1)
 
 
-def talkcurate(*args: str | Path, logs: Path, timeout: float = 300) -> tuple[int, str, str]:
+def talkcurate(*args: str | Path, logs: Path, timeout: float = 300, terminal: bool = False) -> tuple[int, str, str]:
     """Run the command line to its end: (exit status, stdout, stderr)."""
-    with Talkcurate([str(a) for a in args], logs) as proc:
+    with Talkcurate([str(a) for a in args], logs, terminal) as proc:
         rc = proc.finish(timeout)
         return rc, proc.stdout.read_text(), proc.stderr.read_text()
 
@@ -598,3 +637,15 @@ def test_killed_runs_resume_to_the_uninterrupted_result(curated, tmp_path):
     assert not [p for p in out.rglob("*") if p.name.endswith(".partial")]
     rc, stdout, stderr = talkcurate("verify", out, logs=tmp_path / "verify")
     assert rc == 0, stdout + stderr
+
+
+def test_a_run_in_a_terminal_finishes_with_progress_and_no_library_noise(tmp_path):
+    """A user's terminal, not a pipe: Ray's worker processes share it from other process groups,
+    where touching it stops them (SIGTTOU). PySceneDetect runs `ffmpeg` at import, which used to
+    hang every such run. The run must end, show Ray Data's progress display, and print none of
+    mediapipe's C++ notices."""
+    rc, output, _ = talkcurate("run", media.GRID[0], "--out", tmp_path / "out", logs=tmp_path / "tty", timeout=240, terminal=True)
+    assert rc == 0, output[-3000:]
+    assert "1 sources processed" in output
+    assert "MapBatches" in output  # the progress display names the operators
+    assert "W0000" not in output and "XNNPACK" not in output and "GetPrototype" not in output
