@@ -1,9 +1,10 @@
 """Running the pipeline on Ray Data: the only module that knows about Ray.
 
-Each group of fused stages becomes one `map_batches` operator: a task pool for stateless groups
-(tasks release their CPUs between items, so groups share a small machine well) and an actor pool
-for groups whose stages load models. Records travel pickled in a single binary `item` column. The driver streams the results into the shard writer, so memory stays bounded by Ray
-Data's backpressure, not by the size of the input.
+Each group of fused stages becomes one `map_batches` operator: a task pool by default (tasks
+release their CPUs between items, so groups share a small machine well, and each worker process
+keeps its loaded models between tasks), or an actor pool for groups that ask for one or for GPUs.
+Records travel pickled in a single binary `item` column. The driver streams the results into the
+shard writer, so memory stays bounded by Ray Data's backpressure, not by the size of the input.
 """
 
 from __future__ import annotations
