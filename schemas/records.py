@@ -141,6 +141,8 @@ class CandidateClip:
     rejected_by: str | None = None  # stage name
     video: EncodedVideo | None = None
     audio: np.ndarray | None = None  # int16 mono at SAMPLE_RATE, aligned to the first frame
+    audio_context: np.ndarray | None = None  # the same, from `audio_context_frames` before the clip to as many after
+    audio_context_frames: int = 0
     probe: ProbeInfo | None = None
     frames: np.ndarray | None = None  # (T, h, w, 3) RGB analysis frames; never leaves the worker group that uses them
     face: FaceResult | None = None
@@ -177,6 +179,7 @@ class CandidateClip:
             rejected_by=stage,
             video=None,
             audio=None,
+            audio_context=None,
             frames=None,
         )
 

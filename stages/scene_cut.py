@@ -70,6 +70,9 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
     detect_width: int = option(256, "Width of the frames the detector sees (PySceneDetect's auto-downscale size).")
     min_clip_s: float = option(2.0, "Shots and shot tails shorter than this become `too_short` rows.")
     max_clip_s: float = option(10.0, "Shots longer than this are split into clips of at most this length.")
+    audio_context_frames: int = option(
+        15, "Audio kept on both sides of each clip, so the sync stage can shift a clip's audio by up to this many frames."
+    )
     min_audio_coverage: float = option(0.9, "Clips whose span the audio stream covers less than this share of are `no_audio`.")
 
     def validate(self) -> None:
@@ -108,10 +111,10 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
             clip.add(frame)
 
         def ready(final: bool) -> Iterator[CandidateClip]:
-            while finished and (final or finished[0].end_frame <= item.audio_end_frame):
+            while finished and (final or finished[0].end_frame + self.audio_context_frames <= item.audio_end_frame):
                 done = finished.popleft()
                 yield self._attach_audio(item, done)
-                item.release_audio(finished[0].start_frame if finished else done.end_frame)
+                item.release_audio((finished[0].start_frame if finished else done.end_frame) - self.audio_context_frames)
 
         last = None
         try:
@@ -161,4 +164,7 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
         if coverage < self.min_audio_coverage:
             return clip.reject("no_audio", f"audio covers {coverage:.0%} of the clip", self.name)
         clip.audio = audio
+        margin = self.audio_context_frames
+        clip.audio_context = chunk.audio(clip.start_frame - margin, clip.end_frame + margin)[0] if margin else None
+        clip.audio_context_frames = margin
         return clip

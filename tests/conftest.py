@@ -119,11 +119,11 @@ def corrupt_media(tmp_path_factory) -> dict[str, Path]:
 # -- running stages without Ray -----------------------------------------------------------------
 
 
-RunChain = Callable[[Path | str, list[Stage], list[Stage]], list[object]]
+RunChain = Callable[..., list[object]]
 
 
-def _run_chain(path: Path | str, ingest: list[Stage], clips: list[Stage]) -> list[object]:
-    first, second = ChainRunner(ingest), ChainRunner(clips)
+def _run_chain(path: Path | str, ingest: list[Stage], clips: list[Stage], keep_frames: bool = False) -> list[object]:
+    first, second = ChainRunner(ingest), ChainRunner(clips, keep_frames)
     out: list[object] = []
     for item in first.run(SourceVideo.from_uri(str(path))):
         out.extend(second.run(item))
@@ -132,8 +132,8 @@ def _run_chain(path: Path | str, ingest: list[Stage], clips: list[Stage]) -> lis
 
 @pytest.fixture(scope="session")
 def run_chain() -> RunChain:
-    """`run_chain(path, ingest_stages, clip_stages)`: everything the pipeline's two worker groups,
-    as two ChainRunners, emit for one input."""
+    """`run_chain(path, ingest_stages, clip_stages, keep_frames=False)`: everything the pipeline's
+    two worker groups, as two ChainRunners, emit for one input (with the analysis frames if asked)."""
     return _run_chain
 
 

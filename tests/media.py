@@ -240,3 +240,12 @@ def frozen(src: Path, out: Path, frame: int, num_frames: int = 75) -> None:
     """Frame `frame` of `src` repeated `num_frames` times at 25 fps (a still face), audio kept."""
     ffmpeg("-i", src, "-vf", f"trim=start_frame={frame}:end_frame={frame + 1},loop=loop={num_frames - 1}:size=1:start=0,setpts=N/25/TB",
            "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+
+
+def audio_shifted(src: Path, out: Path, shift_ms: float) -> None:
+    """`src` with its sound moved `shift_ms` later (negative: earlier) against its video. The audio
+    stream still spans the whole video: silence fills where the moved sound leaves a gap. PCM in
+    Matroska keeps the samples exact; the video stream is copied."""
+    seconds = abs(shift_ms) / 1000
+    move = f"adelay={abs(shift_ms):.0f}:all=1" if shift_ms >= 0 else f"atrim=start={seconds:.3f},asetpts=PTS-STARTPTS,apad"
+    ffmpeg("-i", src, "-map", "0:v:0", "-map", "0:a:0", "-af", move, "-shortest", "-c:v", "copy", "-c:a", "pcm_s16le", out)
