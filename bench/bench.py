@@ -238,7 +238,7 @@ def render(cases: list[Case]) -> str:
                      f"{sum(s['cpu_s'] for s in case.pipeline['stages'].values()):>8.2f} {'':>15} {'':>9} "
                      f"{sum(d['stage_share'].values()):>7.1%}")
     lines.append("(normalize's video s is the chunk spans it decoded; scene_cut's, those of the chunks it consumed; "
-                 "probe has none)")
+                 "probe's, the durations it found)")
     rows = [
         ("input files", lambda c, d: f"{len(c.files)}"),
         ("load average before (CPUs: %d)" % os.cpu_count(), lambda c, d: f"{c.load_before:.2f}"),

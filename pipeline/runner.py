@@ -128,10 +128,11 @@ class ChainRunner:
     def _apply_stage(self, index: int, stage: Stage, item: object) -> Iterator[object]:
         stats = self.stats.stages[stage.name]
         stats.items += 1
-        stats.video_s += _video_seconds(item)
         try:
             with _Timed(stats):
                 result = stage.process(item)
+            # A source's length is known once it is probed: count what the stage learned if the input could not say.
+            stats.video_s += _video_seconds(item) or _video_seconds(result)
             if isinstance(result, Rejected):
                 yield from self._reject(stage, item, result.reason, result.detail)
             elif isinstance(result, Iterator):
