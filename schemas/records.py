@@ -140,8 +140,7 @@ class CandidateClip:
     reason_detail: str | None = None
     rejected_by: str | None = None  # stage name
     video: EncodedVideo | None = None
-    audio: np.ndarray | None = None  # int16 mono at SAMPLE_RATE, aligned to the first frame
-    audio_context: np.ndarray | None = None  # the same, from `audio_context_frames` before the clip to as many after
+    audio_context: np.ndarray | None = None  # int16 mono at SAMPLE_RATE, from `audio_context_frames` before the clip to as many after
     audio_context_frames: int = 0
     probe: ProbeInfo | None = None
     frames: np.ndarray | None = None  # (T, h, w, 3) RGB analysis frames; never leaves the worker group that uses them
@@ -169,6 +168,14 @@ class CandidateClip:
     def num_frames(self) -> int:
         return self.end_frame - self.start_frame
 
+    @property
+    def audio(self) -> np.ndarray | None:
+        """The clip's own audio, int16 mono at SAMPLE_RATE: sample n * 640 belongs to frame n."""
+        if self.audio_context is None:
+            return None
+        start = self.audio_context_frames * SAMPLE_RATE // FPS
+        return self.audio_context[start : start + self.num_frames * SAMPLE_RATE // FPS]
+
     def reject(self, reason: str, detail: str, stage: str) -> CandidateClip:
         """This clip as a rejected row; heavy payloads are dropped, they will never be written."""
         return dataclasses.replace(
@@ -178,7 +185,6 @@ class CandidateClip:
             reason_detail=detail,
             rejected_by=stage,
             video=None,
-            audio=None,
             audio_context=None,
             frames=None,
         )

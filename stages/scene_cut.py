@@ -160,11 +160,10 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
         broken = [f for f in chunk.error_frames if clip.start_frame - 1 <= f < clip.end_frame + 1]
         if broken:
             return clip.reject("decode_error", f"corrupt video data near frame {broken[0]}", "normalize")
-        audio, coverage = chunk.audio(clip.start_frame, clip.end_frame)
+        _, coverage = chunk.audio(clip.start_frame, clip.end_frame)
         if coverage < self.min_audio_coverage:
             return clip.reject("no_audio", f"audio covers {coverage:.0%} of the clip", self.name)
-        clip.audio = audio
         margin = self.audio_context_frames
-        clip.audio_context = chunk.audio(clip.start_frame - margin, clip.end_frame + margin)[0] if margin else None
+        clip.audio_context, _ = chunk.audio(clip.start_frame - margin, clip.end_frame + margin)
         clip.audio_context_frames = margin
         return clip
