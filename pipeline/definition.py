@@ -23,7 +23,6 @@ from stages.shard_writer import ShardWriterStage
 class Group:
     name: str
     stages: tuple[type[Stage], ...]
-    actors: bool = False  # an actor pool instead of tasks (always for groups that ask for GPUs)
 
 
 PIPELINE: tuple[Group, ...] = (

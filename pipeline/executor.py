@@ -2,7 +2,7 @@
 
 Each group of fused stages becomes one `map_batches` operator: a task pool by default (tasks
 release their CPUs between items, so groups share a small machine well, and each worker process
-keeps its loaded models between tasks), or an actor pool for groups that ask for one or for GPUs.
+keeps its loaded models between tasks), or an actor pool for groups that ask for GPUs.
 Records travel pickled in a single binary `item` column. The driver streams the results into the
 shard writer, so memory stays bounded by Ray Data's backpressure, not by the size of the input.
 """
@@ -106,7 +106,7 @@ def _add_group(ds: ray.data.Dataset, group: Group, keep_frames: bool, config: Ru
     if config.execution.max_workers:
         workers = min(workers, config.execution.max_workers)
     common = dict(batch_size=1, batch_format="numpy", num_cpus=resources.cpus, num_gpus=resources.gpus or None)
-    if group.actors or resources.gpus:
+    if resources.gpus:
         return ds.map_batches(
             GroupActor,
             fn_constructor_kwargs={"stages": stages, "keep_frames": keep_frames, "collector": collector},

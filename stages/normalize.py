@@ -148,7 +148,13 @@ class NormalizedChunk:
             if chunk.start_frame > 0:
                 container.seek(int(chunk_start_s / video.time_base), stream=video, backward=True)
             graph = None
-            reformatter = av.video.reformatter.VideoReformatter()
+            reformatter = av.video.reformatter.VideoReformatter()  # one per stream: a new one per frame leaks (facts.md)
+
+            def as_array(picture: av.VideoFrame, size: tuple[int, int] | None, pixel_format: str) -> np.ndarray | None:
+                if size is None:
+                    return None
+                return reformatter.reformat(picture, width=size[0], height=size[1], format=pixel_format).to_ndarray()
+
             video_done = False
 
             def pull(graph) -> Iterator[NormalizedFrame]:
@@ -162,18 +168,8 @@ class NormalizedChunk:
                         continue
                     picture.pts = index
                     picture.time_base = _FRAME_TIME_BASE
-                    small = (
-                        reformatter.reformat(picture, width=small_size[0], height=small_size[1], format="bgr24").to_ndarray()
-                        if small_size
-                        else None
-                    )
-                    analysis = (
-                        reformatter.reformat(picture, width=self.analysis_size[0], height=self.analysis_size[1], format="rgb24").to_ndarray()
-                        if self.analysis_size
-                        else None
-                    )
                     self.frames_out += 1
-                    yield NormalizedFrame(index, picture, small, analysis)
+                    yield NormalizedFrame(index, picture, as_array(picture, small_size, "bgr24"), as_array(picture, self.analysis_size, "rgb24"))
 
             for packet in container.demux(video, audio):
                 if packet.stream is audio:
