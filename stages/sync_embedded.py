@@ -84,6 +84,18 @@ def heldout_correlation(video: np.ndarray, audio: np.ndarray, block: int, ridge:
     return float(np.mean(scores))
 
 
+def speech_range_db(audio: np.ndarray) -> float:
+    """Spread in dB between loud (90th percentile) and quiet (10th) 10 ms steps of int16 audio:
+    speech alternates syllables and pauses, silence and steady noise or hum do not."""
+    total_db = 10 * np.log10(np.exp(band_energies(audio)).sum(axis=1) + 1e-12)
+    return float(np.percentile(total_db, 90) - np.percentile(total_db, 10)) if len(total_db) else 0.0
+
+
+def mouth_motion(landmarks: np.ndarray, width: int, height: int) -> float:
+    """Standard deviation of the inner lip gap over face height: near zero for a still mouth."""
+    return float(mouth_features(landmarks, width, height)[:, 0].std())
+
+
 class MouthAudioScorer:
     """Offset and confidence of a clip's audio against its tracked face, from landmarks alone."""
 
@@ -119,14 +131,8 @@ class MouthAudioScorer:
             curvature = below - 2 * peak + above
             if curvature < 0:
                 refined += 0.5 * (below - above) / curvature
-        confidence = float(curve[best]) if self._is_speech(audio[centre : centre + steps]) and self._mouth_moves(landmarks, width, height) else 0.0
+        clip_audio = audio_context[context_frames * SAMPLE_RATE // FPS :][: num_frames * SAMPLE_RATE // FPS]
+        gated = speech_range_db(clip_audio) < self.min_speech_range_db or mouth_motion(landmarks, width, height) < self.min_mouth_motion
+        confidence = 0.0 if gated else float(curve[best])
         per_frame = curve[:: _STEPS_PER_FRAME]  # one value per whole-frame offset, -max_offset..max_offset
         return SyncEstimate(offset_frames=refined / _STEPS_PER_FRAME, confidence=max(confidence, 0.0), distances=1.0 - per_frame)
-
-    def _is_speech(self, energies: np.ndarray) -> bool:
-        """Audio whose loudness varies like speech: a wide spread between loud and quiet moments."""
-        total_db = 10 * np.log10(np.exp(energies).sum(axis=1) + 1e-12)
-        return float(np.percentile(total_db, 90) - np.percentile(total_db, 10)) >= self.min_speech_range_db
-
-    def _mouth_moves(self, landmarks: np.ndarray, width: int, height: int) -> bool:
-        return float(mouth_features(landmarks, width, height)[:, 0].std()) >= self.min_mouth_motion
