@@ -110,4 +110,6 @@ class FaceResult:
     identity_backend: str = "none"
     identity_embedding: np.ndarray | None = None  # (512,) float32, L2-normalized
     identity_consistency: float | None = None  # lowest cosine similarity of a sampled frame to the clip's mean
-    other_tracks: list[np.ndarray] = field(default_factory=list)  # boxes (T, 4) of the other counted faces
+    # When several faces count and the face stage keeps them: the other faces the rules pass, each
+    # with its own track and measurements, for the sync stage to find the speaker among.
+    candidates: list[FaceResult] = field(default_factory=list)

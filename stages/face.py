@@ -5,11 +5,15 @@ runs mediapipe on every frame and RetinaFace where mediapipe found nothing and o
 `retinaface_every`-th frame (it finds small and crowded faces mediapipe misses). Detections are
 linked into tracks; short gaps are bridged, so a transition frame without a face is harmless.
 The longest track is the tracked face: its mesh landmarks on every frame are what the sample
-stores, and the face and lip masks are drawn from them (schemas/face.py).
+stores, and the face and lip masks are drawn from them (schemas/face.py). When several faces
+count (interviews, two-shots) and `multiple_faces` is `keep`, every face the rules pass gets its
+landmarks and measurements as a candidate, and the sync stage keeps the one that speaks; a clip
+with one face costs nothing extra.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -71,7 +75,7 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
     min_face_coverage: float = option(0.9, "The tracked face must be present (after bridging) on this share of frames, else `no_face`.")
     min_face_px: float = option(96.0, "Median face box height, in pixels of the stored clip, below which a clip is `face_too_small`.")
     max_cut_off_share: float = option(0.2, "Share of frames on which the face box may touch the frame's edge before the clip is `face_cut_off`.")
-    multiple_faces: str = option("reject", "When several faces count: `reject` (reason multiple_faces) or `keep` (the sync stage picks the speaker).")
+    multiple_faces: str = option("keep", "When several faces count: `keep` every face the rules pass as a candidate (the sync stage picks the speaker) or `reject` the clip (reason multiple_faces).")
     max_head_yaw: float = option(50.0, "Median |yaw| in degrees above which the face is `profile_face` (turned too far for lip training).")
     min_face_sharpness: float = option(10.0, "Median variance of the Laplacian of the 128 px face crop below which a clip is `low_quality` (blurred).")
     face_brightness_range: list = option([30.0, 230.0], "Median luma of the face crop outside this range makes a clip `low_quality` (too dark or blown out).")
@@ -97,7 +101,7 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         frames = item.frames
         if frames is None or len(frames) == 0:
             raise ValueError("the face stage needs the clip's analysis frames (normalize.analysis_long_side > 0)")
-        num_frames, height, width = frames.shape[:3]
+        num_frames = len(frames)
         detections = self._detect(frames)
         tracks = link(detections, self.track_min_iou, self.max_gap_frames)
         dense = [t.dense_boxes(num_frames, self.max_gap_frames) for t in tracks]
@@ -108,39 +112,60 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         if not tracks:
             return Rejected("no_face", "no face detected on any frame")
         main = max(range(len(tracks)), key=lambda i: (present[i], len(tracks[i].frames)))
-        boxes = dense[main]
-        clip_height = item.video.height if item.video else height
-        # Recorded before the rules, so a rejected row says what was measured.
-        result.coverage = present[main]
-        result.size_px = float(np.nanmedian((boxes[:, 3] - boxes[:, 1]) * clip_height))
-        if present[main] < self.min_face_coverage:
-            return Rejected("no_face", f"the face is visible on {present[main]:.0%} of frames, minimum {self.min_face_coverage:.0%}")
-        if len(counted) > 1 and self.multiple_faces == "reject":
-            return Rejected("multiple_faces", f"{len(counted)} faces each on at least {self.min_track_share:.0%} of frames")
-        if result.size_px < self.min_face_px:
-            return Rejected("face_too_small", f"median face height {result.size_px:.0f} px, minimum {self.min_face_px:.0f} px")
+        clip_height = item.video.height if item.video else frames.shape[1]
+        several = len(counted) > 1
+        rejected = self._covered(dense[main], present[main], clip_height, result)
+        if rejected is None and several and self.multiple_faces == "reject":
+            rejected = Rejected("multiple_faces", f"{len(counted)} faces each on at least {self.min_track_share:.0%} of frames")
+        if rejected is None:
+            rejected = self._examine(frames, tracks[main], dense[main], result)
+        if several and self.multiple_faces == "keep":
+            # Any of the faces may be the speaker: every one the rules pass is a candidate, and the
+            # sync stage picks the one that speaks. The longest track passing them goes first.
+            candidates = [] if rejected else [result]
+            for i in (i for i in counted if i != main):
+                face = FaceResult(backend=_BACKEND, num_faces=len(counted))
+                if not (self._covered(dense[i], present[i], clip_height, face) or self._examine(frames, tracks[i], dense[i], face)):
+                    candidates.append(face)
+            if candidates:
+                item.face = result = dataclasses.replace(candidates[0], candidates=candidates[1:])
+                rejected = None
+        if result.track is not None:
+            item.backends["identity"] = result.identity_backend
+        return rejected or item
+
+    def _covered(self, boxes: np.ndarray, share: float, clip_height: int, face: FaceResult) -> Rejected | None:
+        """Records where the track is and how tall, then the presence rule. Measurements are
+        recorded before the rules, so a rejected row says what was measured."""
+        face.coverage = share
+        face.size_px = float(np.nanmedian((boxes[:, 3] - boxes[:, 1]) * clip_height))
+        if share < self.min_face_coverage:
+            return Rejected("no_face", f"the face is visible on {share:.0%} of frames, minimum {self.min_face_coverage:.0%}")
+        return None
+
+    def _examine(self, frames: np.ndarray, track, boxes: np.ndarray, face: FaceResult) -> Rejected | None:
+        """The rest of the face rules for a track that is present enough, measuring it into `face`."""
+        if face.size_px < self.min_face_px:
+            return Rejected("face_too_small", f"median face height {face.size_px:.0f} px, minimum {self.min_face_px:.0f} px")
         touching = np.nanmean((boxes[:, 0] < 0.005) | (boxes[:, 1] < 0.005) | (boxes[:, 2] > 0.995) | (boxes[:, 3] > 0.995))
         if touching > self.max_cut_off_share:
             return Rejected("face_cut_off", f"the face touches the frame's edge on {touching:.0%} of frames")
-
         landmarks = self._landmarks(frames, boxes)
         if landmarks is None:
             return Rejected("no_face", "the face mesh found no landmarks on the tracked face")
-        detected = np.zeros(num_frames, bool)
-        detected[tracks[main].frames] = True
-        self._measure(frames, boxes, detected, landmarks, result)
-        result.other_tracks = [dense[i] for i in counted if i != main]
-        if abs(result.yaw) > self.max_head_yaw:
-            return Rejected("profile_face", f"median head yaw {result.yaw:.0f} degrees, maximum {self.max_head_yaw:.0f}")
-        if result.sharpness < self.min_face_sharpness:
-            return Rejected("low_quality", f"face sharpness {result.sharpness:.1f}, minimum {self.min_face_sharpness}")
+        detected = np.zeros(len(frames), bool)
+        detected[track.frames] = True
+        self._measure(frames, boxes, detected, landmarks, face)
+        if abs(face.yaw) > self.max_head_yaw:
+            return Rejected("profile_face", f"median head yaw {face.yaw:.0f} degrees, maximum {self.max_head_yaw:.0f}")
+        if face.sharpness < self.min_face_sharpness:
+            return Rejected("low_quality", f"face sharpness {face.sharpness:.1f}, minimum {self.min_face_sharpness}")
         low, high = self.face_brightness_range
-        if not low <= result.brightness <= high:
-            return Rejected("low_quality", f"face brightness {result.brightness:.0f}, allowed {low:.0f}-{high:.0f}")
-        item.backends["identity"] = result.identity_backend
-        if result.identity_consistency is not None and result.identity_consistency < self.min_identity_consistency:
-            return Rejected("identity_changed", f"identity consistency {result.identity_consistency:.2f}, minimum {self.min_identity_consistency}")
-        return item
+        if not low <= face.brightness <= high:
+            return Rejected("low_quality", f"face brightness {face.brightness:.0f}, allowed {low:.0f}-{high:.0f}")
+        if face.identity_consistency is not None and face.identity_consistency < self.min_identity_consistency:
+            return Rejected("identity_changed", f"identity consistency {face.identity_consistency:.2f}, minimum {self.min_identity_consistency}")
+        return None
 
     def _detect(self, frames: np.ndarray):
         detections = self._mediapipe.detect(list(frames))

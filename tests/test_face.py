@@ -119,7 +119,7 @@ def test_a_speaker_is_one_face_on_nearly_every_frame(speakers, name):
     clip = speakers[name]
     assert clip.status is not Status.REJECTED and clip.reason is None, clip.reason_detail
     face = clip.face
-    assert face.num_faces == 1 and face.other_tracks == []
+    assert face.num_faces == 1 and face.candidates == []
     assert face.coverage >= 0.95
     track = face.track
     assert track.num_frames == clip.num_frames == clip.video.num_frames
@@ -343,34 +343,39 @@ def test_a_few_black_frames_inside_a_shot_are_bridged(run_chain, blacked_out_vid
 
 @pytest.fixture(scope="module")
 def two_speaker_rows(run_chain, two_speakers) -> dict[str, CandidateClip]:
-    """The side-by-side pair with each `multiple_faces` policy."""
+    """The side-by-side pair with each `multiple_faces` policy (`keep` is the default)."""
     return {policy: only_clip(face_rows(run_chain, two_speakers, multiple_faces=policy)) for policy in ("reject", "keep")}
 
 
-def test_two_speakers_are_rejected_by_default(two_speaker_rows):
+def test_two_speakers_are_rejected_when_configured(two_speaker_rows):
     clip = two_speaker_rows["reject"]
     assert (clip.status, clip.reason, clip.rejected_by) == (Status.REJECTED, "multiple_faces", "face"), clip.reason_detail
-    assert clip.face.num_faces == 2
+    assert clip.face.num_faces == 2 and clip.face.candidates == []
     row = manifest_row(clip, None)
     assert (row["status"], row["reason"], row["num_faces"], row["face_backend"]) == ("rejected", "multiple_faces", 2, BACKEND)
 
 
-def test_two_speakers_are_kept_when_configured(two_speaker_rows, speakers):
+def test_two_speakers_are_both_candidates_by_default(two_speaker_rows, speakers):
+    """Each face gets the whole treatment (landmarks, measurements), for the sync stage to pick the speaker."""
+    assert FaceStage().multiple_faces == "keep"
     clip = two_speaker_rows["keep"]
     assert clip.status is not Status.REJECTED, clip.reason_detail
     face = clip.face
-    assert face.num_faces == 2 and len(face.other_tracks) == 1
-    other = face.other_tracks[0]
-    assert other.shape == (clip.num_frames, 4) and np.mean(~np.isnan(other[:, 0])) >= 0.95
-    # One face in each half of the frame; the tracked one is the same size as in its own file
-    # (the pair keeps GRID's 288 px height), within the detector's 10% wobble.
-    main_x = np.nanmedian(face.track.boxes[:, [0, 2]].mean(axis=1))
-    other_x = np.nanmedian(other[:, [0, 2]].mean(axis=1))
-    assert min(main_x, other_x) < 0.5 < max(main_x, other_x)
-    alone = speakers[GRID_NAMES[0] if main_x < 0.5 else GRID_NAMES[1]]
-    assert face.size_px == pytest.approx(alone.face.size_px, rel=0.1)
+    assert face.num_faces == 2 and len(face.candidates) == 1
+    other = face.candidates[0]
+    assert other.num_faces == 2 and other.candidates == [] and other.backend == BACKEND
+    centres = []
+    for result in (face, other):
+        track = result.track
+        assert track.num_frames == clip.num_frames and np.isfinite(track.landmarks).all()
+        assert result.coverage >= 0.95 and np.isfinite([result.yaw, result.sharpness, result.brightness]).all()
+        assert_masks_hold_the_lips(track.landmarks, clip.video.height, clip.video.width)
+        centres.append(float(np.nanmedian(track.boxes[:, [0, 2]].mean(axis=1))))
+        # Each the same size as in its own file (the pair keeps GRID's 288 px height), within the detector's 10% wobble.
+        alone = speakers[GRID_NAMES[0] if centres[-1] < 0.5 else GRID_NAMES[1]]
+        assert result.size_px == pytest.approx(alone.face.size_px, rel=0.1)
+    assert min(centres) < 0.5 < max(centres)  # one face in each half of the frame
     assert manifest_row(clip, "shards/shard-000000.tar")["num_faces"] == 2
-    assert_masks_hold_the_lips(face.track.landmarks, clip.video.height, clip.video.width)
 
 
 @pytest.fixture(scope="module")
