@@ -31,6 +31,11 @@ from stages.probe import _video_stream
 log = logging.getLogger(__name__)
 
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
+_TIMESTAMP_JITTER = SAMPLE_RATE // 500
+"""2 ms. Containers with coarse timestamps (Matroska and WebM count milliseconds) stamp audio
+frames up to about a millisecond away from where the previous frame ended; placed exactly by
+their timestamps, such frames would leave runs of zeros (clicks) and drop samples every few tens
+of milliseconds. A frame that starts this close to the end of the last one continues it."""
 _FRAME_TIME_BASE = Fraction(1, FPS)
 
 _ROTATION_FILTERS = {90: [("transpose", "cclock")], 180: [("hflip", ""), ("vflip", "")], 270: [("transpose", "clock")]}
@@ -216,6 +221,8 @@ class NormalizedChunk:
                     start = self._audio_end
                 else:
                     start = round((float(out.pts * out.time_base) - origin) * SAMPLE_RATE)
+                    if self._audio_first is not None and abs(start - self._audio_end) <= _TIMESTAMP_JITTER:
+                        start = self._audio_end  # the stream goes on: a gap or overlap this small is rounding
                 self._write_audio(start, samples)
 
     def release_audio(self, before_frame: int) -> None:

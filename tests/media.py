@@ -9,6 +9,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import av
+import numpy as np
+
 DEMO = Path(__file__).resolve().parent.parent / "demo" / "media"
 GRID = sorted(DEMO.glob("grid_*.mpg"))
 PORTRAIT = DEMO / "latentsync_demo1_video.mp4"  # HEVC, 1080x1920, AAC with priming
@@ -240,6 +243,15 @@ def frozen(src: Path, out: Path, frame: int, num_frames: int = 75) -> None:
     """Frame `frame` of `src` repeated `num_frames` times at 25 fps (a still face), audio kept."""
     ffmpeg("-i", src, "-vf", f"trim=start_frame={frame}:end_frame={frame + 1},loop=loop={num_frames - 1}:size=1:start=0,setpts=N/25/TB",
            "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+
+
+def decoded_audio(path: Path) -> np.ndarray:
+    """All of `path`'s first audio stream as int16 mono at 16 kHz, decoded straight through (PyAV's
+    resampler, as normalize uses it, with each frame following the last whatever its timestamp)."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+    with av.open(str(path)) as container:
+        frames = [*container.decode(audio=0), None]
+        return np.concatenate([out.to_ndarray().reshape(-1) for frame in frames for out in resampler.resample(frame)])
 
 
 def audio_shifted(src: Path, out: Path, shift_ms: float) -> None:

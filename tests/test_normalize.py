@@ -7,6 +7,7 @@ import io
 import pickle
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -211,6 +212,21 @@ def test_audio_layout_change_mid_stream_is_followed(tmp_path):
     assert coverage > 0.95
     half = len(audio) // 2
     assert np.abs(audio[:half]).max() > 1000 and np.abs(audio[half:]).max() > 1000
+
+
+def test_coarse_timestamps_do_not_cut_the_audio(tmp_path):
+    """PCM in Matroska: packets stamped to the millisecond, so the resampled frames' timestamps
+    wander up to about a millisecond from where the previous frame ended. The audio is still one
+    continuous recording: sample for sample what decoding it straight through gives."""
+    path = tmp_path / "pcm.mkv"
+    media.audio_shifted(media.GRID[0], path, 0)
+    with av.open(str(path)) as container:
+        assert container.streams.audio[0].time_base == Fraction(1, 1000)  # the premise: coarser than a sample
+    (chunk,) = normalized(path)
+    decode(chunk)
+    audio, _ = chunk.audio(0, 75)
+    straight = media.decoded_audio(path)[: len(audio)]
+    np.testing.assert_array_equal(audio[: len(straight)], straight)
 
 
 # -- chunks ------------------------------------------------------------------------------------
