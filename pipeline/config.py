@@ -58,6 +58,7 @@ class RunConfig:
     def validate(self) -> None:
         for stage in self.stages.values():
             stage.validate()
+            stage.validate_with(self.stages)
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that decides what a run writes: a resumed run must match it."""

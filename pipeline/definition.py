@@ -17,6 +17,7 @@ from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
 from stages.scene_cut import SceneCutStage
 from stages.shard_writer import ShardWriterStage
+from stages.sync import SyncStage
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Group:
 
 PIPELINE: tuple[Group, ...] = (
     Group("ingest", (ProbeStage, ChunkStage)),
-    Group("clips", (NormalizeStage, SceneCutStage, FaceStage)),
+    Group("clips", (NormalizeStage, SceneCutStage, FaceStage, SyncStage)),
 )
 
 SHARD_WRITER = ShardWriterStage

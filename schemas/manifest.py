@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -9,8 +10,9 @@ import pyarrow as pa
 
 from schemas.face import FaceResult
 from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status
+from schemas.sync import SyncResult
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 """Bumped whenever a manifest column or a sample member changes meaning."""
 
 # Shard member suffixes of one sample (the WebDataset key is everything before the first dot).
@@ -61,6 +63,8 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("sync_offset_ms", pa.float64()),
         pa.field("sync_confidence", pa.float64()),
         pa.field("sync_backend", pa.string()),
+        pa.field("speech_range_db", pa.float64()),
+        pa.field("mouth_motion", pa.float64()),
         pa.field("transcript", pa.string()),
         pa.field("language", pa.string()),
         pa.field("caption", pa.string()),
@@ -97,9 +101,7 @@ def manifest_row(clip: CandidateClip, shard: str | None) -> dict[str, Any]:
         "source_video_codec": probe.video_codec if probe else None,
         "source_audio_codec": probe.audio_codec if probe else None,
         **_face_columns(clip.face),
-        "sync_offset_ms": None,
-        "sync_confidence": None,
-        "sync_backend": None,
+        **_sync_columns(clip.sync),
         "transcript": None,
         "language": None,
         "caption": None,
@@ -132,6 +134,16 @@ def _face_columns(face: FaceResult | None) -> dict[str, Any]:
 
 
 _FACE_COLUMNS = tuple(_face_columns(FaceResult(backend="", num_faces=0)))
+
+
+def _sync_columns(sync: SyncResult | None) -> dict[str, Any]:
+    return {
+        "sync_offset_ms": None if sync is None else sync.offset_ms,
+        "sync_confidence": None if sync is None else sync.confidence,
+        "sync_backend": None if sync is None else sync.backend,
+        "speech_range_db": None if sync is None else sync.speech_range_db,
+        "mouth_motion": None if sync is None else sync.mouth_motion,
+    }
 
 
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -168,6 +180,7 @@ def sample_metadata(clip: CandidateClip) -> dict[str, Any]:
             "audio_channels": probe.audio_channels,
         },
         "face": _face_metadata(clip.face),
+        "sync": None if clip.sync is None else dataclasses.asdict(clip.sync),
         "backends": dict(clip.backends),
     }
 

@@ -15,6 +15,7 @@ from enum import Enum
 import numpy as np
 
 from schemas.face import FaceResult
+from schemas.sync import SyncResult
 
 FPS = 25
 """Frame rate of every normalized clip."""
@@ -145,6 +146,7 @@ class CandidateClip:
     probe: ProbeInfo | None = None
     frames: np.ndarray | None = None  # (T, h, w, 3) RGB analysis frames; never leaves the worker group that uses them
     face: FaceResult | None = None
+    sync: SyncResult | None = None
     backends: dict[str, str] = field(default_factory=dict)  # field name -> backend that produced it
 
     @classmethod
@@ -170,11 +172,17 @@ class CandidateClip:
 
     @property
     def audio(self) -> np.ndarray | None:
-        """The clip's own audio, int16 mono at SAMPLE_RATE: sample n * 640 belongs to frame n."""
+        """The clip's own audio, int16 mono at SAMPLE_RATE: sample n * 640 belongs to frame n. Once
+        the sync stage has corrected the clip, that is the audio in sync with the video, taken
+        `sync.audio_shift` samples later in the context (earlier when negative)."""
         if self.audio_context is None:
             return None
-        start = self.audio_context_frames * SAMPLE_RATE // FPS
-        return self.audio_context[start : start + self.num_frames * SAMPLE_RATE // FPS]
+        shift = self.sync.audio_shift if self.sync else 0
+        start = self.audio_context_frames * SAMPLE_RATE // FPS + shift
+        length = self.num_frames * SAMPLE_RATE // FPS
+        if not 0 <= start <= len(self.audio_context) - length:
+            raise ValueError(f"an audio shift of {shift} samples leaves the audio context of {self.audio_context_frames} frames")
+        return self.audio_context[start : start + length]
 
     def reject(self, reason: str, detail: str, stage: str) -> CandidateClip:
         """This clip as a rejected row; heavy payloads are dropped, they will never be written."""

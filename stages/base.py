@@ -10,7 +10,7 @@ iterator of outputs and rejections.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -68,6 +68,10 @@ class Stage(Generic[In, Out]):
 
     def validate(self) -> None:
         """Raise ValueError on an inconsistent configuration (called before a run starts)."""
+
+    def validate_with(self, stages: Mapping[str, Stage]) -> None:
+        """Raise ValueError when this stage's configuration contradicts another stage's (called
+        before a run starts, with every stage of the run by name)."""
 
     def accepts(self, item: object) -> bool:
         return isinstance(item, self.input_type)

@@ -44,6 +44,7 @@ from pipeline.inputs import discover
 from pipeline.run import RunResult, run
 from schemas.manifest import SAMPLE_MEMBERS
 from schemas.records import FPS, SAMPLE_RATE
+from stages.sync import SyncStage
 
 pytestmark = pytest.mark.slow
 
@@ -393,6 +394,11 @@ def test_shards_read_back_with_webdataset_are_the_kept_rows(curated):
         assert (meta["key"], meta["source"], meta["start_s"], meta["end_s"]) == (
             key, row["source"], row["start_s"], row["end_s"],
         )
+        # Every kept clip was measured in sync (or corrected into it) by the default backend.
+        assert (meta["sync"]["offset_ms"], meta["sync"]["confidence"]) == (row["sync_offset_ms"], row["sync_confidence"])
+        assert row["sync_backend"] == meta["sync"]["backend"] == meta["backends"]["sync"] == "mouth-audio-cca"
+        assert row["sync_confidence"] >= SyncStage().min_confidence_embedded
+        assert abs(row["sync_offset_ms"]) <= SyncStage().max_correction_ms
         frames = round((row["end_s"] - row["start_s"]) * FPS)
         assert frames == row["num_frames"] == meta["num_frames"] > 0
 
@@ -541,6 +547,30 @@ def test_config_change_is_refused(curated, tmp_path):
     assert "different configuration" in stderr and "scene_cut" in stderr and "--out" in stderr, stderr
     assert "Traceback" not in stderr
     assert listing([copy]) == before
+
+
+# -- lip sync -------------------------------------------------------------------------------------
+
+
+def test_a_clip_with_late_audio_is_stored_in_sync(local_ray, tmp_path):
+    """GRID[1] with its sound 200 ms after the lips: the stored wav is the source's audio from the
+    measured offset on, sample for sample (zeros past the end of the recording)."""
+    source = tmp_path / "late audio.mkv"
+    media.audio_shifted(media.GRID[1], source, 200)
+    out = tmp_path / "out"
+    run([str(source)], str(out), run_config())
+    (row,) = manifest_rows(out)
+    assert row["status"] == "kept", row["reason_detail"]
+    assert row["sync_backend"] == "mouth-audio-cca" and row["sync_confidence"] >= SyncStage().min_confidence_embedded
+    shift = round(row["sync_offset_ms"] * SAMPLE_RATE / 1000)
+    assert shift > 0  # late sound: the in-sync audio is taken later
+    (sample,) = read_samples(out)
+    assert json.loads(sample["json"])["sync"]["audio_shift"] == shift
+    stored, _ = soundfile.read(io.BytesIO(sample["wav"]), dtype="int16")
+    expected = np.zeros_like(stored)
+    later = media.decoded_audio(source)[shift : shift + len(stored)]
+    expected[: len(later)] = later
+    np.testing.assert_array_equal(stored, expected)
 
 
 # -- inputs ---------------------------------------------------------------------------------------

@@ -1,0 +1,147 @@
+"""Sync: keep clips whose lips move with the audio, fix those whose audio is merely shifted, and
+find the speaker among several faces.
+
+The single most important filter for audio-driven portraits. Per clip, in order (each rule's
+measurement is recorded before the rule, so a rejected row says what was measured):
+
+1. `no_speech`: the audio's loud-to-quiet spread is too small for speech (silence, hum, hiss).
+2. `not_talking`: no candidate face's mouth moves (a still photo, a listener, a frozen frame).
+3. The offset of every moving face against the audio, by the backend: SyncNet when weights are
+   configured, else the embedded mouth-audio estimator (stages/sync_embedded.py), which needs only
+   the face stage's landmarks.
+4. Several faces (the face stage keeps each that passes its rules as a candidate): the face that
+   clearly fits the audio best, by the threshold and a margin over the runner-up, becomes the
+   clip's tracked face; if none clearly does, `multiple_faces`.
+5. `low_sync_confidence` below the backend's threshold; `out_of_sync` when the offset is beyond
+   what may be corrected; otherwise the clip is corrected: its audio is taken the offset later in
+   the audio context around it, so the stored `KEY.wav` is in sync with the video.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from schemas.face import FaceResult
+from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Rejected
+from schemas.sync import SyncResult, TrackScore
+from stages.base import Resources, Stage, option
+from stages.sync_embedded import MouthAudioScorer, mouth_motion, speech_range_db
+from stages.sync_models import SyncEstimate, SyncNetScorer, crop_for_syncnet
+
+MS_PER_FRAME = 1000 / FPS
+
+
+@dataclass
+class SyncStage(Stage[CandidateClip, CandidateClip]):
+    """Measure each clip's audio-video offset on its speaking face; correct it or reject the clip."""
+
+    name: ClassVar[str] = "sync"
+    input_type: ClassVar[type] = CandidateClip
+    resources: ClassVar[Resources] = Resources(cpus=1)
+    uses_frames: ClassVar[bool] = True  # SyncNet's face crops are cut from the analysis frames
+
+    syncnet_model_path: str = option("", "SyncNet weights (syncnet-python's syncnet_v2.model); empty: the embedded mouth-audio estimator, from the face landmarks.")
+    max_offset_frames: int = option(15, "Offsets are searched within +-this many frames (SyncNet's evaluation uses 15); at most scene_cut.audio_context_frames.")
+    max_correction_ms: float = option(520.0, "Offsets up to this are corrected, larger ones are `out_of_sync` (520 ms = 13 frames: short of the search's edge, where an estimate may be cut off).")
+    min_speech_range_db: float = option(10.0, "Spread between loud and quiet 10 ms steps of the clip's audio below which it is `no_speech` (speech alternates syllables and pauses: 40-60 dB).")
+    min_mouth_motion: float = option(0.005, "Standard deviation of the inner-lip gap over face height below which a face is not talking; when no face moves, `not_talking`.")
+    min_confidence_embedded: float = option(0.5, "Embedded backend: held-out correlation of mouth and audio below which a clip is `low_sync_confidence`.")
+    min_confidence_syncnet: float = option(3.0, "SyncNet backend: confidence (median minus minimum distance) below which a clip is `low_sync_confidence` (LatentSync's threshold).")
+    speaker_margin_embedded: float = option(0.15, "Embedded backend, several faces: the speaker's confidence must beat every other face's by this much, else `multiple_faces`.")
+    speaker_margin_syncnet: float = option(2.0, "SyncNet backend, several faces: the speaker's confidence must beat every other face's by this much, else `multiple_faces`.")
+
+    def validate(self) -> None:
+        if self.max_offset_frames < 1:
+            raise ValueError("sync.max_offset_frames must be at least 1")
+        if not 0 <= self.max_correction_ms <= self.max_offset_frames * MS_PER_FRAME:
+            raise ValueError(
+                f"sync.max_correction_ms must be between 0 and the search range, sync.max_offset_frames "
+                f"({self.max_offset_frames} frames = {self.max_offset_frames * MS_PER_FRAME:.0f} ms)"
+            )
+        if self.speaker_margin_embedded < 0 or self.speaker_margin_syncnet < 0:
+            raise ValueError("sync.speaker_margin_embedded and sync.speaker_margin_syncnet must not be negative")
+
+    def validate_with(self, stages: Mapping[str, Stage]) -> None:
+        context = getattr(stages.get("scene_cut"), "audio_context_frames", None)
+        if context is not None and context < self.max_offset_frames:
+            raise ValueError(_context_error(self.max_offset_frames, context))
+
+    def setup(self) -> None:
+        self._scorer = SyncNetScorer(self.syncnet_model_path) if self.syncnet_model_path else MouthAudioScorer()
+
+    @property
+    def _syncnet(self) -> bool:
+        return isinstance(self._scorer, SyncNetScorer)
+
+    def process(self, item: CandidateClip) -> CandidateClip | Rejected:
+        face = item.face
+        if face is None or face.track is None:
+            raise ValueError("the sync stage needs the face stage's tracked face")
+        if item.audio_context_frames < self.max_offset_frames:
+            raise ValueError(_context_error(self.max_offset_frames, item.audio_context_frames))
+        if self._syncnet and item.frames is None:
+            raise ValueError("the SyncNet backend needs the clip's analysis frames (normalize.analysis_long_side > 0)")
+        faces = [face, *face.candidates]
+        item.face = dataclasses.replace(face, candidates=[])  # scored here; never shipped further
+        item.sync = result = SyncResult(backend=self._scorer.name, speech_range_db=speech_range_db(item.audio))
+        item.backends["sync"] = self._scorer.name
+        if result.speech_range_db < self.min_speech_range_db:
+            return Rejected("no_speech", f"loud-to-quiet spread of the audio {result.speech_range_db:.1f} dB, minimum {self.min_speech_range_db:g} dB")
+
+        width, height = item.video.width, item.video.height
+        motions = [mouth_motion(f.track.landmarks, width, height) for f in faces]
+        result.mouth_motion = motions[0]
+        moving = [i for i, motion in enumerate(motions) if motion >= self.min_mouth_motion]
+        if not moving:
+            return Rejected("not_talking", f"mouth motion {max(motions):.4f}, minimum {self.min_mouth_motion:g}")
+        estimates = {i: self._estimate(item, faces[i]) for i in moving}
+        if len(faces) > 1:
+            result.tracks = [_track_score(f, motion, estimates.get(i)) for i, (f, motion) in enumerate(zip(faces, motions))]
+        threshold, margin = (
+            (self.min_confidence_syncnet, self.speaker_margin_syncnet) if self._syncnet
+            else (self.min_confidence_embedded, self.speaker_margin_embedded)
+        )
+        ranked = sorted(moving, key=lambda i: estimates[i].confidence, reverse=True)
+        best = ranked[0]
+        if best != 0:
+            item.face = dataclasses.replace(faces[best], candidates=[])
+        estimate = estimates[best]
+        result.mouth_motion = motions[best]
+        result.offset_ms = float(estimate.offset_frames * MS_PER_FRAME)
+        result.confidence = float(estimate.confidence)
+        if len(ranked) > 1 and (estimate.confidence < threshold or estimate.confidence - estimates[ranked[1]].confidence < margin):
+            scores = ", ".join(f"{estimates[i].confidence:.2f} (face at x {_centre(faces[i])[0]:.2f})" for i in ranked)
+            return Rejected("multiple_faces", f"no face clearly speaks: confidences {scores}; the speaker needs {threshold:g} and a lead of {margin:g}")
+        if estimate.confidence < threshold:
+            return Rejected("low_sync_confidence", f"sync confidence {estimate.confidence:.2f}, minimum {threshold:g} ({self._scorer.name})")
+        if abs(result.offset_ms) > self.max_correction_ms:
+            return Rejected("out_of_sync", f"audio offset {result.offset_ms:+.0f} ms, at most {self.max_correction_ms:g} ms is corrected")
+        result.audio_shift = round(result.offset_ms * SAMPLE_RATE / 1000)  # audio lagging: the in-sync sound starts later
+        return item
+
+    def _estimate(self, item: CandidateClip, face: FaceResult) -> SyncEstimate:
+        if self._syncnet:
+            return self._scorer.score(crop_for_syncnet(item.frames, face.track.boxes), item.audio, self.max_offset_frames)
+        return self._scorer.score(face.track.landmarks, item.video.width, item.video.height, item.audio_context,
+                                  item.audio_context_frames, self.max_offset_frames)
+
+
+def _context_error(max_offset_frames: int, context_frames: int) -> str:
+    return (f"sync.max_offset_frames is {max_offset_frames}, but clips carry {context_frames} frames of audio context "
+            f"(scene_cut.audio_context_frames): the search needs at least as many")
+
+
+def _centre(face: FaceResult) -> tuple[float, float]:
+    boxes = face.track.boxes
+    return float(np.nanmedian(boxes[:, [0, 2]].mean(axis=1))), float(np.nanmedian(boxes[:, [1, 3]].mean(axis=1)))
+
+
+def _track_score(face: FaceResult, motion: float, estimate: SyncEstimate | None) -> TrackScore:
+    if estimate is None:
+        return TrackScore(_centre(face), motion)
+    return TrackScore(_centre(face), motion, float(estimate.offset_frames * MS_PER_FRAME), float(estimate.confidence))
