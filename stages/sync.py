@@ -50,7 +50,7 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
     max_correction_ms: float = option(520.0, "Offsets up to this are corrected, larger ones are `out_of_sync` (520 ms = 13 frames: short of the search's edge, where an estimate may be cut off).")
     min_speech_range_db: float = option(10.0, "Spread between loud and quiet 10 ms steps of the clip's audio below which it is `no_speech` (speech alternates syllables and pauses: 40-60 dB).")
     min_mouth_motion: float = option(0.005, "Standard deviation of the inner-lip gap over face height below which a face is not talking; when no face moves, `not_talking`.")
-    min_confidence_embedded: float = option(0.5, "Embedded backend: held-out correlation of mouth and audio below which a clip is `low_sync_confidence`.")
+    min_confidence_embedded: float = option(0.35, "Embedded backend: confidence (how far the mouth-audio fit stands above chance, in z-like units) below which a clip is `low_sync_confidence`; real speakers score about 0.45-1.1, other speech and music 0-0.25.")
     min_confidence_syncnet: float = option(3.0, "SyncNet backend: confidence (median minus minimum distance) below which a clip is `low_sync_confidence` (LatentSync's threshold).")
     speaker_margin_embedded: float = option(0.15, "Embedded backend, several faces: the speaker's confidence must beat every other face's by this much, else `multiple_faces`.")
     speaker_margin_syncnet: float = option(2.0, "SyncNet backend, several faces: the speaker's confidence must beat every other face's by this much, else `multiple_faces`.")

@@ -1,23 +1,31 @@
 """The embedded lip-sync estimator: works with what ships offline (the face stage's landmarks).
 
-Mouth geometry (lip gaps, mouth width, jaw opening, each over face height, and their rates of
-change) is related to the audio's log-mel band energies by canonical correlation analysis, fitted
-per clip and per candidate offset, in the spirit of Slaney and Covell's FaceSync. A single
-feature such as lip gap against loudness fails on speakers who smile with an open mouth while
-silent; CCA learns, for each clip, which mouth movements go with which sounds.
+Mouth geometry (lip gaps, mouth width, jaw, the areas inside the lips) is related to the audio's
+energies in three bands (roughly: voicing, first formant, frication) by canonical correlation
+analysis, fitted per clip and per candidate offset, in the spirit of Slaney and Covell's FaceSync:
+CCA learns, for each clip, which mouth movements go with which sounds, so a speaker who smiles
+with an open mouth while silent does not fool it the way a single lip-gap-against-loudness
+correlation is fooled.
 
-To keep the fit from inventing structure, each candidate offset is scored by held-out
-correlation: the projections are fitted on alternate blocks of the clip and evaluated on the
-others. Offsets are searched every 10 ms over the configured range on the audio around the clip,
-then refined to sub-sample precision. The confidence is the held-out correlation at the best
-offset; it is zero when the audio holds no speech-like energy or the mouth does not move.
+Both sides are compared as rates of change (the audio smoothed over 130 ms first): what lines
+up is the opening and closing of the mouth with the rise and fall of the sound, not the slow
+speech-versus-pause envelope every sentence shares, whose broad peak would make the offset
+uncertain by a whole word. Offsets are searched every 10 ms over the configured range in the
+audio around the clip and refined to sub-step precision.
+
+The confidence says how far the best fit stands above what this clip's own signals reach by
+chance: the same search is repeated with the audio circularly rolled beyond the search range
+(same sounds, alignment destroyed), and the confidence is the Fisher-z distance of the real peak
+above the mean chance peak, scaled by the square root of the clip's length in seconds, so that it
+grows with the evidence like a z-score instead of rewarding short clips. It is zero when the audio
+holds no speech-like energy or the mouth does not move.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from schemas.face import CHIN, FOREHEAD_TOP, LOWER_LIP_INNER, UPPER_LIP_INNER
+from schemas.face import LIPS_INNER, LIPS_OUTER, LOWER_LIP_INNER, UPPER_LIP_INNER, mouth_opening
 from schemas.records import FPS, SAMPLE_RATE
 from stages.sync_models import SyncEstimate
 
@@ -25,30 +33,53 @@ FEATURE_RATE = 100  # Hz: 10 ms steps for the offset search
 _HOP = SAMPLE_RATE // FEATURE_RATE
 _WINDOW = 512
 _STEPS_PER_FRAME = FEATURE_RATE // FPS
+_EYE_OUTER = (33, 263)  # outer eye corners: a face scale the jaw's opening does not change
 # Landmark pairs whose distances describe the mouth: inner lip gap, outer lip height, mouth width,
 # nose to chin (jaw), nose base to upper lip, inner mouth width.
-_MOUTH_PAIRS = ((UPPER_LIP_INNER, LOWER_LIP_INNER), (0, 17), (61, 291), (1, CHIN), (2, 0), (78, 308))
-_MEL_BANDS = np.geomspace(150.0, 6000.0, 9)
+_MOUTH_PAIRS = ((UPPER_LIP_INNER, LOWER_LIP_INNER), (0, 17), (61, 291), (1, 152), (2, 0), (78, 308))
+_BAND_EDGES_HZ = (150.0, 500.0, 1500.0, 5000.0)
+_DIGITAL_SILENCE = 1e-8  # band power of all-zero samples (padding past a recording's ends)
+_EPSILON = 1e-12  # keeps a covariance of constant features (a window of digital silence) invertible
 
 
 def mouth_features(landmarks: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(T, 12) mouth distances over face height and their frame-to-frame change."""
+    """(T, 8): mouth distances and the square roots of the areas inside the inner and outer lip
+    contours, all over the distance between the outer eye corners."""
     points = landmarks[..., :2].astype(np.float64) * (width, height)
-    face = np.linalg.norm(points[:, FOREHEAD_TOP] - points[:, CHIN], axis=1)[:, None]
-    distances = np.stack([np.linalg.norm(points[:, a] - points[:, b], axis=1) for a, b in _MOUTH_PAIRS], axis=1) / face
-    return np.concatenate([distances, np.gradient(distances, axis=0)], axis=1)
+    scale = np.linalg.norm(points[:, _EYE_OUTER[0]] - points[:, _EYE_OUTER[1]], axis=1)
+    columns = [np.linalg.norm(points[:, a] - points[:, b], axis=1) for a, b in _MOUTH_PAIRS]
+    columns += [np.sqrt(_polygon_area(points[:, list(contour)])) for contour in (LIPS_INNER, LIPS_OUTER)]
+    return np.stack(columns, axis=1) / np.maximum(scale, 1e-6)[:, None]
 
 
-def band_energies(audio: np.ndarray) -> np.ndarray:
-    """(N, 8) log energies of 8 bands between 150 Hz and 6 kHz, every 10 ms (frame n at n * 10 ms)."""
+def _polygon_area(points: np.ndarray) -> np.ndarray:
+    """Areas of (T, n, 2) closed polygons (shoelace formula)."""
+    x, y = points[..., 0], points[..., 1]
+    return 0.5 * np.abs((x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(axis=1))
+
+
+def band_energies(audio: np.ndarray, edges_hz=_BAND_EDGES_HZ) -> np.ndarray:
+    """(N, len(edges_hz) - 1) log band powers of int16 audio every 10 ms (step n at n * 10 ms)."""
     x = audio.astype(np.float64) / 32768.0
     steps = len(x) // _HOP
     padded = np.pad(x, (_WINDOW // 2, _WINDOW))
     frames = np.lib.stride_tricks.sliding_window_view(padded, _WINDOW)[::_HOP][:steps] * np.hanning(_WINDOW)
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
     freqs = np.fft.rfftfreq(_WINDOW, 1 / SAMPLE_RATE)
-    bands = [power[:, (freqs >= lo) & (freqs < hi)].sum(axis=1) for lo, hi in zip(_MEL_BANDS, _MEL_BANDS[1:])]
-    return np.log(np.stack(bands, axis=1) + 1e-10)
+    bands = [power[:, (freqs >= lo) & (freqs < hi)].sum(axis=1) for lo, hi in zip(edges_hz, edges_hz[1:])]
+    return np.log(np.stack(bands, axis=1) + _DIGITAL_SILENCE)
+
+
+def speech_range_db(audio: np.ndarray) -> float:
+    """Spread in dB between loud (90th percentile) and quiet (10th) 10 ms steps of int16 audio:
+    speech alternates syllables and pauses, silence and steady noise or hum do not."""
+    total_db = 10 * np.log10(np.exp(band_energies(audio, (150.0, 6000.0))[:, 0]))
+    return float(np.percentile(total_db, 90) - np.percentile(total_db, 10)) if len(total_db) else 0.0
+
+
+def mouth_motion(landmarks: np.ndarray, width: int, height: int) -> float:
+    """Standard deviation of the inner lip gap over face height: near zero for a still mouth."""
+    return float(np.std(mouth_opening(landmarks, width, height)))
 
 
 def _upsample(features: np.ndarray, steps: int) -> np.ndarray:
@@ -58,53 +89,50 @@ def _upsample(features: np.ndarray, steps: int) -> np.ndarray:
     return np.stack([np.interp(times, frames, column) for column in features.T], axis=1)
 
 
-def _cca_direction(x: np.ndarray, y: np.ndarray, ridge: float):
-    """Means and first pair of canonical directions of x and y, with ridge regularization."""
-    mx, my = x.mean(0), y.mean(0)
-    x, y = x - mx, y - my
-    n = len(x)
-    cxx, cyy, cxy = x.T @ x / n, y.T @ y / n, x.T @ y / n
-    cxx += ridge * np.trace(cxx) / len(cxx) * np.eye(len(cxx))
-    cyy += ridge * np.trace(cyy) / len(cyy) * np.eye(len(cyy))
-    wx, wy = np.linalg.inv(np.linalg.cholesky(cxx)), np.linalg.inv(np.linalg.cholesky(cyy))
-    u, _, vt = np.linalg.svd(wx @ cxy @ wy.T)
-    return mx, my, wx.T @ u[:, 0], wy.T @ vt[0]
+def _smooth(x: np.ndarray, width: int) -> np.ndarray:
+    """Each column convolved with a normalized Hann window of `width` steps, edges held."""
+    kernel = np.hanning(width + 2)[1:-1]
+    kernel /= kernel.sum()
+    padded = np.pad(x, ((width, width), (0, 0)), mode="edge")
+    return np.stack([np.convolve(column, kernel, mode="same")[width:-width] for column in padded.T], axis=1)
 
 
-def heldout_correlation(video: np.ndarray, audio: np.ndarray, block: int, ridge: float) -> float:
-    """Canonical correlation fitted on alternate blocks of `block` steps, measured on the others."""
-    even = (np.arange(len(video)) // block) % 2 == 0
-    scores = []
-    for train in (even, ~even):
-        mx, my, a, b = _cca_direction(video[train], audio[train], ridge)
-        projected_video, projected_audio = (video[~train] - mx) @ a, (audio[~train] - my) @ b
-        if projected_video.std() < 1e-12 or projected_audio.std() < 1e-12:
-            return 0.0
-        scores.append(float(np.corrcoef(projected_video, projected_audio)[0, 1]))
-    return float(np.mean(scores))
+def _floor_silence(energies: np.ndarray, percentile: float = 10.0) -> np.ndarray:
+    """Each band floored at its quiet level over the steps that are not digital silence: past the
+    ends of a recording the context is all zeros, far quieter than any real pause, and the jump
+    into it would otherwise look like a sound the mouth should have made."""
+    live = energies.sum(axis=1) > energies.shape[1] * (np.log(_DIGITAL_SILENCE) + 1.0)
+    if live.sum() < 10:
+        return energies
+    return np.maximum(energies, np.percentile(energies[live], percentile, axis=0))
 
 
-def speech_range_db(audio: np.ndarray) -> float:
-    """Spread in dB between loud (90th percentile) and quiet (10th) 10 ms steps of int16 audio:
-    speech alternates syllables and pauses, silence and steady noise or hum do not."""
-    total_db = 10 * np.log10(np.exp(band_energies(audio)).sum(axis=1) + 1e-12)
-    return float(np.percentile(total_db, 90) - np.percentile(total_db, 10)) if len(total_db) else 0.0
-
-
-def mouth_motion(landmarks: np.ndarray, width: int, height: int) -> float:
-    """Standard deviation of the inner lip gap over face height: near zero for a still mouth."""
-    return float(mouth_features(landmarks, width, height)[:, 0].std())
+def canonical_correlations(video: np.ndarray, windows: np.ndarray, ridge: float) -> np.ndarray:
+    """First canonical correlation of `video` (S, p) with each audio window of `windows` (L, S, q),
+    with ridge regularization (a share of each covariance's mean variance added to its diagonal)."""
+    video = video - video.mean(axis=0)
+    windows = windows - windows.mean(axis=1, keepdims=True)
+    n = len(video)
+    cvv = video.T @ video / n
+    cvv += (ridge * np.trace(cvv) / len(cvv) + _EPSILON) * np.eye(len(cvv))
+    caa = np.einsum("lsi,lsj->lij", windows, windows) / n
+    caa += (ridge * np.trace(caa, axis1=1, axis2=2) / caa.shape[1] + _EPSILON)[:, None, None] * np.eye(caa.shape[1])
+    cva = np.einsum("si,lsj->lij", video, windows) / n
+    whiten_video = np.linalg.inv(np.linalg.cholesky(cvv))
+    whiten_audio = np.linalg.inv(np.linalg.cholesky(caa))
+    return np.linalg.svd(whiten_video[None] @ cva @ np.swapaxes(whiten_audio, 1, 2), compute_uv=False)[:, 0]
 
 
 class MouthAudioScorer:
-    """Offset and confidence of a clip's audio against its tracked face, from landmarks alone."""
+    """Offset and confidence of a clip's audio against a tracked face, from landmarks alone."""
 
     name = "mouth-audio-cca"
 
-    def __init__(self, ridge: float = 0.1, block_s: float = 0.5, min_mouth_motion: float = 0.005,
-                 min_speech_range_db: float = 10.0):
+    def __init__(self, ridge: float = 0.1, audio_smoothing_s: float = 0.13, chance_rolls: int = 24,
+                 min_mouth_motion: float = 0.005, min_speech_range_db: float = 10.0):
         self.ridge = ridge
-        self.block = max(2, round(block_s * FEATURE_RATE))
+        self.smoothing = max(1, round(audio_smoothing_s * FEATURE_RATE))
+        self.chance_rolls = chance_rolls
         self.min_mouth_motion = min_mouth_motion
         self.min_speech_range_db = min_speech_range_db
 
@@ -114,25 +142,38 @@ class MouthAudioScorer:
         within +-`max_offset` frames (at most `context_frames`). Positive: the audio lags the video."""
         if max_offset > context_frames:
             raise ValueError(f"an offset of {max_offset} frames needs at least that much audio context, not {context_frames}")
-        num_frames = len(landmarks)
-        steps = num_frames * _STEPS_PER_FRAME
-        video = _upsample(mouth_features(landmarks, width, height), steps)
-        audio = band_energies(audio_context)
-        centre = context_frames * _STEPS_PER_FRAME
-        # Past the ends of the recording the context is digital silence, far quieter than any real
-        # pause: floor each band at the clip's own quiet level so those edges do not drive the fit.
-        audio = np.maximum(audio, np.percentile(audio[centre : centre + steps], 5, axis=0))
-        lags = np.arange(-max_offset * _STEPS_PER_FRAME, max_offset * _STEPS_PER_FRAME + 1)
-        curve = np.array([heldout_correlation(video, audio[centre + lag : centre + lag + steps], self.block, self.ridge) for lag in lags])
-        best = int(np.argmax(curve))
-        refined = float(lags[best])
-        if 0 < best < len(curve) - 1:
-            below, peak, above = curve[best - 1 : best + 2]
+        steps = len(landmarks) * _STEPS_PER_FRAME
+        video = np.gradient(_upsample(mouth_features(landmarks, width, height), steps), axis=0)
+        audio = np.gradient(_smooth(_floor_silence(band_energies(audio_context)), self.smoothing), axis=0)
+        reach = max_offset * _STEPS_PER_FRAME
+        start = context_frames * _STEPS_PER_FRAME - reach
+
+        def curve(energies: np.ndarray) -> np.ndarray:
+            """Canonical correlation at every offset, -reach..+reach steps."""
+            searched = energies[start : start + steps + 2 * reach]
+            windows = np.lib.stride_tricks.sliding_window_view(searched, steps, axis=0)
+            return canonical_correlations(video, np.swapaxes(windows, 1, 2), self.ridge)
+
+        correlations = curve(audio)
+        best = int(np.argmax(correlations))
+        refined = float(best - reach)
+        if 0 < best < len(correlations) - 1:
+            below, peak, above = correlations[best - 1 : best + 2]
             curvature = below - 2 * peak + above
             if curvature < 0:
                 refined += 0.5 * (below - above) / curvature
-        clip_audio = audio_context[context_frames * SAMPLE_RATE // FPS :][: num_frames * SAMPLE_RATE // FPS]
+        clip_audio = audio_context[context_frames * SAMPLE_RATE // FPS :][: len(landmarks) * SAMPLE_RATE // FPS]
         gated = speech_range_db(clip_audio) < self.min_speech_range_db or mouth_motion(landmarks, width, height) < self.min_mouth_motion
-        confidence = 0.0 if gated else float(curve[best])
-        per_frame = curve[:: _STEPS_PER_FRAME]  # one value per whole-frame offset, -max_offset..max_offset
-        return SyncEstimate(offset_frames=refined / _STEPS_PER_FRAME, confidence=max(confidence, 0.0), distances=1.0 - per_frame)
+        confidence = 0.0 if gated else self._significance(correlations[best], audio, curve, reach, steps)
+        per_frame = correlations[::_STEPS_PER_FRAME]  # one value per whole-frame offset, -max_offset..max_offset
+        return SyncEstimate(offset_frames=refined / _STEPS_PER_FRAME, confidence=confidence, distances=1.0 - per_frame)
+
+    def _significance(self, peak: float, audio: np.ndarray, curve, reach: int, steps: int) -> float:
+        """Fisher-z distance of `peak` above the mean peak of the same search on the audio rolled
+        past the search range, times the square root of the clip's seconds; at least 0."""
+        total = len(audio)
+        lowest = 2 * reach + FEATURE_RATE // 5  # a roll that leaves the true alignment out of reach
+        rolls = np.linspace(lowest, total - lowest, self.chance_rolls).round().astype(int) if total - lowest > lowest else [total // 2]
+        chance = np.mean([curve(np.roll(audio, roll, axis=0)).max() for roll in rolls])
+        clip = np.clip([peak, chance], 0.0, 0.999)
+        return max(0.0, float((np.arctanh(clip[0]) - np.arctanh(clip[1])) * np.sqrt(steps / FEATURE_RATE)))

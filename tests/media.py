@@ -261,3 +261,35 @@ def audio_shifted(src: Path, out: Path, shift_ms: float) -> None:
     seconds = abs(shift_ms) / 1000
     move = f"adelay={abs(shift_ms):.0f}:all=1" if shift_ms >= 0 else f"atrim=start={seconds:.3f},asetpts=PTS-STARTPTS,apad"
     ffmpeg("-i", src, "-map", "0:v:0", "-map", "0:a:0", "-af", move, "-shortest", "-c:v", "copy", "-c:a", "pcm_s16le", out)
+
+
+# -- audio that is not the speaker's ---------------------------------------------------------------
+
+OTHER_SPEECH = Path(__file__).parent / "data" / "librispeech_198-209-0000.ogg"  # another speaker, read speech
+
+
+def synthesized_speech(out: Path, text: str = "Please call Stella. Ask her to bring these things with her from the store.") -> None:
+    """`text` spoken by flite's built-in voice, as a wav."""
+    subprocess.run(["flite", "-t", text, "-o", str(out)], check=True, capture_output=True)
+
+
+def music(out: Path, seconds: float = 12.0) -> None:
+    """A melody with a beat: a new note every 250 ms (a scale walked in steps), each with harmonics
+    and a decaying envelope, and a noise hit on every second note; 16 kHz mono wav."""
+    note = "220*pow(2,mod(floor(t*4)*5,12)/12)"
+    tone = f"(sin(2*PI*{note}*t)+0.5*sin(4*PI*{note}*t)+0.25*sin(6*PI*{note}*t))*exp(-8*mod(t,0.25))"
+    hit = "random(0)*2-1"
+    expr = f"0.25*{tone}+0.3*({hit})*exp(-40*mod(t,0.5))"
+    escaped = expr.replace(",", "\\,")  # commas separate filters in a filter graph
+    ffmpeg("-f", "lavfi", "-i", f"aevalsrc={escaped}:s=16000:d={seconds}", "-ac", "1", out)
+
+
+def shifted_context(context: np.ndarray, shift: int) -> np.ndarray:
+    """`context` moved `shift` samples earlier (negative: later), zeros where it runs out: what the
+    surroundings of a clip whose audio was corrected by `shift` samples sound like."""
+    out = np.zeros_like(context)
+    if shift >= 0:
+        out[: len(context) - shift] = context[shift:]
+    else:
+        out[-shift:] = context[:shift]
+    return out

@@ -28,8 +28,7 @@ from stages.scene_cut import SceneCutStage
 from stages.sync import SyncStage
 from stages.sync_embedded import MouthAudioScorer
 
-SPEAKER = media.GRID[1]  # the clips' own baseline offsets differ; this one's is near zero
-OTHER = media.GRID[0]
+SPEAKER = media.GRID[1]
 EMBEDDED = MouthAudioScorer.name
 SHIFTS_MS = (0, 200, 480)
 TOLERANCE_MS = 40
@@ -61,18 +60,6 @@ def centre_x(clip: CandidateClip) -> float:
     return float(np.nanmedian(boxes[:, [0, 2]].mean(axis=1)))
 
 
-def corrected_context(clip: CandidateClip) -> np.ndarray:
-    """The audio context moved by the applied correction, zeros where it runs out: what the clip's
-    surroundings sound like once its audio is in sync."""
-    context, shift = clip.audio_context, clip.sync.audio_shift
-    out = np.zeros_like(context)
-    if shift >= 0:
-        out[: len(context) - shift] = context[shift:]
-    else:
-        out[-shift:] = context[:shift]
-    return out
-
-
 @pytest.fixture(scope="module")
 def shifted(run_chain, tmp_path_factory) -> dict[int, CandidateClip]:
     """SPEAKER with its audio moved later by each of SHIFTS_MS: shift -> clip after the face stage."""
@@ -83,11 +70,6 @@ def shifted(run_chain, tmp_path_factory) -> dict[int, CandidateClip]:
         media.audio_shifted(SPEAKER, path, shift_ms)
         clips[shift_ms] = faced(run_chain, path)
     return clips
-
-
-@pytest.fixture(scope="module")
-def other_clip(run_chain) -> CandidateClip:
-    return faced(run_chain, OTHER)
 
 
 # -- measuring and correcting -------------------------------------------------------------------
@@ -106,7 +88,7 @@ def test_a_shifted_clip_is_kept_and_its_stored_audio_is_in_sync(shifted):
 
     # The stored audio is the context moved by the correction ...
     start = clip.audio_context_frames * SAMPLE_RATE // FPS
-    context = corrected_context(clip)
+    context = media.shifted_context(clip.audio_context, clip.sync.audio_shift)
     np.testing.assert_array_equal(clip.audio, context[start : start + len(clip.audio)])
     assert not np.array_equal(clip.audio, shifted[200].audio)
     # ... and scored again it is in sync.
@@ -151,9 +133,10 @@ def test_a_still_face_over_speech_is_not_talking(run_chain, frozen_face):
     assert clip.sync.mouth_motion < SyncStage().min_mouth_motion and clip.sync.offset_ms is None
 
 
-def test_another_speakers_audio_is_low_sync_confidence(shifted, other_clip):
-    """The speaker's face with a different GRID speaker's sentence: speech, a moving mouth, no sync."""
-    clip = synced(shifted[0], audio_context=other_clip.audio_context)
+def test_another_speakers_audio_is_low_sync_confidence(shifted):
+    """The speaker's face with another speaker reading: speech and a moving mouth, but no sync."""
+    other = np.resize(media.decoded_audio(media.OTHER_SPEECH), shifted[0].audio_context.shape)
+    clip = synced(shifted[0], audio_context=other)
     rejected(clip, "low_sync_confidence")
     assert clip.sync.confidence < SyncStage().min_confidence_embedded
 
