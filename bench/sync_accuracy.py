@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench import RESULTS, _load_test_media  # noqa: E402
+from bench import RESULTS, _load_test_media  # noqa: E402  (bench/bench.py: this folder is first on sys.path)
 from pipeline.runner import ChainRunner  # noqa: E402
 from schemas.records import FPS, SAMPLE_RATE, CandidateClip, SourceVideo, Status  # noqa: E402
 from stages.chunk import ChunkStage  # noqa: E402
@@ -85,15 +85,15 @@ def main() -> None:
                     offset, confidence, seconds = measure(clip, context)
                     corrected = media.shifted_context(context, round(offset * SAMPLE_RATE / 1000))
                     rows.append({"input": path.name, "clip_start_s": clip.start_s, "clip_s": clip.end_s - clip.start_s,
-                                 "shift_ms": shift, "measured_ms": offset - baseline, "error_ms": offset - baseline - shift,
+                                 "shift_ms": shift, "offset_ms": offset, "measured_ms": offset - baseline, "error_ms": offset - baseline - shift,
                                  "confidence": confidence, "residual_ms": measure(clip, corrected)[0], "score_s": seconds})
                 for kind, audio in foreign.items():
                     confidence = measure(clip, np.resize(audio, clip.audio_context.shape))[1]
                     foreign_rows.append({"input": path.name, "clip_start_s": clip.start_s, "audio": kind, "confidence": confidence})
 
-    print(f"{'input':<28} {'clip s':>6} {'shift':>6} {'measured':>9} {'error':>6} {'conf':>5} {'residual':>9}")
+    print(f"{'input':<28} {'clip s':>6} {'shift':>6} {'offset':>7} {'measured':>9} {'error':>6} {'conf':>5} {'residual':>9}")
     for r in rows:
-        print(f"{r['input']:<28} {r['clip_s']:6.1f} {r['shift_ms']:+6d} {r['measured_ms']:+9.0f} {r['error_ms']:+6.0f} "
+        print(f"{r['input']:<28} {r['clip_s']:6.1f} {r['shift_ms']:+6d} {r['offset_ms']:+7.0f} {r['measured_ms']:+9.0f} {r['error_ms']:+6.0f} "
               f"{r['confidence']:5.2f} {r['residual_ms']:+9.0f}")
     errors = np.abs([r["error_ms"] for r in rows])
     summary = {
