@@ -11,8 +11,9 @@ import pyarrow as pa
 from schemas.face import FaceResult
 from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status
 from schemas.sync import SyncResult
+from schemas.text import Transcript
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 """Bumped whenever a manifest column or a sample member changes meaning."""
 
 # Shard member suffixes of one sample (the WebDataset key is everything before the first dot).
@@ -22,6 +23,7 @@ MEMBER_META = "json"
 MEMBER_CAPTION = "txt"
 MEMBER_FACE = "face.npz"  # per-frame landmarks, boxes, mouth opening: schemas/face.py
 SAMPLE_MEMBERS = (MEMBER_VIDEO, MEMBER_AUDIO, MEMBER_META, MEMBER_CAPTION, MEMBER_FACE)
+MEMBER_WHISPER_FEATURES = "whisper.npy"  # optional: Whisper encoder features, schemas/text.py (transcribe.store_features)
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -67,6 +69,11 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("mouth_motion", pa.float64()),
         pa.field("transcript", pa.string()),
         pa.field("language", pa.string()),
+        pa.field("transcript_backend", pa.string()),
+        pa.field("speech_ratio", pa.float64()),
+        pa.field("voiced_ratio", pa.float64()),
+        pa.field("no_speech_prob", pa.float64()),
+        pa.field("avg_logprob", pa.float64()),
         pa.field("caption", pa.string()),
         pa.field("caption_backend", pa.string()),
     ],
@@ -102,10 +109,9 @@ def manifest_row(clip: CandidateClip, shard: str | None) -> dict[str, Any]:
         "source_audio_codec": probe.audio_codec if probe else None,
         **_face_columns(clip.face),
         **_sync_columns(clip.sync),
-        "transcript": None,
-        "language": None,
-        "caption": None,
-        "caption_backend": None,
+        **_transcript_columns(clip.transcript),
+        "caption": None if clip.caption is None else clip.caption.text,
+        "caption_backend": None if clip.caption is None else clip.caption.backend,
     }
 
 
@@ -146,6 +152,30 @@ def _sync_columns(sync: SyncResult | None) -> dict[str, Any]:
     }
 
 
+def _transcript_columns(transcript: Transcript | None) -> dict[str, Any]:
+    if transcript is None:
+        return dict.fromkeys(("transcript", "language", "transcript_backend", "speech_ratio", "voiced_ratio", "no_speech_prob", "avg_logprob"))
+    return {
+        "transcript": transcript.text,
+        "language": transcript.language or None,
+        "transcript_backend": transcript.backend,
+        "speech_ratio": _number(transcript.speech_ratio),
+        "voiced_ratio": _number(transcript.voiced_ratio),
+        "no_speech_prob": _number(transcript.no_speech_prob),
+        "avg_logprob": _number(transcript.avg_logprob),
+    }
+
+
+def _transcript_metadata(transcript: Transcript | None) -> dict[str, Any] | None:
+    if transcript is None:
+        return None
+    meta = {name.removeprefix("transcript_") if name != "transcript" else "text": value
+            for name, value in _transcript_columns(transcript).items()}
+    meta["words"] = [dataclasses.asdict(word) for word in transcript.words]
+    meta["features_member"] = None if transcript.features is None else MEMBER_WHISPER_FEATURES
+    return meta
+
+
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
 
@@ -181,6 +211,8 @@ def sample_metadata(clip: CandidateClip) -> dict[str, Any]:
         },
         "face": _face_metadata(clip.face),
         "sync": None if clip.sync is None else dataclasses.asdict(clip.sync),
+        "transcript": _transcript_metadata(clip.transcript),
+        "caption": None if clip.caption is None else dataclasses.asdict(clip.caption),
         "backends": dict(clip.backends),
     }
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from schemas.face import FaceResult
 from schemas.sync import SyncResult
+from schemas.text import Caption, Keyframe, Transcript
 
 FPS = 25
 """Frame rate of every normalized clip."""
@@ -147,6 +148,9 @@ class CandidateClip:
     frames: np.ndarray | None = None  # (T, h, w, 3) RGB analysis frames; never leaves the worker group that uses them
     face: FaceResult | None = None
     sync: SyncResult | None = None
+    keyframes: list[Keyframe] = field(default_factory=list)  # a few small frames for the captioner
+    transcript: Transcript | None = None
+    caption: Caption | None = None
     backends: dict[str, str] = field(default_factory=dict)  # field name -> backend that produced it
 
     @classmethod
@@ -195,6 +199,7 @@ class CandidateClip:
             video=None,
             audio_context=None,
             frames=None,
+            keyframes=[],
         )
 
 

@@ -21,11 +21,13 @@ from schemas.manifest import (
     MEMBER_FACE,
     MEMBER_META,
     MEMBER_VIDEO,
+    MEMBER_WHISPER_FEATURES,
     encode_metadata,
     sample_metadata,
 )
 from schemas.face import encode_face_npz
 from schemas.records import SAMPLE_RATE, CandidateClip
+from schemas.text import encode_features
 from stages.base import Resources, Stage, option
 from stages.storage import TMP_SUFFIX, OutputDir
 
@@ -50,13 +52,16 @@ def sample_members(clip: CandidateClip) -> dict[str, bytes]:
     """The members of one sample, by suffix."""
     wav = io.BytesIO()
     soundfile.write(wav, clip.audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    return {
+    members = {
         MEMBER_VIDEO: clip.video.mp4,
         MEMBER_AUDIO: wav.getvalue(),
         MEMBER_META: encode_metadata(sample_metadata(clip)),
-        MEMBER_CAPTION: b"",  # filled once a caption stage runs
+        MEMBER_CAPTION: b"" if clip.caption is None else clip.caption.text.encode("utf-8"),
         MEMBER_FACE: encode_face_npz(clip.face.track),
     }
+    if clip.transcript is not None and clip.transcript.features is not None:
+        members[MEMBER_WHISPER_FEATURES] = encode_features(clip.transcript.features)
+    return members
 
 
 class _HashingWriter(io.RawIOBase):
