@@ -28,6 +28,7 @@ class ExecutionConfig:
     num_cpus: int = option(0, "CPUs of the local Ray instance started for the run (0: all of this machine's).")
     object_store_mb: int = option(0, "Object store of the local Ray instance, in MB (0: Ray's default).")
     max_workers: int = option(0, "Upper bound on the workers of each stage group (0: as many as the CPUs allow).")
+    model_batch_size: int = option(8, "Clips handed at once to a batched group's model stages (transcription, captioning): what one GPU worker runs together.")
     block_mb: int = option(64, "Ray Data's target block size in MB: smaller blocks stream sooner and bound memory.")
     progress: bool = option(True, "Show Ray Data's progress bars.")
 

@@ -24,6 +24,7 @@ from stages.sync import SyncStage
 class Group:
     name: str
     stages: tuple[type[Stage], ...]
+    batched: bool = False  # stages get `execution.model_batch_size` clips at once (model stages; no fan-out)
 
 
 PIPELINE: tuple[Group, ...] = (

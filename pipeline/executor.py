@@ -2,7 +2,9 @@
 
 Each group of fused stages becomes one `map_batches` operator: a task pool by default (tasks
 release their CPUs between items, so groups share a small machine well, and each worker process
-keeps its loaded models between tasks), or an actor pool for groups that ask for GPUs.
+keeps its loaded models between tasks), or an actor pool, one actor per GPU, when a stage's
+configuration asks for GPUs. Batched groups (the model stages) get `execution.model_batch_size`
+clips per call, which their stages process together.
 Records travel pickled in a single binary `item` column. The driver streams the results into the
 shard writer, so memory stays bounded by Ray Data's backpressure, not by the size of the input.
 """
@@ -56,10 +58,13 @@ class StatsCollector:
         return self.stats
 
 
-def _run_batch(runner: ChainRunner, batch: dict[str, np.ndarray], collector) -> Iterator[dict[str, np.ndarray]]:
-    for item in _items(batch):
-        for out in runner.run(item):
-            yield {COLUMN: _column([out])}
+def _run_batch(runner: ChainRunner, batch: dict[str, np.ndarray], collector, batched: bool) -> Iterator[dict[str, np.ndarray]]:
+    if batched:
+        yield {COLUMN: _column(runner.run_batch(list(_items(batch))))}
+    else:
+        for item in _items(batch):
+            for out in runner.run(item):
+                yield {COLUMN: _column([out])}
     ray.get(collector.add.remote(runner.stats))  # before the task ends, so the driver's totals are complete
     runner.stats = RunStats()
 
@@ -67,13 +72,14 @@ def _run_batch(runner: ChainRunner, batch: dict[str, np.ndarray], collector) -> 
 class GroupActor:
     """An actor-pool worker: sets its stages up once."""
 
-    def __init__(self, stages: list[Stage], keep_frames: bool, collector):
+    def __init__(self, stages: list[Stage], keep_frames: bool, collector, batched: bool):
         self.runner = ChainRunner(stages, keep_frames)
         self.runner.setup()
         self.collector = collector
+        self.batched = batched
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        yield from _run_batch(self.runner, batch, self.collector)
+        yield from _run_batch(self.runner, batch, self.collector, self.batched)
 
 
 _WORKER_RUNNERS: dict[bytes, ChainRunner] = {}
@@ -82,20 +88,21 @@ tasks, so stages loading models set up once per worker, like an actor's, while t
 release their CPUs between items."""
 
 
-def _group_task(stages: list[Stage], keep_frames: bool, collector):
+def _group_task(stages: list[Stage], keep_frames: bool, collector, batched: bool):
     key = pickle.dumps((stages, keep_frames))
 
     def run(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         runner = _WORKER_RUNNERS.get(key)
         if runner is None:
             runner = _WORKER_RUNNERS[key] = ChainRunner(stages, keep_frames)
-        yield from _run_batch(runner, batch, collector)
+        yield from _run_batch(runner, batch, collector, batched)
 
     return run
 
 
 def _group_resources(stages: list[Stage]) -> Resources:
-    return Resources(cpus=max(s.resources.cpus for s in stages), gpus=max(s.resources.gpus for s in stages))
+    needs = [s.worker_resources() for s in stages]
+    return Resources(cpus=max(r.cpus for r in needs), gpus=max(r.gpus for r in needs))
 
 
 def _add_group(ds: ray.data.Dataset, group: Group, keep_frames: bool, config: RunConfig, collector) -> ray.data.Dataset:
@@ -105,15 +112,22 @@ def _add_group(ds: ray.data.Dataset, group: Group, keep_frames: bool, config: Ru
     workers = max(1, int(cpus_total / max(resources.cpus, 0.25)))
     if config.execution.max_workers:
         workers = min(workers, config.execution.max_workers)
-    common = dict(batch_size=1, batch_format="numpy", num_cpus=resources.cpus, num_gpus=resources.gpus or None)
+    if resources.gpus:
+        gpus_total = int(ray.cluster_resources().get("GPU", 0))
+        if gpus_total < resources.gpus:
+            raise RuntimeError(f"the {group.name} stages ask for {resources.gpus:g} GPU per worker; the cluster has {gpus_total}")
+        workers = min(workers, int(gpus_total / resources.gpus))
+    batch_size = config.execution.model_batch_size if group.batched else 1
+    common = dict(batch_size=batch_size, batch_format="numpy", num_cpus=resources.cpus, num_gpus=resources.gpus or None)
     if resources.gpus:
         return ds.map_batches(
             GroupActor,
-            fn_constructor_kwargs={"stages": stages, "keep_frames": keep_frames, "collector": collector},
+            fn_constructor_kwargs={"stages": stages, "keep_frames": keep_frames, "collector": collector, "batched": group.batched},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
             **common,
         )
-    return ds.map_batches(_group_task(stages, keep_frames, collector), compute=ray.data.TaskPoolStrategy(size=workers), **common)
+    task = _group_task(stages, keep_frames, collector, group.batched)
+    return ds.map_batches(task, compute=ray.data.TaskPoolStrategy(size=workers), **common)
 
 
 @contextlib.contextmanager

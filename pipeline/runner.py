@@ -99,6 +99,50 @@ class ChainRunner:
                 out.frames = None  # large, and nothing downstream reads them
             yield out
 
+    def run_batch(self, items: list[object]) -> list[object]:
+        """`items` through the stages, each stage given every item it accepts at once, so a model
+        stage runs its model on the whole batch. For chains whose stages do not fan out."""
+        self.setup()
+        pending = list(items)
+        for stage in self.stages:
+            chosen = [i for i, item in enumerate(pending)
+                      if stage.accepts(item) and not (isinstance(item, CandidateClip) and item.status is Status.REJECTED)]
+            if chosen:
+                results = self._apply_batch(stage, [pending[i] for i in chosen])
+                for i, result in zip(chosen, results):
+                    pending[i] = result
+        for out in pending:
+            if isinstance(out, CandidateClip) and not self.keep_frames:
+                out.frames = None
+        return pending
+
+    def _apply_batch(self, stage: Stage, batch: list[object]) -> list[object]:
+        stats = self.stats.stages[stage.name]
+        stats.items += len(batch)
+        stats.video_s += sum(_video_seconds(item) for item in batch)
+        with _Timed(stats):
+            try:
+                results = stage.process_batch(batch)
+                if len(results) != len(batch):
+                    raise RuntimeError(f"{len(results)} results for a batch of {len(batch)}")
+            except Exception:  # find the item that fails: the others still get their results
+                results = [self._process_one(stage, item) for item in batch]
+        return [self._record(stage, item, result) for item, result in zip(batch, results)]
+
+    def _process_one(self, stage: Stage, item: object) -> object:
+        try:
+            return stage.process(item)
+        except Exception as exc:
+            log.error("stage %s failed on %s: %s", stage.name, _describe(item), exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            return Rejected("error", f"{stage.name}: {type(exc).__name__}: {exc}")
+
+    def _record(self, stage: Stage, item: object, result: object) -> object:
+        if isinstance(result, Rejected):
+            return item.reject(result.reason, result.detail, stage.name)
+        if isinstance(result, Iterator):
+            raise TypeError(f"stage {stage.name} fans out and cannot run in a batched group")
+        return result
+
     def _run_from(self, position: int, item: object) -> Iterator[object]:
         for index in range(position, len(self.stages)):
             stage = self.stages[index]

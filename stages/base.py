@@ -4,7 +4,7 @@ A stage is a dataclass whose fields are its configuration (each with a `doc` in 
 which `talkcurate config` prints). It declares the record type it consumes, the resources one
 worker needs, loads models once in `setup()`, and turns one input into its output, a
 `Rejected(reason, detail)`, or, for stages that fan out (one source into many clips), an
-iterator of outputs and rejections.
+iterator of outputs and rejections. Model stages may also take a batch of inputs at once.
 """
 
 from __future__ import annotations
@@ -65,6 +65,17 @@ class Stage(Generic[In, Out]):
 
     def process(self, item: In) -> Out | Rejected | Iterator[Out | Rejected]:
         raise NotImplementedError
+
+    def process_batch(self, items: list[In]) -> list[Out | Rejected]:
+        """One result per item, in order. Model stages override it to run their model on the
+        whole batch at once (what a GPU needs); the default processes the items one by one.
+        Only for stages that do not fan out."""
+        return [self.process(item) for item in items]
+
+    def worker_resources(self) -> Resources:
+        """What one worker of this stage needs with this configuration (a stage whose `device`
+        option names a GPU asks for one)."""
+        return self.resources
 
     def validate(self) -> None:
         """Raise ValueError on an inconsistent configuration (called before a run starts)."""

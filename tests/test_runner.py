@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import media
 from pipeline.runner import ChainRunner, RunStats, StageStats
-from schemas.records import CandidateClip, ChunkDone, SourceChunk, SourceVideo, Status
+from schemas.records import CandidateClip, ChunkDone, Rejected, SourceChunk, SourceVideo, Status
 from stages.base import Stage
 from stages.chunk import ChunkStage
 from stages.normalize import NormalizedChunk, NormalizeStage
@@ -183,3 +183,56 @@ def test_run_stats_merge_adds_up():
         "normalize": {"wall_s": 3.0, "cpu_s": 2.0, "items": 3, "video_s": 15.0},
         "scene_cut": {"wall_s": 0.5, "cpu_s": 0.25, "items": 1, "video_s": 5.0},
     }
+
+
+# -- batched groups -------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchLengths(Stage[CandidateClip, CandidateClip]):
+    """Records the size of each batch it is given; rejects clips of odd length, fails on a marked
+    source (whole batches fail then, and the runner must find the item)."""
+
+    name: ClassVar[str] = "batch_lengths"
+    input_type: ClassVar[type] = CandidateClip
+
+    def __post_init__(self):
+        self.batches: list[int] = []
+
+    def process(self, item: CandidateClip) -> CandidateClip | Rejected:
+        if "explode" in item.source.uri:
+            raise RuntimeError("boom")
+        if item.num_frames % 2:
+            return Rejected("odd", f"{item.num_frames} frames")
+        item.backends["batch"] = "seen"
+        return item
+
+    def process_batch(self, items: list[CandidateClip]) -> list[CandidateClip | Rejected]:
+        self.batches.append(len(items))
+        return [self.process(item) for item in items]
+
+
+def _clip(uri: str, frames: int) -> CandidateClip:
+    return CandidateClip.for_span(SourceVideo.from_uri(uri), 0, frames, 0)
+
+
+def test_a_batched_chain_gives_each_stage_the_whole_batch_and_keeps_the_order():
+    stage = BatchLengths()
+    done = ChunkDone(SourceVideo.from_uri("a.mp4"), 0, 1, 2)
+    earlier = _clip("c.mp4", 50).reject("no_face", "", "face")
+    items = [_clip("a.mp4", 50), done, _clip("b.mp4", 51), earlier, _clip("d.mp4", 52)]
+    out = ChainRunner([stage]).run_batch(items)
+    assert stage.batches == [3]  # the chunk marker and the clip rejected earlier are not the stage's
+    assert out[1] is done and out[3] is earlier
+    assert [o.status for o in (out[0], out[2], out[4])] == [Status.PENDING, Status.REJECTED, Status.PENDING]
+    assert (out[2].reason, out[2].rejected_by) == ("odd", "batch_lengths")
+    assert out[0].backends["batch"] == "seen"
+
+
+def test_a_failing_item_in_a_batch_becomes_one_error_row():
+    stage = BatchLengths()
+    runner = ChainRunner([stage])
+    out = runner.run_batch([_clip("a.mp4", 50), _clip("explode.mp4", 50), _clip("b.mp4", 50)])
+    assert [o.status for o in out] == [Status.PENDING, Status.REJECTED, Status.PENDING]
+    assert out[1].reason == "error" and "boom" in out[1].reason_detail and out[1].rejected_by == "batch_lengths"
+    assert runner.stats.stages["batch_lengths"].items == 3
