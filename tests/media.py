@@ -284,6 +284,17 @@ def music(out: Path, seconds: float = 12.0) -> None:
     ffmpeg("-f", "lavfi", "-i", f"aevalsrc={escaped}:s=16000:d={seconds}", "-ac", "1", out)
 
 
+def under_face(audio: Path, out: Path, face: Path = GRID[0]) -> None:
+    """`audio` under the moving face of `face`, played forwards and backwards in turn (so there is
+    no cut) for as long as the audio lasts; PCM in Matroska keeps the samples exact."""
+    seconds = len(decoded_audio(audio)) / 16000
+    ffmpeg("-i", face, "-i", audio, "-filter_complex",
+           "[0:v]split[forwards][b];[b]reverse[backwards];[forwards][backwards]concat=n=2:v=1:a=0,"
+           "loop=loop=-1:size=1000,setpts=N/25/TB[v]",
+           "-map", "[v]", "-map", "1:a:0", "-ac", "1", "-ar", "16000", "-t", f"{seconds:.3f}",
+           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "pcm_s16le", out)
+
+
 def shifted_context(context: np.ndarray, shift: int) -> np.ndarray:
     """`context` moved `shift` samples earlier (negative: later), zeros where it runs out: what the
     surroundings of a clip whose audio was corrected by `shift` samples sound like."""

