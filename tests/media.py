@@ -245,6 +245,36 @@ def frozen(src: Path, out: Path, frame: int, num_frames: int = 75) -> None:
            "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
 
 
+# -- camera and light: media whose caption must say how the camera moves and where light falls ----
+
+
+def panned(src: Path, out: Path, seconds: float = 3.0, size=(540, 960), start_x: int = 150, y: int = 300, speed: int = 100) -> None:
+    """A `size` window of `src` sliding right by `speed` pixels a second from `start_x`: the camera
+    panning right over the picture (the picture moves left in the frame)."""
+    w, h = size
+    ffmpeg("-t", str(seconds), "-i", src, "-vf", f"crop={w}:{h}:x='{start_x}+{speed}*t':y={y},setsar=1",
+           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+
+
+def zoomed(src: Path, out: Path, seconds: float = 3.0, size=(540, 960), rate: float = 0.1) -> None:
+    """`src` magnified about its centre by `rate` more each second (zoompan), at `size`: the camera zooming in."""
+    w, h = size
+    ffmpeg("-t", str(seconds), "-i", src, "-vf",
+           f"zoompan=z='1+{rate}*in/25':d=1:x='iw/2-(iw/zoom/2)':y='ih/2-(ih/zoom/2)':s={w}x{h}:fps=25,setsar=1",
+           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+
+
+def tilted(src: Path, out: Path, radians: float) -> None:
+    """The picture turned by `radians` about its centre (clockwise when positive), corners black."""
+    ffmpeg("-i", src, "-vf", f"rotate={radians}:fillcolor=black", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+
+
+def side_lit(src: Path, out: Path) -> None:
+    """Luma kept on the left 40% of the picture and falling to a fifth by two thirds across: light from the left."""
+    ffmpeg("-i", src, "-vf", "format=yuv420p,geq=lum='lum(X,Y)*clip(2.2-3*X/W,0.2,1)':cb='cb(X,Y)':cr='cr(X,Y)'",
+           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+
+
 def decoded_audio(path: Path) -> np.ndarray:
     """All of `path`'s first audio stream as int16 mono at 16 kHz, decoded straight through (PyAV's
     resampler, as normalize uses it, with each frame following the last whatever its timestamp)."""

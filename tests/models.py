@@ -116,3 +116,62 @@ def whisper_checkpoint(path: Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"dims": dims.__dict__, "model_state_dict": state}, path)
     return path
+
+
+# Qwen's special tokens, in the order of their ids in the published tokenizer (151643 onwards);
+# here they are the first ids of a small vocabulary.
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def qwen_vl_folder(path: Path, model_type: str = "qwen2_5_vl", seed: int = 0) -> Path:
+    """Write a randomly initialised Qwen2.5-VL (or, with `model_type="qwen2_vl"`, Qwen2-VL) in the
+    Hugging Face layout to the folder `path` (about 1 MB): config.json, generation_config.json and
+    model.safetensors, tokenizer.json and tokenizer_config.json, preprocessor_config.json, as
+    `AutoModelForImageTextToText`, `AutoTokenizer` and `AutoImageProcessor` read them from a published folder.
+
+    The architecture is the published one (a vision transformer on 14 px patches merged 2x2 into the
+    language model's tokens, 3D rotary positions split into temporal, height and width sections;
+    Qwen2.5-VL's vision blocks attend in windows) at tiny widths and two layers each. No Qwen
+    tokenizer exists offline, so the tokenizer is a byte-level BPE like Qwen's, trained here on the
+    captioning prompt (a vocabulary of about 350 tokens), with Qwen's special tokens; the model's token
+    ids point at them. The image processor is Qwen2-VL's (both models use it) with its published defaults.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models as token_models, pre_tokenizers, trainers
+    from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
+                              Qwen2VLForConditionalGeneration)
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from stages.caption_models import DEFAULT_PROMPT
+
+    bpe = Tokenizer(token_models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=list(QWEN_SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator([DEFAULT_PROMPT, "A close-up of one person speaking, facing the camera; blue background."], trainer)
+    ids = {token: bpe.token_to_id(token) for token in QWEN_SPECIAL_TOKENS}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    text = dict(
+        vocab_size=bpe.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},  # 16-dim heads: 8 frequencies
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+    )
+    tokens = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                  vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    patches = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    if model_type == "qwen2_5_vl":
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, fullatt_block_indexes=[1], window_size=56)
+        model_class, config = Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLConfig(text_config=text, vision_config=vision | patches, **tokens)
+    elif model_type == "qwen2_vl":
+        vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2)
+        model_class, config = Qwen2VLForConditionalGeneration, Qwen2VLConfig(text_config=text, vision_config=vision | patches, **tokens)
+    else:
+        raise ValueError(f"unknown Qwen VL model type {model_type!r}")
+    torch.manual_seed(seed)
+    path = Path(path)
+    model_class(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    Qwen2VLImageProcessorPil().save_pretrained(path)
+    return path
