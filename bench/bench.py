@@ -228,20 +228,22 @@ def _speed(value: float | None) -> str:
 def render(cases: list[Case]) -> str:
     lines = ["Stages (wall and CPU s are summed over all parallel workers; share = of the summed stage wall)",
              f"{'case':<10} {'stage':<10} {'items':>6} {'wall s':>8} {'CPU s':>8} {'ms/item':>8} {'video s/wall s':>15} "
-             f"{'frames/s':>9} {'share':>7}"]
+             f"{'RTF':>6} {'frames/s':>9} {'share':>7}"]
     for case in cases:
         d = case.derived()
         for name, s in case.pipeline["stages"].items():
             speed = d["stage_video_s_per_wall_s"][name]
             frames = _speed(speed * FPS) if speed is not None else "-"
+            rtf = f"{1 / speed:.3f}" if speed else "-"
             lines.append(f"{case.name:<10} {name:<10} {s['items']:>6} {s['wall_s']:>8.2f} {s['cpu_s']:>8.2f} "
-                         f"{_speed(d['stage_ms_per_item'][name]):>8} {_speed(speed):>15} {frames:>9} {d['stage_share'][name]:>7.1%}")
+                         f"{_speed(d['stage_ms_per_item'][name]):>8} {_speed(speed):>15} {rtf:>6} {frames:>9} {d['stage_share'][name]:>7.1%}")
         lines.append(f"{case.name:<10} {'(sum)':<10} {'':>6} {d['stage_wall_sum_s']:>8.2f} "
-                     f"{sum(s['cpu_s'] for s in case.pipeline['stages'].values()):>8.2f} {'':>8} {'':>15} {'':>9} "
+                     f"{sum(s['cpu_s'] for s in case.pipeline['stages'].values()):>8.2f} {'':>8} {'':>15} {'':>6} {'':>9} "
                      f"{sum(d['stage_share'].values()):>7.1%}")
-    lines.append("(items: sources for probe and chunk, chunks for normalize and scene_cut, the clips that reach face and sync,\n"
-                 " so ms/item of face and sync is their cost per clip; normalize's video s is the chunk spans it decoded;\n"
-                 " scene_cut's, those of the chunks it consumed; probe's, the durations it found)")
+    lines.append("(items: sources for probe and chunk, chunks for normalize and scene_cut, the clips that reach the later stages,\n"
+                 " so ms/item of face, sync, keyframes, transcribe and caption is their cost per clip; RTF = wall s per second\n"
+                 " of video (transcribe's real-time factor); normalize's video s is the chunk spans it decoded; scene_cut's,\n"
+                 " those of the chunks it consumed; probe's, the durations it found)")
     rows = [
         ("input files", lambda c, d: f"{len(c.files)}"),
         ("load average before (CPUs: %d)" % os.cpu_count(), lambda c, d: f"{c.load_before:.2f}"),

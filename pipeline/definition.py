@@ -2,8 +2,10 @@
 
 Stages of one group run in the same worker, passing records in memory: that is how a source
 is decoded once and its frames are shared by every frame-level stage, and why full-resolution
-frames never enter Ray's object store. Adding a stage is one module in `stages/` and one entry
-here.
+frames never enter Ray's object store. The model stages on text (transcription, captioning) form
+their own batched group, which a cluster can give GPU workers; only the clips kept so far reach
+it, with a few small keyframes instead of their frames. Adding a stage is one module in
+`stages/` and one entry here.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stages.base import Stage
+from stages.caption import CaptionStage
 from stages.chunk import ChunkStage
 from stages.face import FaceStage
+from stages.keyframes import KeyframesStage
 from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
 from stages.scene_cut import SceneCutStage
 from stages.shard_writer import ShardWriterStage
 from stages.sync import SyncStage
+from stages.transcribe import TranscribeStage
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,8 @@ class Group:
 
 PIPELINE: tuple[Group, ...] = (
     Group("ingest", (ProbeStage, ChunkStage)),
-    Group("clips", (NormalizeStage, SceneCutStage, FaceStage, SyncStage)),
+    Group("clips", (NormalizeStage, SceneCutStage, FaceStage, SyncStage, KeyframesStage)),
+    Group("text", (TranscribeStage, CaptionStage), batched=True),
 )
 
 SHARD_WRITER = ShardWriterStage
