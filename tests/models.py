@@ -104,6 +104,10 @@ def whisper_checkpoint(path: Path, seed: int = 0) -> Path:
     each side. The text context is 16 positions instead of 448, because openai-whisper samples at most
     half the context per window: 8 tokens keep a random decoder, which never says end-of-text by
     itself, fast.
+
+    openai-whisper leaves the decoder's positional embedding uninitialised (`torch.empty`: whatever the
+    memory held, NaN at times), since real weights always replace it; here it gets small Gaussian
+    values, so the file depends on the seed alone.
     """
     import torch
     from whisper.model import ModelDimensions, Whisper
@@ -111,7 +115,9 @@ def whisper_checkpoint(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
                            n_vocab=51864, n_text_ctx=16, n_text_state=64, n_text_head=2, n_text_layer=1)
-    state = {name: tensor.half() for name, tensor in Whisper(dims).state_dict().items()}
+    model = Whisper(dims)
+    torch.nn.init.normal_(model.decoder.positional_embedding, std=0.02)
+    state = {name: tensor.half() for name, tensor in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"dims": dims.__dict__, "model_state_dict": state}, path)
