@@ -399,6 +399,11 @@ def test_shards_read_back_with_webdataset_are_the_kept_rows(curated):
         assert row["sync_backend"] == meta["sync"]["backend"] == meta["backends"]["sync"] == "mouth-audio-cca"
         assert row["sync_confidence"] >= SyncStage().min_confidence_embedded
         assert abs(row["sync_offset_ms"]) <= SyncStage().max_correction_ms
+        # Text: a transcript by the embedded Whisper, the caption in KEY.txt, the manifest and the JSON.
+        assert row["transcript"] and row["transcript_backend"] == meta["backends"]["transcript"] == meta["transcript"]["backend"]
+        assert meta["transcript"]["text"] == row["transcript"] and meta["transcript"]["words"]
+        assert sample["txt"].decode("utf-8") == row["caption"] == meta["caption"]["text"] and "speaking" in row["caption"]
+        assert row["caption_backend"] == meta["backends"]["caption"] == "embedded"
         frames = round((row["end_s"] - row["start_s"]) * FPS)
         assert frames == row["num_frames"] == meta["num_frames"] > 0
 
@@ -593,6 +598,13 @@ def test_list_file_and_single_file_inputs(local_ray, tmp_path, monkeypatch):
     assert [r["status"] for r in rows] == ["kept"] * 3
     assert result.sources_processed == 3
     assert {s["__key__"] for s in read_samples(out)} == {r["key"] for r in rows}
+
+
+def test_a_stage_asking_for_a_gpu_the_cluster_lacks_is_a_clear_error(local_ray, tmp_path):
+    if ray.cluster_resources().get("GPU"):
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match="text stages ask for 1 GPU per worker; the cluster has 0"):
+        run([str(media.GRID[0])], str(tmp_path / "out"), run_config("transcribe.device=cuda"))
 
 
 def test_missing_input_is_a_clear_error(tmp_path):
