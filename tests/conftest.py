@@ -220,3 +220,22 @@ def frozen_face(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("frozen") / "frozen.mp4"
     media.frozen(media.GRID[0], out, 40)
     return out
+
+
+# -- training data: one pipeline run's shards (tests/test_train_*.py) ---------------------------
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory) -> Path:
+    """The demo media curated once with Whisper features stored (`talkcurate run` in a subprocess,
+    about 40 s): four 3 s GRID clips (360x288) and the 10 s portrait (720x1280) kept in one shard.
+    Read-only for the tests."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("demo_shards") / "out"
+    talkcurate = str(Path(sys.executable).with_name("talkcurate"))
+    settings = ["transcribe.store_features=true", "execution.progress=false"]
+    subprocess.run([talkcurate, "run", str(media.DEMO), "--out", str(out), *(a for s in settings for a in ("--set", s))],
+                   check=True, capture_output=True, timeout=600)
+    return out
