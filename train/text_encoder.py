@@ -46,6 +46,9 @@ class TextEncoder:
 
     def __init__(self, config: TextEncoderConfig, device: torch.device | str = "cpu"):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # "Loading weights" bars, one per rank, in every log
 
         path = Path(config.path) if config.path else default_encoder_path()
         if not path.is_dir():
