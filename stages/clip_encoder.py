@@ -21,6 +21,9 @@ class ClipEncoder:
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
         self._stream.options = {"crf": str(settings.crf), "preset": settings.preset}
+        # A key frame every second: a trainer reading a window late in a clip seeks to the nearest
+        # one instead of decoding the whole clip before it (x264's default is 250 frames).
+        self._stream.codec_context.gop_size = FPS
         self.num_frames = 0
 
     def add(self, picture: av.VideoFrame) -> None:

@@ -41,7 +41,8 @@ def metrics(out: Path) -> list[dict]:
 
 def test_two_ranks_train_the_tiny_preset_and_checkpoint(shards, tmp_path):
     out = tmp_path / "run"
-    records = train(out, shards, "curriculum=[{name='short', steps=12, num_frames=4, lr=0.002}, {name='long', steps=12, lr=0.002}]")
+    records = train(out, shards, "curriculum=[{name='short', steps=12, num_frames=4, lr=0.002}, {name='long', steps=12, lr=0.002}]",
+                    "parallel.activation_checkpointing=true")
     assert [r["step"] for r in records] == list(range(1, 25))
     assert [r["stage"] for r in records] == ["short"] * 12 + ["long"] * 12
     losses = [r["loss"] for r in records]
