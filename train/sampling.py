@@ -1,0 +1,87 @@
+"""Flow-matching sampling: the timestep schedule, Euler and Heun steps, audio-guided CFG.
+
+The model predicts the velocity `noise - clean` of `x_t = (1 - t) clean + t noise` (train/loss.py),
+so denoising integrates dx/dt = v from t = 1 (noise) to t = 0. Time is spaced with Wan's shift,
+which spends more steps at high noise; steps are taken in float32 whatever the model's dtype.
+
+Guidance has separate caption and audio scales, in the two-term form: with u the prediction with
+neither caption nor audio, c with the caption only and f with both,
+
+    v = u + s_text (c - u) + s_audio (f - c)
+
+so scales of 1 give f, the fully conditional prediction. The three predictions come from one
+forward pass on a tripled batch (the reference frame conditions all three).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from train.model import Conditions
+
+Velocity = Callable[[Tensor, Tensor], Tensor]
+"""(x (B, C, T', h, w), t (B,)) -> velocity, x's shape."""
+
+
+@dataclass
+class SamplerConfig:
+    steps: int = 30
+    """Denoising steps (model evaluations per step: 1 for Euler, 2 for Heun but the last)."""
+
+    shift: float = 5.0
+    """Wan's time shift: t' = s t / (1 + (s - 1) t); larger spends more steps at high noise."""
+
+    order: int = 1
+    """1: Euler; 2: Heun (second order, a corrector evaluation per step)."""
+
+    text_scale: float = 5.0
+    """Classifier-free guidance scale of the caption (1: no guidance)."""
+
+    audio_scale: float = 4.0
+    """Classifier-free guidance scale of the audio, on top of the caption's (1: no guidance)."""
+
+
+def timesteps(steps: int, shift: float) -> Tensor:
+    """(steps + 1,) float32 times from 1 (noise) down to 0 (clean), shifted."""
+    if steps < 1 or shift <= 0:
+        raise ValueError("steps must be at least 1 and shift positive")
+    t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    return (shift * t / (1 + (shift - 1) * t)).float()
+
+
+def denoise(velocity: Velocity, noise: Tensor, config: SamplerConfig, progress: bool = False) -> Tensor:
+    """Integrate from `noise` at t = 1 to a clean sample at t = 0."""
+    if config.order not in (1, 2):
+        raise ValueError("sampler order must be 1 (Euler) or 2 (Heun)")
+    times = timesteps(config.steps, config.shift).to(noise.device)
+    x = noise.float()
+    batch = x.shape[0]
+    for now, nxt in tqdm(zip(times[:-1], times[1:]), total=config.steps, disable=not progress, desc="denoising"):
+        v = velocity(x, now.expand(batch)).float()
+        predicted = x + (nxt - now) * v
+        if config.order == 2 and nxt > 0:
+            corrected = velocity(predicted, nxt.expand(batch)).float()
+            predicted = x + (nxt - now) * (v + corrected) / 2
+        x = predicted
+    return x
+
+
+def guided(model: Callable[[Tensor, Tensor, Conditions], Tensor], cond: Conditions, text_scale: float, audio_scale: float) -> Velocity:
+    """The velocity with caption and audio guidance, the three predictions in one batched forward."""
+
+    def velocity(x: Tensor, t: Tensor) -> Tensor:
+        b = x.shape[0]
+        no, yes = torch.zeros(b, dtype=torch.bool, device=x.device), torch.ones(b, dtype=torch.bool, device=x.device)
+        neither = cond.drop(text=yes, audio=yes, reference=no)
+        caption_only = cond.drop(text=no, audio=yes, reference=no)
+        tripled = Conditions(*(torch.cat(parts) for parts in zip(
+            *((c.text, c.text_mask, c.audio, c.reference, c.reference_keep) for c in (neither, caption_only, cond)))))
+        unconditional, with_caption, full = model(torch.cat([x, x, x]), torch.cat([t, t, t]), tripled).float().chunk(3)
+        return unconditional + text_scale * (with_caption - unconditional) + audio_scale * (full - with_caption)
+
+    return velocity
