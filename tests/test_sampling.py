@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from train.model import Conditions, TalkingDiT, preset
-from train.sampling import SamplerConfig, denoise, guided, timesteps
+from train.sampling import SamplerConfig, denoise, guided, sliding_denoise, timesteps, window_starts
 
 
 def test_the_schedule_runs_from_noise_to_clean_and_shift_spends_steps_at_high_noise():
@@ -81,3 +81,68 @@ def test_each_guidance_scale_changes_the_output(model_and_cond):
     no = torch.zeros(x.shape[0], dtype=torch.bool)
     caption_only = model(x, t, cond.drop(text=no, audio=~no, reference=no))
     torch.testing.assert_close(audio - base, 2.0 * (model(x, t, cond) - caption_only), atol=1e-4, rtol=1e-3)
+
+
+# -- sliding windows ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("total", [5, 16, 40, 41])
+def test_windows_cover_every_frame_with_at_least_the_overlap(total):
+    frames, overlap = 16, 5
+    starts = window_starts(total, frames, overlap)
+    assert starts[0] == 0 and min(total, starts[-1] + frames) == total
+    for a, b in zip(starts, starts[1:]):
+        assert a + frames - b >= overlap and b > a
+    with pytest.raises(ValueError, match="overlap"):
+        window_starts(total, 4, 4)
+
+
+def _run_windows(velocity_for, total, frames=12, overlap=4, steps=6, channels=2):
+    """Sliding denoising of `total` latent frames of (channels, 3, 3) with per-frame seeded noise;
+    returns the emitted frames joined, and every window length the velocity saw."""
+    def noise_for(start, length):
+        return torch.stack([torch.randn(1, channels, 3, 3, generator=torch.Generator().manual_seed(f)) for f in range(start, start + length)], dim=2)
+
+    seen, out = [], []
+
+    def tracked(start, length):
+        seen.append(length)
+        return velocity_for(start, length)
+
+    sliding_denoise(tracked, noise_for, total, frames, overlap, SamplerConfig(steps=steps), out.append)
+    return torch.cat(out, dim=2), seen
+
+
+def test_sliding_windows_reproduce_a_long_target_exactly_on_straight_paths():
+    total = 45
+    clean = torch.sin(torch.arange(total, dtype=torch.float32) / 5).view(1, 1, total, 1, 1).expand(1, 2, total, 3, 3)
+    video, seen = _run_windows(lambda start, length: _exact_velocity(clean[:, :, start : start + length]), total)
+    assert video.shape == clean.shape and max(seen) == 12  # never more than one window at a time
+    torch.testing.assert_close(video, clean, atol=1e-5, rtol=1e-5)
+
+
+def test_blending_leaves_no_seam_at_window_boundaries():
+    """Each window's own target is the same smooth curve plus an offset of its own (odd windows
+    `jump` higher), the way two windows of a real model disagree. Without fusion the joined video
+    jumps by about `jump` where windows meet; with it the disagreement is spread over the shared
+    frames, so no frame-to-frame change at a boundary exceeds the curve's own largest change plus
+    jump / (overlap + 1), with 0.02 of tolerance."""
+    total, frames, overlap = 40, 12, 4
+    curve = torch.sin(torch.arange(total, dtype=torch.float32) / 4)
+    inside = float(torch.sin(torch.tensor(0.25)))  # about the curve's largest step (1/4 rad per frame)
+    jump = 2.0
+
+    def run(shared: int):
+        starts = window_starts(total, frames, shared)
+
+        def velocity_for(start, length):
+            offset = jump * (starts.index(start) % 2)
+            return _exact_velocity((curve[start : start + length] + offset).view(1, 1, length, 1, 1).expand(1, 2, length, 3, 3))
+
+        video, _ = _run_windows(velocity_for, total, frames, shared)
+        steps = (video[0, 0, 1:, 0, 0] - video[0, 0, :-1, 0, 0]).abs()
+        # The largest change where one window hands over to the next (across the shared frames).
+        return max(float(steps[b - 1 : b + max(shared, 1)].max()) for b in starts[1:])
+
+    assert run(overlap) <= inside + jump / (overlap + 1) + 0.02, run(overlap)
+    assert run(0) > inside + jump / 2  # the same windows joined without fusion jump

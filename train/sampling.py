@@ -54,20 +54,22 @@ def timesteps(steps: int, shift: float) -> Tensor:
     return (shift * t / (1 + (shift - 1) * t)).float()
 
 
-def denoise(velocity: Velocity, noise: Tensor, config: SamplerConfig, progress: bool = False) -> Tensor:
-    """Integrate from `noise` at t = 1 to a clean sample at t = 0."""
+def denoise(velocity: Velocity, noise: Tensor, config: SamplerConfig, progress: bool = False,
+            after_step: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
+    """Integrate from `noise` at t = 1 to a clean sample at t = 0. `after_step(i, x)` may replace
+    the sample after step i (sliding windows fuse their overlap there)."""
     if config.order not in (1, 2):
         raise ValueError("sampler order must be 1 (Euler) or 2 (Heun)")
     times = timesteps(config.steps, config.shift).to(noise.device)
     x = noise.float()
     batch = x.shape[0]
-    for now, nxt in tqdm(zip(times[:-1], times[1:]), total=config.steps, disable=not progress, desc="denoising"):
+    for index, (now, nxt) in enumerate(tqdm(zip(times[:-1], times[1:]), total=config.steps, disable=not progress, desc="denoising")):
         v = velocity(x, now.expand(batch)).float()
         predicted = x + (nxt - now) * v
         if config.order == 2 and nxt > 0:
             corrected = velocity(predicted, nxt.expand(batch)).float()
             predicted = x + (nxt - now) * (v + corrected) / 2
-        x = predicted
+        x = predicted if after_step is None else after_step(index, predicted)
     return x
 
 
@@ -85,3 +87,58 @@ def guided(model: Callable[[Tensor, Tensor, Conditions], Tensor], cond: Conditio
         return unconditional + text_scale * (with_caption - unconditional) + audio_scale * (full - with_caption)
 
     return velocity
+
+
+# -- sliding windows: unlimited length in constant memory ------------------------------------------
+
+
+def window_starts(total: int, frames: int, overlap: int) -> list[int]:
+    """First frames of windows of `frames` covering `total` frames, each sharing at least `overlap`
+    frames with the one before (the last is moved back to end exactly at `total`)."""
+    if not 0 <= overlap < frames:
+        raise ValueError(f"the overlap ({overlap}) must be shorter than a window ({frames} frames)")
+    if total <= frames:
+        return [0]
+    return [*range(0, total - frames, frames - overlap), total - frames]
+
+
+def sliding_denoise(
+    velocity_for: Callable[[int, int], Velocity],
+    noise_for: Callable[[int, int], Tensor],
+    total: int,
+    frames: int,
+    overlap: int,
+    config: SamplerConfig,
+    emit: Callable[[Tensor], None],
+    progress: bool = False,
+) -> None:
+    """Denoise `total` frames (on the latent time axis) window by window and hand the finished
+    frames to `emit` in order, holding at most one window and one overlap's trajectory.
+
+    `velocity_for(start, length)` is the (guided) velocity with the conditions of that span (its
+    audio), `noise_for(start, length)` its starting noise (the same for a frame in either of two
+    windows). A window's first frames overlap the previous window's last ones; after every
+    denoising step they are blended, the previous window's weight falling linearly from 1 to 0
+    across the overlap, so the next window continues the last one instead of cutting to it.
+    """
+    starts = window_starts(total, frames, overlap)
+    previous: list[Tensor] = []  # the previous window's tail (the frames the next one shares) after each step
+    for k, start in enumerate(tqdm(starts, disable=not progress, desc="windows")):
+        length = min(frames, total - start)
+        shared = (starts[k - 1] + frames - start) if k else 0
+        following = (start + length - starts[k + 1]) if k + 1 < len(starts) else 0
+        tail: list[Tensor] = []
+        weight = None
+        if shared:
+            weight = torch.linspace(1.0, 0.0, shared + 2)[1:-1].view(1, 1, shared, 1, 1)
+
+        def fuse(index: int, x: Tensor) -> Tensor:
+            if shared:
+                x = torch.cat([weight.to(x) * previous[index] + (1 - weight.to(x)) * x[:, :, :shared], x[:, :, shared:]], dim=2)
+            if following:
+                tail.append(x[:, :, length - following :].clone())
+            return x
+
+        window = denoise(velocity_for(start, length), noise_for(start, length), config, after_step=fuse)
+        emit(window[:, :, : length - following])
+        previous = tail
