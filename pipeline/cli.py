@@ -70,6 +70,25 @@ def _cmd_config(args) -> int:
     return 0
 
 
+def _cmd_sample(args) -> int:
+    import warnings
+
+    from train.generate import WindowConfig, generate, load_trained
+    from train.sampling import SamplerConfig
+
+    warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
+    try:
+        trained = load_trained(args.checkpoint, args.step, args.device)
+        sampler = SamplerConfig(steps=args.steps, order=args.order, text_scale=args.text_scale, audio_scale=args.audio_scale)
+        frames = generate(trained, args.image, args.audio, args.out, args.text, sampler, WindowConfig(args.window, args.overlap),
+                          args.seed, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"talkcurate sample: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {frames} frames ({frames / 25:.2f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="talkcurate", description="Curate talking-portrait video into WebDataset shards.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -92,6 +111,24 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="re-read every shard against the index; non-zero exit on mismatch")
     verify.add_argument("dir")
     verify.set_defaults(func=_cmd_verify)
+
+    sample = commands.add_parser("sample", help="generate a talking portrait from a training run's checkpoint")
+    sample.add_argument("--checkpoint", required=True, help="training run folder (config.toml, checkpoints/step-N)")
+    sample.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    sample.add_argument("--image", required=True, help="portrait image (the identity)")
+    sample.add_argument("--audio", required=True, help="speech, any length; the video is as long")
+    sample.add_argument("--text", default="", help="caption")
+    sample.add_argument("--out", required=True, help="output mp4 (H.264, 25 fps, the speech muxed)")
+    sample.add_argument("--steps", type=int, default=30, help="denoising steps")
+    sample.add_argument("--order", type=int, default=1, choices=(1, 2), help="1: Euler, 2: Heun")
+    sample.add_argument("--text-scale", type=float, default=5.0, help="caption guidance scale (1: none)")
+    sample.add_argument("--audio-scale", type=float, default=4.0, help="audio guidance scale (1: none)")
+    sample.add_argument("--window", type=int, default=16, help="frames denoised together")
+    sample.add_argument("--overlap", type=int, default=5, help="frames shared with the previous window, blended")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--device", default="cpu")
+    sample.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sample.set_defaults(func=_cmd_sample)
 
     config = commands.add_parser("config", help="print the documented default configuration")
     config.set_defaults(func=_cmd_config)

@@ -1,0 +1,87 @@
+"""`talkcurate sample` on a tiny checkpoint trained here: the video is exactly as long as the
+speech, the speech is muxed, and memory does not grow with the speech's length."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+
+import media
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def checkpoint(demo_shards, tmp_path_factory) -> Path:
+    """Three steps of the tiny preset on the demo shards, one rank."""
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "1", "-m", "train", f"data.shards={demo_shards}", f"out={out}",
+                    "data.num_workers=0", "data.num_frames=8", "curriculum=[{steps=3}]"],
+                   cwd=ROOT, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    return out
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """A portrait frame from GRID, and speech of 3 s (GRID), 10 s and 40 s (JFK, repeated)."""
+    folder = tmp_path_factory.mktemp("sample_inputs")
+    paths = {"image": folder / "face.png", "3": folder / "grid.wav", "10": folder / "jfk10.wav", "40": folder / "jfk40.wav"}
+    media.ffmpeg("-i", media.GRID[0], "-ss", "1", "-frames:v", "1", paths["image"])
+    media.ffmpeg("-i", media.GRID[0], "-vn", "-ac", "1", "-ar", "16000", paths["3"])
+    jfk = Path(__file__).parent / "data" / "jfk_10s.ogg"
+    media.ffmpeg("-i", jfk, "-ac", "1", "-ar", "16000", paths["10"])
+    media.ffmpeg("-stream_loop", "3", "-i", paths["10"], "-c", "copy", paths["40"])
+    return paths
+
+
+_MEASURED = """
+import resource, sys
+from pipeline.cli import main
+code = main(sys.argv[1:])
+print("peak-rss-kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+sys.exit(code)
+"""
+
+
+def sample(checkpoint: Path, image: Path, speech: Path, out: Path) -> int:
+    """`talkcurate sample` in a fresh process; returns that process's peak RSS in MB."""
+    done = subprocess.run([sys.executable, "-c", _MEASURED, "sample", "--checkpoint", str(checkpoint), "--image", str(image), "--audio", str(speech),
+                           "--out", str(out), "--steps", "2", "--no-progress", "--text", "a person speaking"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return int(done.stdout.split("peak-rss-kb")[-1]) // 1024
+
+
+def probe(path: Path) -> tuple[int, float, float]:
+    """(video frames, video seconds, audio seconds)."""
+    with av.open(str(path)) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+        audio = container.streams.audio[0]
+        return frames, frames / 25, float(audio.duration * audio.time_base)
+
+
+def speech_seconds(path: Path) -> float:
+    with av.open(str(path)) as container:
+        return sum(frame.samples for frame in container.decode(audio=0)) / 16000
+
+
+@pytest.mark.parametrize("seconds", ["3", "40"])
+def test_the_video_is_as_long_as_the_speech_to_the_frame(checkpoint, inputs, tmp_path, seconds):
+    out = tmp_path / "out.mp4"
+    sample(checkpoint, inputs["image"], inputs[seconds], out)
+    frames, video_s, audio_s = probe(out)
+    assert frames == round(speech_seconds(inputs[seconds]) * 25)
+    assert abs(audio_s - video_s) < 0.07  # the speech, muxed, ends with the video (AAC frames: 64 ms)
+
+
+def test_memory_does_not_grow_with_the_speech(checkpoint, inputs, tmp_path):
+    """Peak RSS of the whole process (libraries included) for 40 s is within 20% of 10 s's."""
+    short = sample(checkpoint, inputs["image"], inputs["10"], tmp_path / "short.mp4")
+    long = sample(checkpoint, inputs["image"], inputs["40"], tmp_path / "long.mp4")
+    assert long <= 1.2 * short, (short, long)
