@@ -72,7 +72,9 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
             raise ValueError(_context_error(self.max_offset_frames, context))
 
     def setup(self) -> None:
-        self._scorer = SyncNetScorer(self.syncnet_model_path) if self.syncnet_model_path else MouthAudioScorer()
+        # The embedded scorer gates its confidence on the same speech and mouth thresholds as this stage's rules.
+        self._scorer = (SyncNetScorer(self.syncnet_model_path) if self.syncnet_model_path
+                        else MouthAudioScorer(min_mouth_motion=self.min_mouth_motion, min_speech_range_db=self.min_speech_range_db))
 
     @property
     def _syncnet(self) -> bool:
