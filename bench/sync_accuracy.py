@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import RESULTS, _load_test_media  # noqa: E402  (bench/bench.py: this folder is first on sys.path)
-from pipeline.runner import ChainRunner  # noqa: E402
-from schemas.records import FPS, SAMPLE_RATE, CandidateClip, SourceVideo, Status  # noqa: E402
+from pipeline.runner import run_in_process  # noqa: E402
+from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status  # noqa: E402
 from stages.chunk import ChunkStage  # noqa: E402
 from stages.face import FaceStage  # noqa: E402
 from stages.normalize import NormalizeStage  # noqa: E402
@@ -43,8 +43,7 @@ SHIFTS_MS = (-320, -200, -120, 0, 120, 200, 480)
 def clips(path: Path, with_faces: bool) -> list[CandidateClip]:
     """The clips the pipeline keeps so far from `path` (up to the face stage, or the scene cut)."""
     stages = [NormalizeStage(preset="ultrafast"), SceneCutStage()] + ([FaceStage()] if with_faces else [])
-    first, second = ChainRunner([ProbeStage(), ChunkStage()]), ChainRunner(stages, keep_frames=with_faces)
-    out = [o for item in first.run(SourceVideo.from_uri(str(path))) for o in second.run(item)]
+    out = run_in_process(str(path), [[ProbeStage(), ChunkStage()], stages], keep_frames=with_faces)
     return [o for o in out if isinstance(o, CandidateClip) and o.status is not Status.REJECTED]
 
 

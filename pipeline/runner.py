@@ -62,6 +62,17 @@ def _describe(item: object) -> str:
     return getattr(source, "uri", repr(item))
 
 
+def run_in_process(uri: str, groups: Sequence[Sequence[Stage]], keep_frames: bool = False) -> list[object]:
+    """Everything the stage groups emit for one input, each group's outputs run through the next,
+    in this process and without Ray (tests and benchmarks). `keep_frames` keeps the clips'
+    analysis frames on what comes out."""
+    items: list[object] = [SourceVideo.from_uri(uri)]
+    for stages in groups:
+        runner = ChainRunner(stages, keep_frames)
+        items = [out for item in items for out in runner.run(item)]
+    return items
+
+
 class _Timed:
     """Times a stage's work on one item, including the work done inside a generator it returns."""
 

@@ -37,6 +37,10 @@ class Resources:
     cpus: float = 1.0
     gpus: float = 0.0
 
+    def on(self, device: str) -> Resources:
+        """These resources, with a GPU when `device` names a CUDA one (`cuda`, `cuda:N`)."""
+        return dataclasses.replace(self, gpus=max(self.gpus, 1.0)) if device.startswith("cuda") else self
+
 
 def option(default: Any, doc: str, **kwargs: Any) -> Any:
     """A documented configuration field of a stage."""

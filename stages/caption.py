@@ -46,9 +46,7 @@ class CaptionStage(Stage[CandidateClip, CandidateClip]):
             raise ValueError("caption.max_new_tokens must be at least 1")
 
     def worker_resources(self) -> Resources:
-        if self.vlm_path and self.device.startswith("cuda"):
-            return Resources(cpus=self.resources.cpus, gpus=1.0)
-        return self.resources
+        return self.resources.on(self.device) if self.vlm_path else self.resources
 
     def setup(self) -> None:
         self._captioner: Captioner = (

@@ -8,6 +8,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 import av
+import numpy as np
+
+from schemas.records import SAMPLE_RATE
 
 # FFmpeg's own log lines (concealed errors, "moov atom not found") would flood a long run's terminal;
 # the stages turn what matters into rejection reasons instead. Not a level but None: PyAV's callback
@@ -43,6 +46,17 @@ def open_binary(uri: str) -> Any:
 
     fs, path = pafs.FileSystem.from_uri(uri)
     return fs.open_input_file(path)
+
+
+def decode_audio(uri: str) -> np.ndarray:
+    """All of the first audio stream as int16 mono at 16 kHz, decoded straight through (PyAV's
+    resampler, as normalize uses it, with each frame following the last whatever its timestamp)."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    with open_container(uri) as container:
+        if not container.streams.audio:
+            raise ValueError(f"{uri}: no audio stream")
+        chunks = [out.to_ndarray().reshape(-1) for frame in [*container.decode(audio=0), None] for out in resampler.resample(frame)]
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
 
 
 def open_container(uri: str) -> av.container.InputContainer:

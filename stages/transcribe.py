@@ -20,7 +20,6 @@ Kept clips get the encoder's features when `store_features` is set (`KEY.whisper
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -66,7 +65,7 @@ class TranscribeStage(Stage[CandidateClip, CandidateClip]):
             raise ValueError("transcribe.min_speech_ratio and transcribe.max_no_speech_prob must be between 0 and 1")
 
     def worker_resources(self) -> Resources:
-        return dataclasses.replace(self.resources, gpus=1.0) if self.device == "cuda" else self.resources
+        return self.resources.on(self.device)
 
     def setup(self) -> None:
         language = self.language or None

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import media
-from pipeline.runner import ChainRunner
-from schemas.records import CandidateClip, ChunkDone, SourceVideo
+from pipeline.runner import run_in_process
+from schemas.records import CandidateClip, ChunkDone
 from stages.base import Stage
 from stages.chunk import ChunkStage
 from stages.normalize import NormalizeStage
@@ -123,11 +123,7 @@ RunChain = Callable[..., list[object]]
 
 
 def _run_chain(path: Path | str, ingest: list[Stage], clips: list[Stage], keep_frames: bool = False) -> list[object]:
-    first, second = ChainRunner(ingest), ChainRunner(clips, keep_frames)
-    out: list[object] = []
-    for item in first.run(SourceVideo.from_uri(str(path))):
-        out.extend(second.run(item))
-    return out
+    return run_in_process(str(path), [ingest, clips], keep_frames)
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import av
 import numpy as np
+
+from stages.media_io import decode_audio
 
 DEMO = Path(__file__).resolve().parent.parent / "demo" / "media"
 GRID = sorted(DEMO.glob("grid_*.mpg"))
@@ -276,12 +277,8 @@ def side_lit(src: Path, out: Path) -> None:
 
 
 def decoded_audio(path: Path) -> np.ndarray:
-    """All of `path`'s first audio stream as int16 mono at 16 kHz, decoded straight through (PyAV's
-    resampler, as normalize uses it, with each frame following the last whatever its timestamp)."""
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
-    with av.open(str(path)) as container:
-        frames = [*container.decode(audio=0), None]
-        return np.concatenate([out.to_ndarray().reshape(-1) for frame in frames for out in resampler.resample(frame)])
+    """All of `path`'s first audio stream as int16 mono at 16 kHz, as `talkcurate sample` reads speech."""
+    return decode_audio(str(path))
 
 
 def audio_shifted(src: Path, out: Path, shift_ms: float) -> None:

@@ -16,10 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from train.data import DataConfig
-from train.latents import LatentSpaceConfig
+from train.latents import LatentSpace, LatentSpaceConfig
 from train.loss import LossConfig
+from train.model import ModelConfig, preset
 from train.parallelize import ParallelConfig
 from train.text_encoder import TextEncoderConfig
+
+
+def model_config(choice: ModelChoice, latents: LatentSpace, text_dim: int) -> ModelConfig:
+    """The chosen preset sized for the latent space and the caption encoder, then the overrides."""
+    sized = {"latent_channels": latents.channels, "text_dim": text_dim, "temporal_compression": latents.temporal_compression}
+    return preset(choice.preset, **{**sized, **choice.overrides})
 
 
 @dataclass

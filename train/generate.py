@@ -22,10 +22,11 @@ import torch.distributed.checkpoint as dcp
 
 from schemas.records import FPS, SAMPLE_RATE
 from schemas.text import frame_feature_window
+from stages.media_io import decode_audio
 from train.checkpoint import Checkpointer
-from train.config import JobConfig, load_config
+from train.config import JobConfig, load_config, model_config
 from train.latents import LatentSpace, build_latent_space
-from train.model import Conditions, TalkingDiT, preset
+from train.model import Conditions, TalkingDiT
 from train.sampling import SamplerConfig, guided, sliding_denoise
 from train.text_encoder import TextEncoder
 
@@ -62,24 +63,12 @@ def load_trained(run: str | Path, step: int | None = None, device: str = "cpu") 
         raise FileNotFoundError(f"{run / 'checkpoints'} holds no step-N checkpoint")
     latents = build_latent_space(config.latents).to(device).eval().requires_grad_(False)
     text = TextEncoder(config.text, device)
-    model_config = preset(config.model.preset, **{"latent_channels": latents.channels, "text_dim": text.dim,
-                                                  "temporal_compression": latents.temporal_compression, **config.model.overrides})
-    model = TalkingDiT(model_config)
+    model = TalkingDiT(model_config(config.model, latents, text.dim))
     state = {"model": model.state_dict()}
     dcp.load(state, checkpoint_id=str(checkpoints.folder / f"step-{step}"))
     model.load_state_dict(state["model"])
     log.info("loaded %s step %d", run, step)
     return Trained(config, model.to(device).eval().requires_grad_(False), latents, text)
-
-
-def read_speech(path: str | Path) -> np.ndarray:
-    """int16 mono at 16 kHz, the whole file, decoded straight through."""
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-    with av.open(str(path)) as container:
-        if not container.streams.audio:
-            raise ValueError(f"{path}: no audio stream")
-        chunks = [out.to_ndarray().reshape(-1) for frame in [*container.decode(audio=0), None] for out in resampler.resample(frame)]
-    return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
 
 
 def read_portrait(path: str | Path, height: int, width: int) -> torch.Tensor:
@@ -133,7 +122,7 @@ def generate(trained: Trained, portrait: str | Path, speech_path: str | Path, ou
         raise ValueError("sliding-window generation works on latent spaces without temporal compression (pixel space)")
     from stages.whisper_models import FasterWhisperModel
 
-    speech = read_speech(speech_path)
+    speech = decode_audio(str(speech_path))
     total = int(round(len(speech) / SAMPLES_PER_FRAME))
     if total < 1:
         raise ValueError(f"{speech_path}: shorter than one frame")

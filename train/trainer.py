@@ -26,12 +26,12 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 
 from train.checkpoint import Checkpointer
-from train.config import CurriculumStage, JobConfig, render
+from train.config import CurriculumStage, JobConfig, model_config, render
 from train.data import Batch
 from train.latents import build_latent_space
 from train.loader import ClipLoader
 from train.loss import REGIONS, LossConfig, flow_matching_loss
-from train.model import Conditions, TalkingDiT, is_audio_parameter, preset
+from train.model import Conditions, TalkingDiT, is_audio_parameter
 from train.parallelize import parallelize
 from train.text_encoder import TextEncoder
 
@@ -51,12 +51,9 @@ class Trainer:
         self.out = Path(config.out)
         self.latents = build_latent_space(config.latents).to(device).eval().requires_grad_(False)
         self.text = TextEncoder(config.text, device)
-        model_config = preset(config.model.preset, **{"latent_channels": self.latents.channels, "text_dim": self.text.dim,
-                                                      "temporal_compression": self.latents.temporal_compression,
-                                                      **config.model.overrides})
         torch.manual_seed(config.seed)
         with torch.device("meta"):
-            model = TalkingDiT(model_config)
+            model = TalkingDiT(model_config(config.model, self.latents, self.text.dim))
         self.model = parallelize(model, mesh, config.parallel, device)
         self.model.to_empty(device=device)
         with torch.no_grad():
@@ -219,7 +216,7 @@ class _Window:
     """Sums of one rank's step results since the last log."""
 
     def __init__(self):
-        self.take()
+        self.sums = self._empty()
 
     def add(self, out, samples: int, tokens: int, seconds: float) -> None:
         self.sums["steps"] += 1
@@ -234,6 +231,10 @@ class _Window:
                 self.sums[f"{region}_loss_sum"] += float(out.region_loss[region]) * area
 
     def take(self) -> dict:
-        sums, self.sums = getattr(self, "sums", None), {"steps": 0, "loss": 0.0, "samples": 0, "tokens": 0, "seconds": 0.0,
-                                                       **{f"{r}_loss_sum": 0.0 for r in REGIONS}, **{f"{r}_area": 0.0 for r in REGIONS}}
+        sums, self.sums = self.sums, self._empty()
         return sums
+
+    @staticmethod
+    def _empty() -> dict:
+        return {"steps": 0, "loss": 0.0, "samples": 0, "tokens": 0, "seconds": 0.0,
+                **{f"{r}_loss_sum": 0.0 for r in REGIONS}, **{f"{r}_area": 0.0 for r in REGIONS}}
