@@ -146,8 +146,11 @@ def ray_session(address: str | None, config: RunConfig):
         # Ray's processes inherit stdin; a terminal there lets a child that touches it from Ray's
         # background process group (the `ffmpeg` probe PySceneDetect runs at import) be stopped
         # by SIGTTOU, hanging the run.
+        # address="local": a new instance even when `ray start` left a cluster on this machine,
+        # which a bare ray.init() would join.
         with redirected_to_devnull(0):
             ray.init(
+                address="local",
                 num_cpus=config.execution.num_cpus or None,
                 object_store_memory=config.execution.object_store_mb * 2**20 or None,
                 include_dashboard=False,
