@@ -27,10 +27,19 @@ class ExecutionConfig:
 
     num_cpus: int = option(0, "CPUs of the local Ray instance started for the run (0: all of this machine's).")
     object_store_mb: int = option(0, "Object store of the local Ray instance, in MB (0: Ray's default).")
-    max_workers: int = option(0, "Upper bound on the workers of each stage group (0: as many as the CPUs allow).")
+    max_workers: int = option(0, "Upper bound on the workers of each CPU stage group (0: as many as the cluster's CPUs allow when the run starts).")
+    gpu_workers: int = option(0, "Actors of a stage group that asks for GPUs (0: one per GPU of the cluster when the run starts).")
     model_batch_size: int = option(8, "Clips handed at once to a batched group's model stages (transcription, captioning): what one GPU worker runs together.")
+    task_retries: int = option(3, "Times a task runs again after its worker process or node died (a stage's own exception is an `error` row, not a retry); GPU actors are replaced without limit.")
     block_mb: int = option(64, "Ray Data's target block size in MB: smaller blocks stream sooner and bound memory.")
     progress: bool = option(True, "Show Ray Data's progress bars.")
+
+    def validate(self) -> None:
+        for name in ("num_cpus", "object_store_mb", "max_workers", "gpu_workers", "task_retries"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"execution.{name} must be 0 or more")
+        if self.model_batch_size < 1 or self.block_mb < 1:
+            raise ValueError("execution.model_batch_size and execution.block_mb must be 1 or more")
 
 
 @dataclass
@@ -57,6 +66,7 @@ class RunConfig:
         setattr(section, key, _coerce(fields[key], value, dotted))
 
     def validate(self) -> None:
+        self.execution.validate()
         for stage in self.stages.values():
             stage.validate()
             stage.validate_with(self.stages)

@@ -1,10 +1,12 @@
 """Running the pipeline on Ray Data: the only module that knows about Ray.
 
-Each group of fused stages becomes one `map_batches` operator: a task pool by default (tasks
-release their CPUs between items, so groups share a small machine well, and each worker process
-keeps its loaded models between tasks), or an actor pool, one actor per GPU, when a stage's
-configuration asks for GPUs. Batched groups (the model stages) get `execution.model_batch_size`
-clips per call, which their stages process together.
+Each group of fused stages becomes one `map_batches` operator, placed by `pipeline.placement`: a
+task pool by default (tasks release their CPUs between items, so groups share a small machine well,
+and each worker process keeps its loaded models between tasks), or an actor pool, one actor per
+GPU, when a stage's configuration asks for GPUs. Batched groups (the model stages) get
+`execution.model_batch_size` clips per call, which their stages process together. A task whose
+worker process or node dies is run again (`execution.task_retries`); the driver's shard writer
+only ever sees each result once, since Ray hands a retried task's outputs over exactly once.
 Records travel pickled in a single binary `item` column. The driver streams the results into the
 shard writer, so memory stays bounded by Ray Data's backpressure, not by the size of the input.
 """
@@ -15,17 +17,20 @@ import contextlib
 import logging
 import os
 import pickle
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.config import RunConfig
 from pipeline.definition import PIPELINE, Group
 from pipeline.output import RunOutput
+from pipeline.placement import place
 from pipeline.runner import ChainRunner, RunStats
 from schemas.records import SourceVideo
-from stages.base import Resources, Stage
+from stages.base import Stage
 from stages.descriptors import redirected_to_devnull
 
 log = logging.getLogger(__name__)
@@ -88,7 +93,7 @@ tasks, so stages loading models set up once per worker, like an actor's, while t
 release their CPUs between items."""
 
 
-def _group_task(stages: list[Stage], keep_frames: bool, collector, batched: bool):
+def _group_task(name: str, stages: list[Stage], keep_frames: bool, collector, batched: bool):
     key = pickle.dumps((stages, keep_frames))
 
     def run(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
@@ -97,37 +102,32 @@ def _group_task(stages: list[Stage], keep_frames: bool, collector, batched: bool
             runner = _WORKER_RUNNERS[key] = ChainRunner(stages, keep_frames)
         yield from _run_batch(runner, batch, collector, batched)
 
+    run.__name__ = run.__qualname__ = name  # Ray Data names the operator (progress, dashboard, task names) after it
     return run
-
-
-def _group_resources(stages: list[Stage]) -> Resources:
-    needs = [s.worker_resources() for s in stages]
-    return Resources(cpus=max(r.cpus for r in needs), gpus=max(r.gpus for r in needs))
 
 
 def _add_group(ds: ray.data.Dataset, group: Group, keep_frames: bool, config: RunConfig, collector) -> ray.data.Dataset:
     stages = [config.stages[cls.name] for cls in group.stages]
-    resources = _group_resources(stages)
-    cpus_total = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    workers = max(1, int(cpus_total / max(resources.cpus, 0.25)))
-    if config.execution.max_workers:
-        workers = min(workers, config.execution.max_workers)
-    if resources.gpus:
-        gpus_total = int(ray.cluster_resources().get("GPU", 0))
-        if gpus_total < resources.gpus:
-            raise RuntimeError(f"the {group.name} stages ask for {resources.gpus:g} GPU per worker; the cluster has {gpus_total}")
-        workers = min(workers, int(gpus_total / resources.gpus))
-    batch_size = config.execution.model_batch_size if group.batched else 1
-    common = dict(batch_size=batch_size, batch_format="numpy", num_cpus=resources.cpus, num_gpus=resources.gpus or None)
-    if resources.gpus:
-        return ds.map_batches(
-            GroupActor,
-            fn_constructor_kwargs={"stages": stages, "keep_frames": keep_frames, "collector": collector, "batched": group.batched},
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
-            **common,
-        )
-    task = _group_task(stages, keep_frames, collector, group.batched)
-    return ds.map_batches(task, compute=ray.data.TaskPoolStrategy(size=workers), **common)
+    where = place(group, stages, config.execution, ray.cluster_resources())
+    common = dict(
+        batch_size=where.batch_size,
+        batch_format="numpy",
+        num_cpus=where.cpus,
+        num_gpus=where.gpus or None,  # CPU groups never ask for a GPU
+        **where.remote_args(config.execution.task_retries),
+    )
+    with warnings.catch_warnings():
+        # Ray 2.60 takes the retry options only through its deprecated **ray_remote_args.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        if where.actors:
+            return ds.map_batches(
+                GroupActor,
+                fn_constructor_kwargs={"stages": stages, "keep_frames": keep_frames, "collector": collector, "batched": group.batched},
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=where.workers),
+                **common,
+            )
+        task = _group_task(group.name, stages, keep_frames, collector, group.batched)
+        return ds.map_batches(task, compute=ray.data.TaskPoolStrategy(size=where.workers), **common)
 
 
 @contextlib.contextmanager
@@ -176,7 +176,9 @@ def execute(sources: list[SourceVideo], output: RunOutput, config: RunConfig, ad
         context.target_max_block_size = config.execution.block_mb * 2**20
         context.verbose_stats_logs = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-        collector = StatsCollector.remote()
+        # On the driver's node: a worker node that dies must not take the run's timings with it.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        collector = StatsCollector.options(scheduling_strategy=here).remote()
         ds = ray.data.from_items([{COLUMN: pickle.dumps(s)} for s in todo], override_num_blocks=len(todo))
         for position, group in enumerate(PIPELINE):
             keep_frames = any(s.uses_frames for later in PIPELINE[position + 1 :] for s in later.stages)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
 from schemas.records import SourceVideo
+from stages.storage import filesystem
 
 VIDEO_SUFFIXES = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .mpe .ts .mts .m2ts .flv .wmv .3gp .3g2 .ogv .vob .mxf .dv".split()
@@ -35,12 +37,16 @@ def _from_list(path: str) -> list[str]:
 
 
 def _expand_uri(uri: str) -> list[str]:
-    fs, path = pafs.FileSystem.from_uri(uri)
-    info = fs.get_file_info(path)
-    scheme = uri.split("://", 1)[0]
+    fs, path = filesystem(uri)
+    try:
+        info = fs.get_file_info(path)
+    except OSError as exc:
+        raise InputError(f"cannot read {uri}: {exc}") from None
     if info.type == pafs.FileType.Directory:
+        scheme, query = uri.split("://", 1)[0], urlsplit(uri).query
+        suffix = f"?{query}" if query else ""  # options such as endpoint_override apply to every file
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-        return [f"{scheme}://{i.path}" for i in infos if i.type == pafs.FileType.File and _is_video_name(i.path)]
+        return [f"{scheme}://{i.path}{suffix}" for i in infos if i.type == pafs.FileType.File and _is_video_name(i.path)]
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"input not found: {uri}")
     return [uri]

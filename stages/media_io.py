@@ -11,6 +11,7 @@ import av
 import numpy as np
 
 from schemas.records import SAMPLE_RATE
+from stages.storage import filesystem, open_input_file
 
 # FFmpeg's own log lines (concealed errors, "moov atom not found") would flood a long run's terminal;
 # the stages turn what matters into rejection reasons instead. Not a level but None: PyAV's callback
@@ -32,9 +33,7 @@ def local_path(uri: str) -> str:
 def file_size(uri: str) -> int:
     if is_local(uri):
         return os.stat(local_path(uri)).st_size
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(uri)
+    fs, path = filesystem(uri)
     return fs.get_file_info(path).size
 
 
@@ -42,10 +41,7 @@ def open_binary(uri: str) -> Any:
     """A seekable binary file object for any URI pyarrow knows (s3://, gs://, hdfs://, local)."""
     if is_local(uri):
         return open(local_path(uri), "rb")
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(uri)
-    return fs.open_input_file(path)
+    return open_input_file(*filesystem(uri))
 
 
 def decode_audio(uri: str) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""Shard writing: size-targeted WebDataset tars, each written under a temporary name and
-published (renamed) only when complete, with its md5 computed while it is written.
+"""Shard writing: size-targeted WebDataset tars, each written at the output's staging name and
+published only when complete (see stages/storage.py), with its md5 computed while it is written.
 
 Tars are deterministic (fixed mtime, owner and mode), so the same samples give the same bytes.
 """
@@ -29,7 +29,7 @@ from schemas.face import encode_face_npz
 from schemas.records import SAMPLE_RATE, CandidateClip
 from schemas.text import encode_features
 from stages.base import Resources, Stage, option
-from stages.storage import TMP_SUFFIX, OutputDir
+from stages.storage import OutputDir
 
 SHARD_FOLDER = "shards"
 
@@ -86,8 +86,8 @@ class _OpenShard:
     def __init__(self, out: OutputDir, name: str):
         self.name = name
         self.final = f"{SHARD_FOLDER}/{name}"
-        self.temporary = f"{SHARD_FOLDER}/.{name}{TMP_SUFFIX}"
-        self.stream = out.open_write(self.temporary)
+        self.staged = out.staging_name(self.final)
+        self.stream = out.open_write(self.staged)
         self.hashing = _HashingWriter(self.stream)
         self.tar = tarfile.open(fileobj=self.hashing, mode="w|", format=tarfile.USTAR_FORMAT)
         self.keys: list[str] = []
@@ -139,10 +139,14 @@ class ShardWriter:
 
     def add(self, clip: CandidateClip) -> str:
         """Write one kept clip; returns the shard (relative URL) it will be published in by a later flush."""
+        return self.add_members(clip.key, sample_members(clip))
+
+    def add_members(self, key: str, members: dict[str, bytes]) -> str:
+        """Write one sample's members (by suffix, in order), e.g. copied from another shard; as `add`."""
         if self.current is None:
             self.current = _OpenShard(self.out, f"shard-{self.next_number:06d}.tar")
             self.next_number += 1
-        self.current.add(clip.key, sample_members(clip))
+        self.current.add(key, members)
         return self.current.final
 
     def flush_if_full(self) -> None:
@@ -159,5 +163,5 @@ class ShardWriter:
             return
         shard, self.current = self.current, None
         record = shard.close()
-        self.out.publish(shard.temporary, shard.final)
+        self.out.publish(shard.staged, shard.final)
         self.on_publish(record)

@@ -1,0 +1,153 @@
+"""`talkcurate` as a user runs it, in subprocesses a test can kill and clean up after.
+
+Each run is a session of its own with a tag in its environment: Ray's workers start sessions of
+their own, so the tag is what finds every process a run started, to kill it by id afterwards.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import termios
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+TALKCURATE = str(Path(sys.executable).with_name("talkcurate"))
+TAG = "TALKCURATE_TEST_RUN"
+
+
+def _tagged(tag: str) -> list[int]:
+    """Live processes whose environment carries `tag` (zombies show an empty environment)."""
+    needle = f"{TAG}={tag}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if needle in f.read().split(b"\0"):
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+class Talkcurate:
+    """`talkcurate ARGS` in a session of its own; leaving the `with` block kills all it started."""
+
+    def __init__(self, args: list[str], logs: Path, terminal: bool = False, env: dict[str, str] | None = None):
+        self.tag = uuid.uuid4().hex
+        env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **(env or {})}
+        env[TAG] = self.tag
+        self.stdout, self.stderr = logs.with_suffix(".out"), logs.with_suffix(".err")
+        self._reader = None
+        if terminal:
+            self._start_in_terminal([TALKCURATE, *args], env)
+            return
+        with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
+            self.proc = subprocess.Popen(
+                [TALKCURATE, *args], env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+            )
+
+    def _start_in_terminal(self, command: list[str], env: dict[str, str]) -> None:
+        """As a user runs it: a pseudo-terminal on stdin, stdout and stderr, and as the session's
+        controlling terminal, so processes in other process groups of the session can be stopped
+        by SIGTTOU when they touch it. Everything it prints lands in the stdout log."""
+        master, slave = os.openpty()
+
+        def become_terminal_owner():
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen(command, env=env, stdin=slave, stdout=slave, stderr=slave,
+                                     start_new_session=True, preexec_fn=become_terminal_owner)
+        os.close(slave)
+        self.stderr.write_bytes(b"")
+
+        def drain():
+            with open(self.stdout, "wb") as out:
+                while True:
+                    try:
+                        data = os.read(master, 65536)
+                    except OSError:  # the terminal closes when the last process holding it exits
+                        break
+                    if not data:
+                        break
+                    out.write(data)
+            os.close(master)
+
+        self._reader = threading.Thread(target=drain, daemon=True)
+        self._reader.start()
+
+    def __enter__(self) -> Talkcurate:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+    def output(self) -> str:
+        return self.stdout.read_text(errors="replace") + self.stderr.read_text(errors="replace")
+
+    def finish(self, timeout: float = 300) -> int:
+        rc = self.proc.wait(timeout)
+        if self._reader is not None:
+            self._reader.join(30)
+        return rc
+
+    def wait_for(self, condition: Callable[[], object], what: str, timeout: float = 300) -> None:
+        """Poll `condition`; fail if the run ends first (the kill would come too late to test anything)."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.proc.poll() is not None:
+                pytest.fail(f"the run ended (exit {self.proc.returncode}) before {what}:\n{self.output()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {what} after {timeout} s:\n{self.output()[-3000:]}")
+            time.sleep(0.02)
+
+    def kill_driver(self) -> None:
+        """kill -9 the driver, as a crash or the OOM killer would, then its process group."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped: its group id stays ours
+        self._kill_group()
+        assert self.proc.wait() == -signal.SIGKILL, "the run ended on its own before it was killed"
+
+    def processes(self) -> list[int]:
+        """Every live process this run started: the driver, its children, Ray's workers."""
+        return _tagged(self.tag)
+
+    def _kill_group(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT)
+            self._kill_group()
+            self.proc.wait()
+        deadline = time.monotonic() + 30
+        while pids := _tagged(self.tag):  # Ray's workers, in sessions of their own
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"processes {pids} of a test run survived SIGKILL")
+            time.sleep(0.1)
+
+
+def talkcurate(*args: str | Path, logs: Path, timeout: float = 300, terminal: bool = False,
+               env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run the command line to its end: (exit status, stdout, stderr)."""
+    with Talkcurate([str(a) for a in args], logs, terminal, env) as proc:
+        rc = proc.finish(timeout)
+        return rc, proc.stdout.read_text(), proc.stderr.read_text()
