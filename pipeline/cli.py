@@ -37,26 +37,56 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_inspect(args) -> int:
-    from pipeline.inspect import load, render, summarize
+    from pipeline.inspect import inspection, load, render_inspection
+    from stages.storage import OutputDir
+
+    columns = _names(args.columns) if args.columns is not None else [] if args.rows else None
+    try:
+        table, index = load(OutputDir(args.dir))
+        report = inspection(table, index, args.where, _names(args.by), args.hist or [], args.bins, columns)
+    except (FileNotFoundError, ValueError) as exc:  # a bad predicate is a ValueError too
+        print(f"talkcurate inspect: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1) if args.json else render_inspection(report))
+    return 0
+
+
+def _names(text: str | None) -> list[str]:
+    """Column names from a comma-separated option."""
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
+
+
+def _cmd_subset(args) -> int:
+    from pipeline.subset import copy_subset, write_sample_list
+    from stages.shard_writer import ShardWriterStage
     from stages.storage import OutputDir
 
     try:
-        table, index = load(OutputDir(args.dir))
-    except FileNotFoundError as exc:
-        print(f"talkcurate inspect: {exc}", file=sys.stderr)
+        source = OutputDir(args.dir)
+        if args.list:
+            selected = write_sample_list(source, args.where, args.list)
+            print(f"{args.list}: {selected} samples of {args.dir}")
+        else:
+            sizes = {"target_shard_mb": args.target_shard_mb, "max_samples_per_shard": args.max_samples_per_shard}
+            shards = ShardWriterStage(**{name: value for name, value in sizes.items() if value is not None})
+            shards.validate()
+            result = copy_subset(source, args.where, OutputDir(args.out), shards)
+            print(f"{args.out}: {result.samples} samples in {result.shards} shards ({result.bytes / 1e6:.1f} MB), "
+                  f"{result.rows} manifest rows")
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"talkcurate subset: {exc}", file=sys.stderr)
         return 2
-    summary = summarize(table, index)
-    print(json.dumps(summary, indent=1) if args.json else render(summary))
     return 0
 
 
 def _cmd_verify(args) -> int:
-    from pipeline.verify import verify
+    from pipeline.verify import verify, verify_sample_list
+    from schemas.sample_list import is_sample_list
     from stages.storage import OutputDir
 
     try:
-        checked, problems = verify(OutputDir(args.dir))
-    except FileNotFoundError as exc:
+        checked, problems = verify_sample_list(args.dir) if is_sample_list(args.dir) else verify(OutputDir(args.dir))
+    except (FileNotFoundError, ValueError) as exc:
         print(f"talkcurate verify: {exc}", file=sys.stderr)
         return 2
     for problem in problems:
@@ -103,13 +133,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
 
-    inspect = commands.add_parser("inspect", help="funnel, totals, shards and score distributions of a run")
+    inspect = commands.add_parser("inspect", help="funnel, totals, shards and score distributions of a run; queries over its manifest")
     inspect.add_argument("dir")
+    inspect.add_argument("--where", metavar="PREDICATE", help="only the manifest rows it selects, e.g. \"sync_confidence > 0.5 and language = 'en'\"")
+    inspect.add_argument("--by", metavar="COLUMN[,COLUMN]", help="rows, kept, rejected and kept seconds per value of these columns")
+    inspect.add_argument("--hist", action="append", metavar="COLUMN", help="histogram of a numeric column (repeatable)")
+    inspect.add_argument("--bins", type=int, default=20, help="histogram bins (default 20)")
+    inspect.add_argument("--rows", action="store_true", help="list the selected rows (key, status, reason, shard, duration_s and the --where columns)")
+    inspect.add_argument("--columns", metavar="COLUMN[,COLUMN]", help="list the selected rows with these columns")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(func=_cmd_inspect)
 
+    subset = commands.add_parser("subset", help="the samples a predicate selects, as a new shard set or a sample list")
+    subset.add_argument("dir", help="a run's (or a subset's) output folder")
+    subset.add_argument("--where", metavar="PREDICATE", help="the manifest rows to keep (default: all)")
+    target = subset.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", help="new output folder: the selected samples copied into new shards, with manifest and index")
+    target.add_argument("--list", metavar="FILE.json", help="a sample list naming the selected samples in place (no bytes copied)")
+    subset.add_argument("--target-shard-mb", type=float, help="with --out: close a shard once it holds this many MB (default: shards.target_shard_mb's)")
+    subset.add_argument("--max-samples-per-shard", type=int, help="with --out: also close a shard at this many samples (default: shards.max_samples_per_shard's)")
+    subset.set_defaults(func=_cmd_subset)
+
     verify = commands.add_parser("verify", help="re-read every shard against the index; non-zero exit on mismatch")
-    verify.add_argument("dir")
+    verify.add_argument("dir", help="an output folder, or a sample list (FILE.json from `subset --list`)")
     verify.set_defaults(func=_cmd_verify)
 
     sample = commands.add_parser("sample", help="generate a talking portrait from a training run's checkpoint")

@@ -168,19 +168,30 @@ class RunOutput:
         return table.sort_by([("source", "ascending"), ("start_s", "ascending"), ("key", "ascending")])
 
     def index(self) -> dict:
-        return {
-            "__kind__": "wids-shard-index-v1",
-            "wids_version": 1,
-            "name": "talkcurate",
-            "talkcurate_schema_version": SCHEMA_VERSION,
-            "shardlist": [self.shards[url].index_entry() for url in sorted(self.shards)],
-        }
+        return index_document([self.shards[url] for url in sorted(self.shards)])
 
     def finalize(self) -> pa.Table:
         table = self.manifest()
-        sink = io.BytesIO()
-        pq.write_table(table, sink)
-        self.out.write_atomic(MANIFEST, sink.getvalue())
-        self.out.write_atomic(INDEX, json.dumps(self.index(), indent=1).encode())
+        write_manifest_and_index(self.out, table, self.index())
         return table
+
+
+def index_document(shards: list[ShardRecord], **extra) -> dict:
+    """The wids-shard-index-v1 index of these shards, in this order (`extra`: more top-level keys)."""
+    return {
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "name": "talkcurate",
+        "talkcurate_schema_version": SCHEMA_VERSION,
+        **extra,
+        "shardlist": [shard.index_entry() for shard in shards],
+    }
+
+
+def write_manifest_and_index(out: OutputDir, manifest: pa.Table, index: dict) -> None:
+    """Publish `manifest.parquet` and `index.json`, each atomically."""
+    sink = io.BytesIO()
+    pq.write_table(manifest, sink)
+    out.write_atomic(MANIFEST, sink.getvalue())
+    out.write_atomic(INDEX, json.dumps(index, indent=1).encode())
 

@@ -1,4 +1,5 @@
-"""`talkcurate verify`: re-read every shard and check it against the index and the manifest."""
+"""`talkcurate verify`: re-read every shard and check it against the index and the manifest (or,
+for a sample list, the shards it names and its samples against the source's manifest)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import tarfile
 
 from pipeline.inspect import load
 from schemas.manifest import SAMPLE_MEMBERS
+from schemas.sample_list import SampleList
+from stages.media_io import open_binary
 from stages.shard_writer import SHARD_FOLDER
 from stages.storage import OutputDir
 
@@ -76,13 +79,18 @@ def verify_shard(out: OutputDir, entry: dict, expected_keys: set[str]) -> list[s
     return problems
 
 
-def verify(out: OutputDir) -> tuple[int, list[str]]:
-    """Number of shards checked and every problem found (empty when all is well)."""
-    table, index = load(out)
+def _kept_by_shard(table) -> dict[str, set[str]]:
     kept: dict[str, set[str]] = {}
     for row in table.select(["key", "status", "shard"]).to_pylist():
         if row["status"] == "kept":
             kept.setdefault(row["shard"], set()).add(row["key"])
+    return kept
+
+
+def verify(out: OutputDir) -> tuple[int, list[str]]:
+    """Number of shards checked and every problem found (empty when all is well)."""
+    table, index = load(out)
+    kept = _kept_by_shard(table)
     problems = []
     listed = {entry["url"] for entry in index["shardlist"]}
     for shard in sorted(set(kept) - listed):
@@ -93,3 +101,23 @@ def verify(out: OutputDir) -> tuple[int, list[str]]:
     for entry in index["shardlist"]:
         problems.extend(verify_shard(out, entry, kept.get(entry["url"], set())))
     return len(index["shardlist"]), problems
+
+
+def verify_sample_list(path: str) -> tuple[int, list[str]]:
+    """A sample list (`talkcurate subset --list`): every listed sample is a kept clip of its source
+    in the listed shard, and every listed shard passes `verify_shard`."""
+    with open_binary(path) as f:
+        listing = SampleList.decode(f.read(), path)
+    source = OutputDir(listing.source_folder(path))
+    table, index = load(source)
+    kept = _kept_by_shard(table)
+    entries = {entry["url"]: entry for entry in index["shardlist"]}
+    problems = [f"{path}: {key} is not a kept clip of {source.uri} in {shard}"
+                for key, shard in listing.samples if key not in kept.get(shard, set())]
+    shards = sorted({shard for _, shard in listing.samples})
+    for shard in shards:
+        if shard in entries:
+            problems.extend(verify_shard(source, entries[shard], kept.get(shard, set())))
+        else:
+            problems.append(f"{shard}: listed in {path} but not in the index of {source.uri}")
+    return len(shards), problems

@@ -33,6 +33,7 @@ from pipeline.output import INDEX, MANIFEST
 from schemas.face import decode_face_npz, face_and_lip_masks
 from schemas.manifest import MEMBER_CAPTION, MEMBER_FACE, MEMBER_VIDEO, MEMBER_WHISPER_FEATURES
 from schemas.records import FPS
+from schemas.sample_list import SampleList, is_sample_list
 from schemas.text import FEATURE_WINDOW, decode_features, frame_feature_window
 from stages.base import option
 from stages.media_io import open_binary
@@ -47,7 +48,7 @@ AUDIO_ROWS = FEATURE_WINDOW[1] - FEATURE_WINDOW[0]  # Whisper rows per video fra
 class DataConfig:
     """What the trainer reads from a run's shards, and in which order (train/sampler.py)."""
 
-    shards: str = option("", "A talkcurate run's output folder (local path, or a URI pyarrow knows: s3://, gs://, ...) holding index.json, manifest.parquet and shards/.")
+    shards: str = option("", "A talkcurate run's output folder (local path, or a URI pyarrow knows: s3://, gs://, ...) holding index.json, manifest.parquet and shards/; or a sample list (FILE.json from `talkcurate subset --list`) naming some of a folder's samples.")
     resolution: tuple[int, int] = option((64, 64), "(height, width) of the frames, the reference and the masks; with aspect_buckets, one of the buckets.")
     aspect_buckets: tuple[tuple[int, int], ...] = option((), "More (height, width) targets: each clip takes the one (resolution included) whose aspect ratio is nearest its own, and a batch holds one of them.")
     fit: str = option("crop", "How a frame of another aspect ratio meets its target: 'crop' scales it to cover the target and cuts the excess, centred on the clip's face (clamped to the frame); 'letterbox' scales it to fit inside and pads with black.")
@@ -106,14 +107,33 @@ def _join(root: str, relative: str) -> str:
     return f"{root.rstrip('/')}/{relative}"
 
 
-def list_samples(root: str) -> list[SampleInfo]:
-    """The kept clips of a run, in index order (shard by shard, by key within a shard)."""
+def dataset_source(shards: str) -> tuple[str, SampleList | None]:
+    """The output folder that `DataConfig.shards` reads from, and the sample list it names, if
+    it names one (schemas/sample_list.py) rather than the folder itself."""
+    if not is_sample_list(shards):
+        return shards, None
+    with open_binary(shards) as f:
+        listing = SampleList.decode(f.read(), shards)
+    return listing.source_folder(shards), listing
+
+
+def list_samples(shards: str) -> list[SampleInfo]:
+    """The kept clips of a run (or those a sample list names), in index order (shard by shard,
+    by key within a shard)."""
+    root, listing = dataset_source(shards)
     with open_binary(_join(root, INDEX)) as f:
-        shards = [entry["url"] for entry in json.load(f)["shardlist"]]
+        order = {entry["url"]: i for i, entry in enumerate(json.load(f)["shardlist"])}
     with open_binary(_join(root, MANIFEST)) as f:
         columns = ["key", "status", "shard", "num_frames", "width", "height", "source_id", "identity_embedding"]
         rows = [row for row in pq.read_table(f, columns=columns).to_pylist() if row["status"] == "kept"]
-    order = {url: i for i, url in enumerate(shards)}
+    if listing is not None:
+        kept = {(row["key"], row["shard"]) for row in rows}
+        stale = [sample for sample in listing.samples if sample not in kept]
+        if stale:
+            raise ValueError(f"{shards}: {len(stale)} listed samples are not kept clips of {root} in the listed shard "
+                             f"(e.g. {stale[0][0]} in {stale[0][1]}); write the list again with `talkcurate subset --list`")
+        listed = set(listing.samples)
+        rows = [row for row in rows if (row["key"], row["shard"]) in listed]
     unlisted = sorted({row["shard"] for row in rows} - set(order))
     if unlisted:
         raise ValueError(f"{root}: kept clips in shards the index does not list ({', '.join(unlisted[:3])}); run `talkcurate verify`")
@@ -335,7 +355,7 @@ class ClipDataset(torch.utils.data.Dataset):
         config.validate()
         self.config = config
         self.samples = list(samples)
-        self.reader = ShardReader(config.shards)
+        self.reader = ShardReader(dataset_source(config.shards)[0])
 
     def __len__(self) -> int:
         return len(self.samples)
