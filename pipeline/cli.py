@@ -95,6 +95,56 @@ def _cmd_verify(args) -> int:
     return 1 if problems else 0
 
 
+def _cmd_browse(args) -> int:
+    import tempfile
+
+    from pipeline.browse import BrowseError, build_site, serve
+
+    try:
+        if args.out:
+            site = build_site(args.dir, args.out, args.limit)
+            print(f"{site.folder}/index.html: {site.kept_shown} of {site.kept_total} kept samples, "
+                  f"{site.rejected_shown} of {site.rejected_total} rejected rows")
+            return 0
+        with tempfile.TemporaryDirectory(prefix="talkcurate-browse-") as folder:
+            build_site(args.dir, folder, args.limit)
+            with serve(folder, args.port) as server:
+                print(f"serving {args.dir} at http://127.0.0.1:{server.server_address[1]}/ from {folder} (Ctrl-C stops)", flush=True)
+                server.serve_forever()
+    except KeyboardInterrupt:  # how serving ends; the temporary page is gone by now
+        return 0
+    except (BrowseError, OSError) as exc:  # OSError: no manifest, or a page folder we cannot write
+        print(f"talkcurate browse: {exc}", file=sys.stderr)
+        return 2
+
+
+def _cmd_dedup(args) -> int:
+    from pipeline.dedup import DedupThresholds, dedup, render
+    from stages.storage import OutputDir
+
+    thresholds = DedupThresholds(args.max_audio_ber, args.max_phash_bits, args.min_motion_corr)
+    try:
+        result = dedup(OutputDir(args.dir), thresholds)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"talkcurate dedup: {exc}", file=sys.stderr)
+        return 2
+    print(render(result))
+    return 0
+
+
+def _cmd_split(args) -> int:
+    from pipeline.split import render, split
+    from stages.storage import OutputDir
+
+    try:
+        result = split(OutputDir(args.dir), args.val, args.identity_threshold)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"talkcurate split: {exc}", file=sys.stderr)
+        return 2
+    print(render(result))
+    return 0
+
+
 def _cmd_config(args) -> int:
     print(render_defaults(), end="")
     return 0
@@ -111,7 +161,7 @@ def _cmd_sample(args) -> int:
         trained = load_trained(args.checkpoint, args.step, args.device)
         sampler = SamplerConfig(steps=args.steps, order=args.order, text_scale=args.text_scale, audio_scale=args.audio_scale)
         frames = generate(trained, args.image, args.audio, args.out, args.text, sampler, WindowConfig(args.window, args.overlap),
-                          args.seed, progress=not args.no_progress)
+                          args.seed, progress=not args.no_progress, reference_video=args.video)
     except (FileNotFoundError, ValueError) as exc:
         print(f"talkcurate sample: {exc}", file=sys.stderr)
         return 2
@@ -158,10 +208,36 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("dir", help="an output folder, or a sample list (FILE.json from `subset --list`)")
     verify.set_defaults(func=_cmd_verify)
 
+    browse = commands.add_parser("browse", help="a page to browse a run's samples: served on 127.0.0.1, or written with --out")
+    browse.add_argument("dir", help="a run's output folder or URI")
+    browse.add_argument("--out", metavar="PAGE_DIR", help="write the static page here instead of serving it")
+    browse.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 to serve on (0: any free one; default 8000)")
+    browse.add_argument("--limit", type=int, help="at most this many kept samples and this many rejected rows (default 200)")
+    browse.set_defaults(func=_cmd_browse)
+
+    from pipeline.dedup import DedupThresholds
+    from pipeline.split import DEFAULT_IDENTITY_THRESHOLD, DEFAULT_VAL
+
+    near = DedupThresholds()
+    dedup = commands.add_parser("dedup", help="mark near-duplicate kept clips (same footage or same audio) in the manifest's duplicate_of")
+    dedup.add_argument("dir", help="a run's output folder or URI")
+    dedup.add_argument("--max-audio-ber", type=float, default=near.max_audio_ber, help="audio matches at this bit error rate or less (default %(default)s)")
+    dedup.add_argument("--max-phash-bits", type=int, default=near.max_phash_bits, help="video: frames look alike within this many of 64 hash bits (default %(default)s)")
+    dedup.add_argument("--min-motion-corr", type=float, default=near.min_motion_corr, help="video: mouth motion correlates at least this much (default %(default)s)")
+    dedup.set_defaults(func=_cmd_dedup)
+
+    split = commands.add_parser("split", help="assign kept clips to train/val by identity (or source) in the manifest's split")
+    split.add_argument("dir", help="a run's output folder or URI")
+    split.add_argument("--val", type=float, default=DEFAULT_VAL, help="expected share of clusters for validation (default %(default)s)")
+    split.add_argument("--identity-threshold", type=float, default=DEFAULT_IDENTITY_THRESHOLD,
+                       help="ArcFace cosine similarity from which two clips are one person (default %(default)s)")
+    split.set_defaults(func=_cmd_split)
+
     sample = commands.add_parser("sample", help="generate a talking portrait from a training run's checkpoint")
     sample.add_argument("--checkpoint", required=True, help="training run folder (config.toml, checkpoints/step-N)")
     sample.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
-    sample.add_argument("--image", required=True, help="portrait image (the identity)")
+    sample.add_argument("--image", help="portrait image (the identity; default: the --video's first frame)")
+    sample.add_argument("--video", help="reference video to edit: only its mouth region is generated, the rest is kept")
     sample.add_argument("--audio", required=True, help="speech, any length; the video is as long")
     sample.add_argument("--text", default="", help="caption")
     sample.add_argument("--out", required=True, help="output mp4 (H.264, 25 fps, the speech muxed)")

@@ -5,10 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v ffmpeg >/dev/null || ! command -v flite >/dev/null; then
+# chromium and its driver: the browse page's tests drive Debian's headless browser with Selenium.
+if ! command -v ffmpeg >/dev/null || ! command -v flite >/dev/null || ! command -v chromium >/dev/null \
+        || ! command -v chromedriver >/dev/null; then
     SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg flite >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg flite chromium chromium-driver >/dev/null
 fi
 
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
