@@ -1,27 +1,35 @@
-"""Benchmark talkcurate against the ffmpeg decode floor.
+"""Benchmark talkcurate end to end against its compute floor and the staged baseline.
 
-    python bench/bench.py INPUT_DIR [--out RESULTS.json] [--work DIR] [--set KEY=VALUE ...] [--long-minutes N]
+    python bench/bench.py [INPUT_DIR] [--long-minutes N] [--memory-check] [--set KEY=VALUE ...]
+                          [--no-baseline] [--out RESULTS.json] [--work DIR]
 
-For each case (INPUT_DIR, and with --long-minutes a long hard-cut concatenation of the demo clips
-built first in the work folder) it times `ffmpeg -i X -f null -` over every input, runs the
-pipeline end to end in-process on a fresh local Ray instance (in a fresh spawned driver process,
-so one case's memory does not count against the next), samples peak RSS of the driver, of the
-largest Ray worker and of the whole Ray session, then prints one table and writes every number
-to JSON (default bench/results/<timestamp>.json).
+Cases: INPUT_DIR (e.g. demo/media) and, with --long-minutes, a long input built from the demo
+clips (hard cuts, 25 fps, 640x360; bench/long_inputs.py). For each case, in one run:
+
+* the pipeline end to end on a fresh local Ray instance, in a fresh driver process: per-stage wall
+  and CPU seconds (summed over parallel workers), frames per second, share of the end-to-end
+  time; peak RSS of the driver and of every Ray worker process (bench/memory_sampler.py);
+* the compute floor (bench/compute_floor.py): one threaded decode of each input and the model
+  calls the run's configuration needs on the clips the run produced, each timed alone in a fresh
+  process with a Ray worker's thread settings; floor wall = max(decode wall, CPU s / cores);
+* the staged baseline on the same inputs (bench/baseline.py), wall time;
+* ratios end-to-end / floor and baseline / end-to-end, per case and over all cases together.
+
+--memory-check builds 1-minute and 10-minute 1080p inputs (--memory-minutes to change) and runs
+the pipeline on each, reporting each worker's peak memory (it should not grow with the input).
+Prints tables and writes every number to JSON (default bench/results/<timestamp>.json).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import contextlib
 import json
 import multiprocessing
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -29,102 +37,41 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-MB = 2**20
-sys.path.insert(0, str(ROOT))  # the pipeline packages, also in the spawned driver processes
+sys.path.insert(0, str(ROOT))  # the pipeline packages, also in the spawned processes
 
+from baseline import run_staged_baseline  # noqa: E402
+from compute_floor import measure_floor  # noqa: E402
+from long_inputs import build_long_input  # noqa: E402
+from memory_sampler import MemorySampler  # noqa: E402
 from schemas.records import FPS  # noqa: E402
 
-
-def _load_test_media():
-    """tests/media.py by path (tests/ is not a package), for its demo clips and concat_shots."""
-    spec = importlib.util.spec_from_file_location("talkcurate_test_media", ROOT / "tests" / "media.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-# -- measurements -----------------------------------------------------------------------------
+RAY_WORKER_ENV = {"OMP_NUM_THREADS": "1"}  # what Ray gives a 1-CPU task: the floor's model calls run the same way
+STAGE_FLOOR = {  # the floor parts that stand for each stage's essential work
+    "normalize": ["decode"],
+    "scene_cut": ["encode: x264"],
+    "face": ["face detection: mediapipe", "face detection: retinaface", "face landmarks: mesh"],
+    "transcribe": ["speech: VAD", "speech: whisper", "speech: whisper encoder (features)"],
+}
 
 
-def decode_floor(files: list[str]) -> dict:
-    """Wall seconds of an ffmpeg decode-only pass (default threads) over each file, one at a time."""
-    per_file, failed = {}, []
-    for path in files:
-        started = time.perf_counter()
-        done = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", path, "-f", "null", "-"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        per_file[path] = time.perf_counter() - started
-        if done.returncode:
-            failed.append(path)  # still timed: the pipeline meets the same file
-    return {"total_s": sum(per_file.values()), "per_file_s": per_file, "failed": failed}
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
-RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")  # raylet's helpers, titled like workers
-
-
-def _is_ray_worker(cmdline: list[str]) -> bool:
-    line = " ".join(cmdline)
-    return ("ray::" in line or "default_worker.py" in line) and not line.startswith(RAY_AGENTS)
-
-
-class MemorySampler:
-    """Samples RSS of this process and its descendants (raylet, GCS, workers) every `interval` s."""
-
-    def __init__(self, interval: float = 0.2):
-        import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
-        import psutil
-
-        self._psutil = psutil
-        self.root = psutil.Process()
-        self.interval = interval
-        self.peak = {"driver_mb": 0.0, "worker_mb": 0.0, "session_mb": 0.0, "worker_cmdline": "", "processes": 0}
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _sample(self) -> None:
-        total = 0
-        procs = [self.root, *self.root.children(recursive=True)]
-        for proc in procs:
-            try:
-                rss = proc.memory_info().rss
-                worker = proc is not self.root and _is_ray_worker(proc.cmdline())
-            except (self._psutil.NoSuchProcess, self._psutil.AccessDenied, self._psutil.ZombieProcess):
-                continue
-            total += rss
-            if proc is self.root:
-                self.peak["driver_mb"] = max(self.peak["driver_mb"], rss / MB)
-            elif worker and rss / MB > self.peak["worker_mb"]:
-                self.peak["worker_mb"] = rss / MB
-                self.peak["worker_cmdline"] = " ".join(proc.cmdline()).strip()[:120]
-        self.peak["session_mb"] = max(self.peak["session_mb"], total / MB)
-        self.peak["processes"] = max(self.peak["processes"], len(procs))
-        self.samples += 1
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self):
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-
-def _source_seconds(out: Path) -> tuple[float, int]:
-    """Sum of probe durations over the sources of a run, from its manifest; and sources without one."""
-    import pyarrow.parquet as pq
-
-    rows = pq.read_table(out / "manifest.parquet", columns=["source", "source_duration_s"]).to_pylist()
-    durations = {}
-    for row in rows:
-        durations[row["source"]] = durations.get(row["source"]) or row["source_duration_s"]
-    return sum(d or 0.0 for d in durations.values()), sum(d is None for d in durations.values())
+def in_fresh_process(fn, *args, env: dict[str, str] | None = None):
+    """`fn(*args)` in a new spawned process (its memory and thread settings its own)."""
+    with _environment(env or {}), ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def run_pipeline(input_dir: str, out: str, overrides: list[str]) -> dict:
@@ -132,6 +79,8 @@ def run_pipeline(input_dir: str, out: str, overrides: list[str]) -> dict:
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import pyarrow.parquet as pq
+
     from pipeline.config import RunConfig
     from pipeline.definition import ALL_STAGES
     from pipeline.run import run
@@ -143,19 +92,18 @@ def run_pipeline(input_dir: str, out: str, overrides: list[str]) -> dict:
         wall = time.perf_counter() - started
     order = [cls.name for cls in ALL_STAGES]
     stages = dict(sorted(result.stage_stats.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
-    source_s, unprobed = _source_seconds(Path(out))
+    rows = pq.read_table(Path(out) / "manifest.parquet", columns=["source", "source_duration_s"]).to_pylist()
+    durations = {row["source"]: row["source_duration_s"] or 0.0 for row in rows}
     summary = result.summary
     return {
         "wall_s": wall,
-        "run_wall_s": result.wall_s,
         "stages": stages,
-        "source_s": source_s,
+        "source_s": sum(durations.values()),
         "sources": summary["sources"],
-        "sources_without_duration": unprobed,
         "kept": summary["kept"],
         "rejected": summary["rejected"],
         "rejected_by_reason": summary["rejected_by_reason"],
-        "memory": {**memory.peak, "samples": memory.samples, "interval_s": memory.interval},
+        "memory": memory.result(),
     }
 
 
@@ -167,146 +115,218 @@ class Case:
     name: str
     input_dir: str
     files: list[str] = field(default_factory=list)
-    decode: dict = field(default_factory=dict)
     pipeline: dict = field(default_factory=dict)
-    build_s: float | None = None  # seconds spent making the input (long case only)
+    floor: dict = field(default_factory=dict)
+    baseline: dict = field(default_factory=dict)
+    build_s: float | None = None  # seconds spent making the input (built cases only)
     load_before: float = 0.0  # 1-minute load average when the case started: other work skews timings
 
-    def derived(self) -> dict:
-        p, stages = self.pipeline, self.pipeline["stages"]
-        stage_wall = sum(s["wall_s"] for s in stages.values())
-        return {
-            "stage_wall_sum_s": stage_wall,
-            "stage_share": {n: s["wall_s"] / stage_wall if stage_wall else 0.0 for n, s in stages.items()},
-            "stage_video_s_per_wall_s": {n: s["video_s"] / s["wall_s"] if s["wall_s"] and s["video_s"] else None
-                                         for n, s in stages.items()},
-            "stage_ms_per_item": {n: 1000 * s["wall_s"] / s["items"] if s["items"] else None for n, s in stages.items()},
-            "source_s_per_wall_s": p["source_s"] / p["wall_s"],
-            "wall_over_decode": p["wall_s"] / self.decode["total_s"] if self.decode["total_s"] else None,
-        }
 
-
-def build_long_input(folder: Path, minutes: float) -> Path:
-    """Demo GRID clips and the portrait at one size and 25 fps, hard cuts, about `minutes` long."""
-    media = _load_test_media()
-    folder.mkdir(parents=True)
-    shots = []
-    for grid in media.GRID:  # alternate speakers so every join is a real cut
-        shots += [(grid, 3.0), (media.PORTRAIT, 10.0)]
-    cycle = folder.parent / "long-cycle.mp4"  # one pass over the clips; repeated below, not re-decoded from 1080p
-    media.concat_shots(cycle, shots)
-    cycle_s = sum(s for _, s in shots)
-    total_s, repeats = minutes * 60, []
-    while sum(s for _, s in repeats) < total_s - 1e-6:
-        repeats.append((cycle, min(cycle_s, total_s - sum(s for _, s in repeats))))
-    out = folder / f"long-{minutes:g}min.mp4"
-    media.concat_shots(out, repeats)
-    cycle.unlink()
-    return out
-
-
-def bench_case(case: Case, out: Path, overrides: list[str]) -> None:
+def bench_case(case: Case, work: Path, overrides: list[str], baseline: bool, floor: bool, cores: int) -> None:
     from pipeline.inputs import discover
 
     case.files = [s.uri for s in discover([case.input_dir])]
     case.load_before = os.getloadavg()[0]
-    print(f"[{case.name}] ffmpeg decode-only over {len(case.files)} files", flush=True)
-    case.decode = decode_floor(case.files)
+    out = work / f"out-{case.name}"
     shutil.rmtree(out, ignore_errors=True)
-    print(f"[{case.name}] pipeline -> {out}", flush=True)
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as driver:
-        case.pipeline = driver.submit(run_pipeline, case.input_dir, str(out), overrides).result()
+    print(f"[{case.name}] pipeline over {len(case.files)} files -> {out}", flush=True)
+    case.pipeline = in_fresh_process(run_pipeline, case.input_dir, str(out), overrides)
+    if floor:
+        print(f"[{case.name}] compute floor", flush=True)
+        case.floor = in_fresh_process(measure_floor, case.files, str(out), overrides, env=RAY_WORKER_ENV)
+    if baseline:
+        print(f"[{case.name}] staged baseline", flush=True)
+        case.baseline = run_staged_baseline(case.input_dir, work / f"baseline-{case.name}", cores)
+
+
+def built_case(name: str, work: Path, minutes: float, size: tuple[int, int]) -> Case:
+    folder = work / f"input-{name}"
+    shutil.rmtree(folder, ignore_errors=True)
+    print(f"building a {minutes:g} min {size[0]}x{size[1]} input in {folder}", flush=True)
+    started = time.perf_counter()
+    build_long_input(folder, minutes, size)
+    return Case(name, str(folder), build_s=time.perf_counter() - started)
+
+
+# -- derived numbers --------------------------------------------------------------------------
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def totals(cases: list[Case]) -> dict:
+    """End-to-end, floor and baseline walls and their ratios, per case and over all cases."""
+    def one(walls: list[tuple[float | None, float | None, float | None]]) -> dict:
+        e2e, floor, base = (sum(w[i] for w in walls) if all(w[i] for w in walls) else None for i in range(3))
+        return {"e2e_wall_s": e2e, "floor_wall_s": floor, "baseline_wall_s": base,
+                "e2e_over_floor": _ratio(e2e, floor), "baseline_over_e2e": _ratio(base, e2e)}
+
+    walls = {c.name: (c.pipeline["wall_s"], c.floor.get("wall_s"), c.baseline.get("wall_s") if "error" not in c.baseline else None)
+             for c in cases}
+    return {**{name: one([w]) for name, w in walls.items()}, "all": one(list(walls.values()))}
 
 
 # -- report -----------------------------------------------------------------------------------
 
 
-def _speed(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}" if value < 1e4 else f"{value:.1e}"
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}" if value < 1e4 else f"{value:.1e}"
 
 
-def render(cases: list[Case]) -> str:
-    lines = ["Stages (wall and CPU s are summed over all parallel workers; share = of the summed stage wall)",
-             f"{'case':<10} {'stage':<10} {'items':>6} {'wall s':>8} {'CPU s':>8} {'ms/item':>8} {'video s/wall s':>15} "
-             f"{'RTF':>6} {'frames/s':>9} {'share':>7}"]
+def render_stages(cases: list[Case]) -> list[str]:
+    lines = ["Stages (wall and CPU s summed over parallel workers; % e2e = stage wall / end-to-end wall, so parallel",
+             "stages may add up past 100%; floor CPU s: the floor parts that stand for the stage's essential work)",
+             f"{'case':<8} {'stage':<11} {'items':>6} {'wall s':>8} {'CPU s':>8} {'frames/s':>9} {'% e2e':>7} {'floor CPU s':>12}"]
     for case in cases:
-        d = case.derived()
+        e2e = case.pipeline["wall_s"]
+        parts = {"decode": case.floor["decode"], **case.floor["models"]} if case.floor else {}
         for name, s in case.pipeline["stages"].items():
-            speed = d["stage_video_s_per_wall_s"][name]
-            frames = _speed(speed * FPS) if speed is not None else "-"
-            rtf = f"{1 / speed:.3f}" if speed else "-"
-            lines.append(f"{case.name:<10} {name:<10} {s['items']:>6} {s['wall_s']:>8.2f} {s['cpu_s']:>8.2f} "
-                         f"{_speed(d['stage_ms_per_item'][name]):>8} {_speed(speed):>15} {rtf:>6} {frames:>9} {d['stage_share'][name]:>7.1%}")
-        lines.append(f"{case.name:<10} {'(sum)':<10} {'':>6} {d['stage_wall_sum_s']:>8.2f} "
-                     f"{sum(s['cpu_s'] for s in case.pipeline['stages'].values()):>8.2f} {'':>8} {'':>15} {'':>6} {'':>9} "
-                     f"{sum(d['stage_share'].values()):>7.1%}")
-    lines.append("(items: sources for probe and chunk, chunks for normalize and scene_cut, the clips that reach the later stages,\n"
-                 " so ms/item of face, sync, keyframes, transcribe and caption is their cost per clip; RTF = wall s per second\n"
-                 " of video (transcribe's real-time factor); normalize's video s is the chunk spans it decoded; scene_cut's,\n"
-                 " those of the chunks it consumed; probe's, the durations it found)")
+            fps = s["video_s"] * FPS / s["wall_s"] if s["wall_s"] and s["video_s"] else None
+            floor = [parts[p]["cpu_s"] for p in STAGE_FLOOR.get(name, []) if p in parts]
+            lines.append(f"{case.name:<8} {name:<11} {s['items']:>6} {s['wall_s']:>8.2f} {s['cpu_s']:>8.2f} {_num(fps, 0):>9} "
+                         f"{s['wall_s'] / e2e:>7.1%} {_num(sum(floor) if floor else None):>12}")
+        busy = sum(s["wall_s"] for s in case.pipeline["stages"].values())
+        cores = case.floor.get("cores") or os.cpu_count()
+        lines.append(f"{case.name:<8} {'(end to end)':<11} {'':>6} {e2e:>8.2f} {'':>8} {_num(case.pipeline['source_s'] * FPS / e2e, 0):>9} "
+                     f"{'':>7} {'':>12}")
+        lines.append(f"{case.name:<8} {'(no stage)':<11} {'':>6} {cores * e2e - busy:>8.2f}   core-seconds of the run in no stage "
+                     f"(Ray start and stop, scheduling, the driver's writing, idle cores)")
+    return lines
+
+
+def render_floor(cases: list[Case]) -> list[str]:
+    lines = ["Compute floor (each part timed alone, one process, OMP_NUM_THREADS=1 as in a Ray worker)",
+             f"{'case':<8} {'part':<36} {'items':>14} {'wall s':>8} {'CPU s':>8} {'ms/item':>8}"]
+    for case in cases:
+        if not case.floor:
+            continue
+        f = case.floor
+        decode = f["decode"]
+        lines.append(f"{case.name:<8} {'decode (threaded PyAV, each input once)':<36} {str(decode['video_frames']) + ' frames':>14} "
+                     f"{decode['wall_s']:>8.2f} {decode['cpu_s']:>8.2f} {_num(1000 * decode['cpu_s'] / max(decode['video_frames'], 1)):>8}")
+        for name, part in f["models"].items():
+            per = 1000 * part["cpu_s"] / part["items"] if part["items"] else None
+            amount = f"{part['items']:.0f} {part['unit']}"
+            lines.append(f"{case.name:<8} {name:<36} {amount:>14} {part['wall_s']:>8.2f} {part['cpu_s']:>8.2f} {_num(per):>8}")
+        lines.append(f"{case.name:<8} {'floor: max(decode wall, CPU s / %d)' % f['cores']:<36} {'':>14} {f['wall_s']:>8.2f} {f['cpu_s']:>8.2f}")
+        clips = f["clips"]
+        lines.append(f"{case.name:<8} (clips: {clips['faces']} reached the face stage, {clips['speech']} transcription, "
+                     f"{clips['encode']} kept)")
+    return lines
+
+
+def render_summary(cases: list[Case], ratios: dict) -> list[str]:
+    columns = [*(c.name for c in cases), *(["all"] if len(cases) > 1 else [])]
+    by_name = {c.name: c for c in cases}
+
+    def mem(key):
+        return lambda name: f"{by_name[name].pipeline['memory'][key]:.0f}" if name in by_name else ""
+
+    def workers(name):
+        if name not in by_name:
+            return ""
+        return " ".join(f"{w['peak_mb']:.0f}" for w in by_name[name].pipeline["memory"]["workers"][:4])
+
     rows = [
-        ("input files", lambda c, d: f"{len(c.files)}"),
-        ("load average before (CPUs: %d)" % os.cpu_count(), lambda c, d: f"{c.load_before:.2f}"),
-        ("source video s (probe durations)", lambda c, d: f"{c.pipeline['source_s']:.1f}"),
-        ("end-to-end wall s", lambda c, d: f"{c.pipeline['wall_s']:.2f}"),
-        ("source s / end-to-end wall s", lambda c, d: f"{d['source_s_per_wall_s']:.2f}"),
-        ("ffmpeg decode-only s", lambda c, d: f"{c.decode['total_s']:.2f}"),
-        ("end-to-end wall / decode-only", lambda c, d: f"{d['wall_over_decode']:.1f}x"),
-        ("peak RSS driver MB", lambda c, d: f"{c.pipeline['memory']['driver_mb']:.0f}"),
-        ("peak RSS one Ray worker MB", lambda c, d: f"{c.pipeline['memory']['worker_mb']:.0f}"),
-        ("peak RSS sum, Ray session MB", lambda c, d: f"{c.pipeline['memory']['session_mb']:.0f}"),
-        ("kept clips", lambda c, d: f"{c.pipeline['kept']}"),
-        ("rejected", lambda c, d: " ".join([str(c.pipeline["rejected"]),
-                                            *(f"{k}:{v}" for k, v in c.pipeline["rejected_by_reason"].items())])),
+        ("input files", lambda n: str(len(by_name[n].files)) if n in by_name else ""),
+        ("source video s", lambda n: f"{by_name[n].pipeline['source_s']:.1f}" if n in by_name else ""),
+        ("load average before (%d CPUs)" % os.cpu_count(), lambda n: f"{by_name[n].load_before:.2f}" if n in by_name else ""),
+        ("end-to-end wall s", lambda n: _num(ratios[n]["e2e_wall_s"])),
+        ("compute floor wall s", lambda n: _num(ratios[n]["floor_wall_s"])),
+        ("staged baseline wall s", lambda n: _num(ratios[n]["baseline_wall_s"])),
+        ("end-to-end / floor", lambda n: _num(ratios[n]["e2e_over_floor"])),
+        ("staged baseline / end-to-end", lambda n: _num(ratios[n]["baseline_over_e2e"])),
+        ("peak RSS driver MB", mem("driver_mb")),
+        ("peak RSS per Ray worker MB (top 4)", workers),
+        ("peak RSS sum, Ray session MB", mem("session_mb")),
+        ("kept / rejected clips", lambda n: f"{by_name[n].pipeline['kept']} / {by_name[n].pipeline['rejected']}" if n in by_name else ""),
+        ("staged baseline kept clips", lambda n: str(by_name[n].baseline.get("clips_kept", "-")) if n in by_name else ""),
     ]
-    lines += ["", f"{'end to end':<34}" + "".join(f"{c.name:>22}" for c in cases)]
+    lines = [f"{'end to end':<36}" + "".join(f"{c:>24}" for c in columns)]
     for label, value in rows:
-        lines.append(f"{label:<34}" + "".join(f"{value(c, c.derived()):>22}" for c in cases))
+        lines.append(f"{label:<36}" + "".join(f"{value(c):>24}" for c in columns))
+    for case in cases:
+        if "error" in case.baseline:
+            lines.append(f"[{case.name}] staged baseline failed: {case.baseline['error']}")
+        rejected = ", ".join(f"{k} {v}" for k, v in case.pipeline["rejected_by_reason"].items())
+        lines.append(f"[{case.name}] rejected: {rejected or 'none'}")
     lines.append("(session sum counts the driver, raylet, GCS and all workers; shared object-store pages count in each)")
-    return "\n".join(lines)
+    return lines
+
+
+def render_memory(cases: list[Case]) -> list[str]:
+    lines = ["Memory check (peak RSS per Ray worker process, MB)",
+             f"{'input':<10} {'source s':>9} {'wall s':>8} {'driver':>7} {'largest worker':>15}  all workers"]
+    for case in cases:
+        m = case.pipeline["memory"]
+        lines.append(f"{case.name:<10} {case.pipeline['source_s']:>9.1f} {case.pipeline['wall_s']:>8.1f} {m['driver_mb']:>7.0f} "
+                     f"{m['worker_mb']:>15.0f}  " + " ".join(f"{w['peak_mb']:.0f}" for w in m["workers"]))
+    if len(cases) > 1:
+        lines.append(f"largest worker, {cases[-1].name} / {cases[0].name}: "
+                     f"{cases[-1].pipeline['memory']['worker_mb'] / cases[0].pipeline['memory']['worker_mb']:.2f}x")
+    return lines
+
+
+# -- main -------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("input_dir")
+    parser.add_argument("input_dir", nargs="?", help="a folder of inputs (e.g. demo/media); optional with --memory-check")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/<timestamp>.json)")
-    parser.add_argument("--work", type=Path, help="work folder for outputs and the long input (default: a temporary one)")
+    parser.add_argument("--work", type=Path, help="work folder for outputs and built inputs (default: a temporary one)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="pipeline option, as for talkcurate run")
-    parser.add_argument("--long-minutes", type=float, default=0, help="also benchmark a long concatenated input (0: off)")
+    parser.add_argument("--long-minutes", type=float, default=0, help="also benchmark a long input of this many minutes (0: off)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the staged baseline")
+    parser.add_argument("--no-floor", action="store_true", help="skip the compute floor")
+    parser.add_argument("--memory-check", action="store_true", help="peak worker memory on a short and a long 1080p input")
+    parser.add_argument("--memory-minutes", default="1,10", help="lengths of the memory check's inputs, comma-separated (default 1,10)")
     args = parser.parse_args(argv)
+    if not args.input_dir and not args.memory_check:
+        parser.error("give INPUT_DIR, --memory-check, or both")
     from pipeline.config import RunConfig
 
     overrides = ["execution.progress=false", *args.set]
     try:
-        RunConfig.load(None, overrides)  # a bad --set fails before any work
+        config = RunConfig.load(None, overrides)  # a bad --set fails before any work
+        memory_minutes = [float(m) for m in args.memory_minutes.split(",")]
     except (KeyError, ValueError) as exc:
         parser.error(str(exc))
+    cores = config.execution.num_cpus or os.cpu_count() or 1
     stamp = time.strftime("%Y%m%d-%H%M%S")
     work = args.work or Path(tempfile.mkdtemp(prefix="talkcurate-bench-"))
     work.mkdir(parents=True, exist_ok=True)
 
-    source = Path(args.input_dir).resolve()
-    cases = [Case(source.name[:10] or "input", str(source))]
+    cases, memory_cases = [], []
     try:
+        if args.input_dir:
+            source = Path(args.input_dir).resolve()
+            cases.append(Case(source.name[:8] or "input", str(source)))
         if args.long_minutes > 0:
-            folder = work / "long-input"
-            shutil.rmtree(folder, ignore_errors=True)
-            print(f"building a {args.long_minutes:g} min input in {folder}", flush=True)
-            started = time.perf_counter()
-            build_long_input(folder, args.long_minutes)
-            cases.append(Case("long", str(folder), build_s=time.perf_counter() - started))
-        for number, case in enumerate(cases):
-            bench_case(case, work / f"out-{number}-{case.name}", overrides)
+            cases.append(built_case("long", work, args.long_minutes, (640, 360)))
+        for case in cases:
+            bench_case(case, work, overrides, baseline=not args.no_baseline, floor=not args.no_floor, cores=cores)
+        if args.memory_check:
+            for minutes in memory_minutes:
+                case = built_case(f"{minutes:g}min", work, minutes, (1920, 1080))
+                memory_cases.append(case)
+                bench_case(case, work, overrides, baseline=False, floor=False, cores=cores)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
 
-    print()
-    print(render(cases))
+    ratios = totals(cases) if cases else {}
+    lines = []
+    if cases:
+        lines += ["", *render_stages(cases), "", *render_floor(cases), "", *render_summary(cases, ratios)]
+    if memory_cases:
+        lines += ["", *render_memory(memory_cases)]
+    print("\n".join(lines))
     out = args.out or RESULTS / f"{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = {"created": stamp, "input_dir": args.input_dir, "overrides": overrides, "cpus": multiprocessing.cpu_count(),
-               "cases": [{**asdict(c), **c.derived()} for c in cases]}
+    results = {"created": stamp, "input_dir": args.input_dir, "overrides": overrides, "cpus": os.cpu_count(), "cores": cores,
+               "cases": [asdict(c) for c in cases], "ratios": ratios, "memory_check": [asdict(c) for c in memory_cases]}
     out.write_text(json.dumps(results, indent=1))
     print(f"\nresults: {out}")
     return 0

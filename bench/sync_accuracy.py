@@ -25,7 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import RESULTS, _load_test_media  # noqa: E402  (bench/bench.py: this folder is first on sys.path)
+from bench import RESULTS  # noqa: E402  (bench/bench.py: this folder is first on sys.path)
+from long_inputs import test_media  # noqa: E402
 from pipeline.runner import run_in_process  # noqa: E402
 from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status  # noqa: E402
 from stages.chunk import ChunkStage  # noqa: E402
@@ -36,7 +37,7 @@ from stages.scene_cut import SceneCutStage  # noqa: E402
 from stages.sync import SyncStage  # noqa: E402
 from stages.sync_embedded import MouthAudioScorer  # noqa: E402
 
-media = _load_test_media()
+media = test_media()
 SHIFTS_MS = (-320, -200, -120, 0, 120, 200, 480)
 
 

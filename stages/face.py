@@ -184,9 +184,8 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
                 for t in range(num_frames):
                     if np.isnan(boxes[t, 0]):
                         continue
-                    x0, y0, x1, y1 = _square_crop(boxes[t], width, height, self.crop_scale)
-                    crop = cv2.resize(frames[t, y0:y1, x0:x1], (self.mesh_size, self.mesh_size), interpolation=cv2.INTER_LINEAR)
-                    points = mesh.landmarks(np.ascontiguousarray(crop))
+                    crop, (x0, y0, x1, y1) = self.mesh_crop(frames[t], boxes[t])
+                    points = mesh.landmarks(crop)
                     if points is not None:
                         landmarks[t, :, 0] = (x0 + points[:, 0] * (x1 - x0)) / width
                         landmarks[t, :, 1] = (y0 + points[:, 1] * (y1 - y0)) / height
@@ -201,6 +200,14 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         for column in range(flat.shape[1]):
             flat[:, column] = np.interp(times, times[found], flat[found, column])
         return flat.reshape(num_frames, 478, 3)
+
+    def mesh_crop(self, frame: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """What the face mesh sees of `frame` for the face in `box`: a `mesh_size` square crop, and
+        where it lies in the frame (x0, y0, x1, y1 in pixels)."""
+        height, width = frame.shape[:2]
+        x0, y0, x1, y1 = _square_crop(box, width, height, self.crop_scale)
+        crop = cv2.resize(frame[y0:y1, x0:x1], (self.mesh_size, self.mesh_size), interpolation=cv2.INTER_LINEAR)
+        return crop, (x0, y0, x1, y1)
 
     def _measure(self, frames, boxes, detected, landmarks, result: FaceResult) -> None:
         num_frames, height, width = frames.shape[:3]

@@ -68,11 +68,14 @@ class TranscribeStage(Stage[CandidateClip, CandidateClip]):
         return self.resources.on(self.device)
 
     def setup(self) -> None:
+        self._model = self.load_model()
+
+    def load_model(self) -> WhisperBackend:
+        """The configured Whisper backend, loaded."""
         language = self.language or None
-        self._model: WhisperBackend = (
-            OpenAIWhisperModel(self.openai_checkpoint_path, self.device, language, self.beam_size) if self.openai_checkpoint_path
-            else FasterWhisperModel(self.model_path, self.device, language, self.beam_size)
-        )
+        if self.openai_checkpoint_path:
+            return OpenAIWhisperModel(self.openai_checkpoint_path, self.device, language, self.beam_size)
+        return FasterWhisperModel(self.model_path, self.device, language, self.beam_size)
 
     def process(self, item: CandidateClip) -> CandidateClip | Rejected:
         audio = item.audio
