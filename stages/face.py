@@ -134,6 +134,16 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
             item.backends["identity"] = result.identity_backend
         return rejected or item
 
+    def track_landmarks(self, frames: np.ndarray) -> np.ndarray | None:
+        """(T, 478, 3) landmarks of the longest face track in `frames` (RGB, T x H x W x 3), without
+        the clip rules, or None without a face: the sampler's editing mode masks a video's mouth
+        with them, as the trainer's masks come from the stored ones."""
+        tracks = link(self._detect(frames), self.track_min_iou, self.max_gap_frames)
+        if not tracks:
+            return None
+        main = max(tracks, key=lambda track: len(track.frames))
+        return self._landmarks(frames, main.dense_boxes(len(frames), self.max_gap_frames))
+
     def _covered(self, boxes: np.ndarray, share: float, clip_height: int, face: FaceResult) -> Rejected | None:
         """Records where the track is and how tall, then the presence rule. Measurements are
         recorded before the rules, so a rejected row says what was measured."""

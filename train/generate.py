@@ -25,6 +25,7 @@ from schemas.text import frame_feature_window
 from stages.media_io import decode_audio
 from train.checkpoint import Checkpointer
 from train.config import JobConfig, load_config, model_config
+from train.editing import ReferenceVideo, fit_frame, to_tensor
 from train.latents import LatentSpace, build_latent_space
 from train.model import Conditions, TalkingDiT
 from train.sampling import SamplerConfig, guided, sliding_denoise
@@ -76,11 +77,7 @@ def read_portrait(path: str | Path, height: int, width: int) -> torch.Tensor:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"{path}: not an image OpenCV can read")
-    scale = max(height / image.shape[0], width / image.shape[1])
-    resized = cv2.resize(image, (max(width, round(image.shape[1] * scale)), max(height, round(image.shape[0] * scale))), interpolation=cv2.INTER_AREA)
-    y, x = (resized.shape[0] - height) // 2, (resized.shape[1] - width) // 2
-    rgb = cv2.cvtColor(resized[y : y + height, x : x + width], cv2.COLOR_BGR2RGB)
-    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1
+    return to_tensor(fit_frame(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), height, width)[None])
 
 
 class _Writer:
@@ -113,13 +110,20 @@ class _Writer:
         self.container.close()
 
 
-def generate(trained: Trained, portrait: str | Path, speech_path: str | Path, out: str | Path, text: str = "",
-             sampler: SamplerConfig | None = None, window: WindowConfig | None = None, seed: int = 0, progress: bool = False) -> int:
-    """Write the video; returns its frame count (the speech's duration times 25, rounded)."""
+def generate(trained: Trained, portrait: str | Path | None, speech_path: str | Path, out: str | Path, text: str = "",
+             sampler: SamplerConfig | None = None, window: WindowConfig | None = None, seed: int = 0, progress: bool = False,
+             reference_video: str | Path | None = None) -> int:
+    """Write the video; returns its frame count (the speech's duration times 25, rounded).
+
+    With `reference_video`, edit it: only the mouth region of its frames is generated, the rest of
+    every frame is the video's own (train/editing.py); the identity is `portrait`, or the video's
+    first frame without one."""
     sampler, window = sampler or SamplerConfig(), window or WindowConfig()
     model, latents = trained.model, trained.latents
     if latents.temporal_compression != 1:
         raise ValueError("sliding-window generation works on latent spaces without temporal compression (pixel space)")
+    if portrait is None and reference_video is None:
+        raise ValueError("give a portrait image, a reference video, or both")
     from stages.whisper_models import FasterWhisperModel
 
     speech = decode_audio(str(speech_path))
@@ -130,8 +134,10 @@ def generate(trained: Trained, portrait: str | Path, speech_path: str | Path, ou
     audio = torch.from_numpy(np.stack([frame_feature_window(features, f) for f in range(total)])).float()[None]
     height, width = trained.config.data.resolution
     device = next(model.parameters()).device
+    editing = ReferenceVideo(reference_video, height, width) if reference_video is not None else None
+    identity = read_portrait(portrait, height, width) if portrait is not None else to_tensor(editing.window(0, 1)[0])
     with torch.no_grad():
-        reference = latents.encode_image(read_portrait(portrait, height, width).to(device))
+        reference = latents.encode_image(identity.to(device))
         caption, caption_mask = trained.text([text])
     _, channels, h, w = reference.shape
 
@@ -144,9 +150,25 @@ def generate(trained: Trained, portrait: str | Path, speech_path: str | Path, ou
         return torch.stack([torch.randn(1, channels, h, w, generator=torch.Generator().manual_seed(seed * 1_000_003 + f))
                             for f in range(start, start + length)], dim=2).to(device)
 
+    def known_for(start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        frames, masks = editing.window(start, length)
+        clean = latents.encode(to_tensor(frames).transpose(0, 1)[None].to(device)).float()
+        # a latent cell is regenerated when any of its pixels is
+        cells = torch.nn.functional.max_pool2d(torch.from_numpy(masks).float()[:, None], latents.spatial_compression)
+        return clean, cells.transpose(0, 1)[None].to(device)
+
     writer = _Writer(Path(out), width, height)
+
+    def emit(part: torch.Tensor) -> None:
+        frames = latents.decode(part)[0].transpose(0, 1).float().cpu()
+        if editing is not None:
+            kept, masks = editing.window(writer.frames, len(frames))
+            regenerate = torch.from_numpy(masks)[:, None].float()
+            frames = regenerate * frames + (1 - regenerate) * to_tensor(kept)
+        writer.add(frames)
+
     with torch.no_grad():
-        sliding_denoise(velocity_for, noise_for, total, window.frames, window.overlap, sampler,
-                        lambda part: writer.add(latents.decode(part)[0].transpose(0, 1)), progress=progress)
+        sliding_denoise(velocity_for, noise_for, total, window.frames, window.overlap, sampler, emit, progress=progress,
+                        known_for=known_for if editing is not None else None)
     writer.finish(speech)
     return writer.frames

@@ -111,6 +111,7 @@ def sliding_denoise(
     config: SamplerConfig,
     emit: Callable[[Tensor], None],
     progress: bool = False,
+    known_for: Callable[[int, int], tuple[Tensor, Tensor]] | None = None,
 ) -> None:
     """Denoise `total` frames (on the latent time axis) window by window and hand the finished
     frames to `emit` in order, holding at most one window and one overlap's trajectory.
@@ -120,8 +121,14 @@ def sliding_denoise(
     windows). A window's first frames overlap the previous window's last ones; after every
     denoising step they are blended, the previous window's weight falling linearly from 1 to 0
     across the overlap, so the next window continues the last one instead of cutting to it.
+
+    Editing: `known_for(start, length)` gives the span's clean latents and a mask (1: regenerate,
+    0: keep; broadcastable to the latents). After every step the kept region is replaced by the
+    clean latents noised to the step's time with the window's own noise, so the model fills the
+    masked region in agreement with what surrounds it.
     """
     starts = window_starts(total, frames, overlap)
+    times = timesteps(config.steps, config.shift)
     previous: list[Tensor] = []  # the previous window's tail (the frames the next one shares) after each step
     for k, start in enumerate(tqdm(starts, disable=not progress, desc="windows")):
         length = min(frames, total - start)
@@ -131,14 +138,19 @@ def sliding_denoise(
         weight = None
         if shared:
             weight = torch.linspace(1.0, 0.0, shared + 2)[1:-1].view(1, 1, shared, 1, 1)
+        noise = noise_for(start, length)
+        known, regenerate = known_for(start, length) if known_for else (None, None)
 
         def fuse(index: int, x: Tensor) -> Tensor:
             if shared:
                 x = torch.cat([weight.to(x) * previous[index] + (1 - weight.to(x)) * x[:, :, :shared], x[:, :, shared:]], dim=2)
+            if known is not None:
+                t = times[index + 1].item()
+                x = regenerate * x + (1 - regenerate) * ((1 - t) * known + t * noise.float())
             if following:
                 tail.append(x[:, :, length - following :].clone())
             return x
 
-        window = denoise(velocity_for(start, length), noise_for(start, length), config, after_step=fuse)
+        window = denoise(velocity_for(start, length), noise, config, after_step=fuse)
         emit(window[:, :, : length - following])
         previous = tail
