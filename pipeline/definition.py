@@ -16,6 +16,7 @@ from stages.base import Stage
 from stages.caption import CaptionStage
 from stages.chunk import ChunkStage
 from stages.face import FaceStage
+from stages.fingerprint import FingerprintStage
 from stages.keyframes import KeyframesStage
 from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
@@ -34,7 +35,7 @@ class Group:
 
 PIPELINE: tuple[Group, ...] = (
     Group("ingest", (ProbeStage, ChunkStage)),
-    Group("clips", (NormalizeStage, SceneCutStage, FaceStage, SyncStage, KeyframesStage)),
+    Group("clips", (NormalizeStage, SceneCutStage, FaceStage, SyncStage, KeyframesStage, FingerprintStage)),
     Group("text", (TranscribeStage, CaptionStage), batched=True),
 )
 

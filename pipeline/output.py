@@ -4,11 +4,15 @@ The journal in `.talkcurate/` is the truth; `manifest.parquet`, `index.json` and
 rebuilt from it at the end of every run:
 
 - `.talkcurate/shards/NAME.json`: one per published shard (index entry plus keys), written
-  after the tar is renamed into place. A tar without its record is a leftover of a killed run
-  and is deleted; temporary `.partial` files are deleted too.
+  after the tar is in place (renamed on a filesystem, its upload complete on an object store).
+  A tar without its record is a leftover of a killed run and is deleted; temporary `.partial`
+  files are deleted too.
 - `.talkcurate/sources/SOURCE_ID.parquet`: all manifest rows of a source, written once every
   chunk of it has reported and every kept sample of it is in a published shard. A source with
   this file is done and is skipped by later runs.
+- `.talkcurate/annotations/NAME.parquet`: what `talkcurate dedup` and `talkcurate split` decided
+  (key -> `duplicate_of`, key -> `split`), joined into the manifest whenever it is rebuilt, so a
+  resumed or extended run keeps them; clips added since get null until the command runs again.
 
 A source that was not done is processed again; its samples already in published shards are
 not written twice (keys are stable), so a resumed run ends with exactly the samples of an
@@ -20,9 +24,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import posixpath
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.manifest import MANIFEST_SCHEMA, SCHEMA_VERSION, manifest_row, rows_to_table
@@ -36,6 +42,8 @@ JOURNAL = ".talkcurate"
 SHARD_RECORDS = f"{JOURNAL}/shards"
 SOURCE_RECORDS = f"{JOURNAL}/sources"
 CONFIG_RECORD = f"{JOURNAL}/config.json"
+ANNOTATIONS = f"{JOURNAL}/annotations"
+ANNOTATION_COLUMNS = {"dedup": "duplicate_of", "split": "split"}  # annotation file name -> the manifest column it fills
 MANIFEST = "manifest.parquet"
 INDEX = "index.json"
 
@@ -98,9 +106,9 @@ class RunOutput:
             if name.endswith(TMP_SUFFIX) or relative not in self.shards:
                 log.info("removing %s left by an interrupted run", relative)
                 self.out.delete(relative)
-        for folder in (SHARD_RECORDS, SOURCE_RECORDS, JOURNAL):
+        for folder in (SHARD_RECORDS, SOURCE_RECORDS, ANNOTATIONS, JOURNAL, ""):  # "": manifest, index, report
             for name in self.out.list(folder, TMP_SUFFIX):
-                self.out.delete(f"{folder}/{name}")
+                self.out.delete(posixpath.join(folder, name))
         self.done_sources = {name.removesuffix(".parquet") for name in self.out.list(SOURCE_RECORDS, ".parquet")}
 
     def next_shard_number(self) -> int:
@@ -165,7 +173,7 @@ class RunOutput:
         if not tables:
             return MANIFEST_SCHEMA.empty_table()
         table = pa.concat_tables([t.cast(MANIFEST_SCHEMA) for t in tables])
-        return table.sort_by([("source", "ascending"), ("start_s", "ascending"), ("key", "ascending")])
+        return annotated(self.out, table.sort_by([("source", "ascending"), ("start_s", "ascending"), ("key", "ascending")]))
 
     def index(self) -> dict:
         return index_document([self.shards[url] for url in sorted(self.shards)])
@@ -190,8 +198,38 @@ def index_document(shards: list[ShardRecord], **extra) -> dict:
 
 def write_manifest_and_index(out: OutputDir, manifest: pa.Table, index: dict) -> None:
     """Publish `manifest.parquet` and `index.json`, each atomically."""
+    write_manifest(out, manifest)
+    out.write_atomic(INDEX, json.dumps(index, indent=1).encode())
+
+
+def write_manifest(out: OutputDir, manifest: pa.Table) -> None:
+    """Publish `manifest.parquet` atomically."""
     sink = io.BytesIO()
     pq.write_table(manifest, sink)
     out.write_atomic(MANIFEST, sink.getvalue())
-    out.write_atomic(INDEX, json.dumps(index, indent=1).encode())
+
+
+def write_annotation(out: OutputDir, name: str, notes: pa.Table) -> None:
+    """Record a command's decisions (`key` and the column of ANNOTATION_COLUMNS[name], with the
+    settings in the schema's metadata) in the journal, replacing its earlier ones."""
+    sink = io.BytesIO()
+    pq.write_table(notes, sink)
+    out.write_atomic(f"{ANNOTATIONS}/{name}.parquet", sink.getvalue())
+
+
+def annotated(out: OutputDir, table: pa.Table) -> pa.Table:
+    """`table` with the journal's annotations joined in by key; warns when kept clips were added
+    after an annotation was made (the command should run again)."""
+    for name, column in ANNOTATION_COLUMNS.items():
+        path = f"{ANNOTATIONS}/{name}.parquet"
+        if not out.exists(path):
+            continue
+        notes = pq.read_table(io.BytesIO(out.read(path)))
+        position = pc.index_in(table["key"], value_set=notes["key"].combine_chunks())
+        values = notes[column].take(position)  # null where the annotation does not name the clip
+        table = table.set_column(table.schema.get_field_index(column), MANIFEST_SCHEMA.field(column), values)
+        missing = pc.sum(pc.and_(pc.equal(table["status"], Status.KEPT.value), pc.is_null(position))).as_py()
+        if missing:
+            log.warning("%d kept clips came after the last `talkcurate %s` and have no %s; run it again", missing, name, column)
+    return table
 

@@ -9,11 +9,12 @@ from typing import Any
 import pyarrow as pa
 
 from schemas.face import FaceResult
+from schemas.fingerprint import Fingerprint
 from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status
 from schemas.sync import SyncResult
 from schemas.text import Transcript
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 """Bumped whenever a manifest column or a sample member changes meaning."""
 
 # Shard member suffixes of one sample (the WebDataset key is everything before the first dot).
@@ -76,6 +77,14 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("avg_logprob", pa.float64()),
         pa.field("caption", pa.string()),
         pa.field("caption_backend", pa.string()),
+        # Near-duplicate fingerprints (schemas/fingerprint.py), on kept clips.
+        pa.field("video_phash", pa.list_(pa.uint64())),
+        pa.field("video_motion", pa.binary()),
+        pa.field("audio_fingerprint", pa.binary()),
+        # Annotations by `talkcurate dedup` and `talkcurate split`, kept in the journal and joined in
+        # (pipeline/output.py); null until the command runs, and for clips added after it ran.
+        pa.field("duplicate_of", pa.string()),  # key of the clip kept for this clip's near-duplicate group
+        pa.field("split", pa.string()),  # 'train' or 'val'
     ],
     metadata={b"talkcurate_schema_version": SCHEMA_VERSION.encode()},
 )
@@ -112,6 +121,9 @@ def manifest_row(clip: CandidateClip, shard: str | None) -> dict[str, Any]:
         **_transcript_columns(clip.transcript),
         "caption": None if clip.caption is None else clip.caption.text,
         "caption_backend": None if clip.caption is None else clip.caption.backend,
+        **_fingerprint_columns(clip.fingerprint),
+        "duplicate_of": None,
+        "split": None,
     }
 
 
@@ -140,6 +152,12 @@ def _face_columns(face: FaceResult | None) -> dict[str, Any]:
 
 
 _FACE_COLUMNS = tuple(_face_columns(FaceResult(backend="", num_faces=0)))
+
+
+def _fingerprint_columns(fingerprint: Fingerprint | None) -> dict[str, Any]:
+    if fingerprint is None:
+        return dict.fromkeys(("video_phash", "video_motion", "audio_fingerprint"))
+    return fingerprint.columns()
 
 
 def _sync_columns(sync: SyncResult | None) -> dict[str, Any]:

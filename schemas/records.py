@@ -15,6 +15,7 @@ from enum import Enum
 import numpy as np
 
 from schemas.face import FaceResult
+from schemas.fingerprint import Fingerprint
 from schemas.sync import SyncResult
 from schemas.text import Caption, Keyframe, Transcript
 
@@ -151,6 +152,7 @@ class CandidateClip:
     keyframes: list[Keyframe] = field(default_factory=list)  # a few small frames for the captioner
     transcript: Transcript | None = None
     caption: Caption | None = None
+    fingerprint: Fingerprint | None = None  # for near-duplicate search (talkcurate dedup)
     backends: dict[str, str] = field(default_factory=dict)  # field name -> backend that produced it
 
     @classmethod

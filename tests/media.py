@@ -211,6 +211,25 @@ def cropped(src: Path, out: Path, width: int, height: int, x: int, y: int) -> No
     ffmpeg("-i", src, "-vf", f"crop={width}:{height}:{x}:{y}", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
 
 
+def reencoded_crop(src: Path, out: Path) -> None:
+    """A re-upload: the centre 90% of the picture scaled to 320 px wide, x264 CRF 26 (the pipeline
+    stores CRF 18), AAC."""
+    mp4(src, out, "-vf", "crop=trunc(iw*0.9/2)*2:trunc(ih*0.9/2)*2,scale=320:-2", "-crf", "26")
+
+
+def cut_elsewhere(src: Path, out: Path, start_frame: int) -> None:
+    """A re-upload cut elsewhere: from frame `start_frame` (at 25 fps) on, the centre 92% scaled to
+    400 px wide, CRF 28, Opus at 48 kb/s in Matroska."""
+    ffmpeg("-ss", str(start_frame / 25), "-i", src, "-vf", "crop=trunc(iw*0.92/2)*2:trunc(ih*0.92/2)*2,scale=400:-2",
+           "-c:v", "libx264", "-preset", "veryfast", "-crf", "28", "-c:a", "libopus", "-b:a", "48k", out)
+
+
+def excerpt(src: Path, out: Path, start_s: float, seconds: float, width: int) -> None:
+    """`seconds` of `src` from `start_s` on, scaled to `width` px wide."""
+    ffmpeg("-ss", str(start_s), "-t", str(seconds), "-i", src, "-vf", f"scale={width}:-2",
+           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+
+
 def blacked_out(src: Path, out: Path, first: int, count: int) -> None:
     """Frames `first` .. `first + count - 1` painted black (drawbox over the whole frame), audio kept."""
     ffmpeg("-i", src, "-vf", f"drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill:enable='between(n,{first},{first + count - 1})'",

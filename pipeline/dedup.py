@@ -1,0 +1,242 @@
+"""`talkcurate dedup DIR`: groups of near-duplicate clips among a run's kept clips; in each group one
+clip is kept and the others get its key in `duplicate_of`.
+
+Two kept clips are near-duplicates when their audio is, or their video is (the fingerprints and
+measures are in schemas/fingerprint.py):
+
+- audio: at the best offset, their sub-fingerprints differ in at most `max_audio_ber` of the bits;
+- video: they come from different sources, a frame of one is within `max_phash_bits` of a frame of
+  the other (they look alike), and their mouth-opening series correlate by at least
+  `min_motion_corr` at the best offset (the mouth does the same thing: the same take). The frame
+  hash alone cannot decide: two takes of one speaker in one room look more alike than the same
+  take cropped. Within a source, repeated footage is found by its audio.
+
+Groups are the connected clips; the clip kept is the one with the most pixels, then the longest,
+then the best sync confidence, then the smallest key.
+
+Candidates, so that a large run is not compared pair by pair: audio pairs share at least one
+exact sub-fingerprint (Haitsma and Kalker's lookup; values held by more than MAX_SHARED_CLIPS clips,
+such as silence or hum, are skipped), then every offset such a value implies is measured; video
+pairs are every pair of clips from different sources, their frame hashes compared in blocks with
+numpy (the cost grows with the square of the clips: about 1 s for 10,000 clips of 8 hashes).
+
+The decisions are kept in the journal (`.talkcurate/annotations/dedup.parquet`) and joined into the
+manifest, which is rewritten; a later run over more inputs keeps them, but its new clips are not
+compared until `dedup` runs again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.inspect import load
+from pipeline.output import MANIFEST, annotated, write_annotation, write_manifest
+from schemas.fingerprint import Fingerprint, audio_bit_error_rate, motion_correlations, phash_distances
+from schemas.records import Status
+from stages.storage import OutputDir
+
+MAX_SHARED_CLIPS = 50
+_BLOCK_ELEMENTS = 1 << 22  # clip pairs per numpy block of frame hash comparisons (about 40 MB of temporaries)
+_MOTION_BATCH = 64  # pairs per batch of motion correlations: small arrays stay in the CPU's caches
+_COLUMNS = ("key", "source", "source_id", "status", "width", "height", "duration_s", "sync_confidence",
+            "video_phash", "video_motion", "audio_fingerprint")
+
+
+@dataclass(frozen=True)
+class DedupThresholds:
+    max_audio_ber: float = 0.3
+    max_phash_bits: int = 16
+    min_motion_corr: float = 0.75
+
+    def validate(self) -> None:
+        if not 0 <= self.max_audio_ber < 0.5:
+            raise ValueError(f"the audio bit error rate threshold must be in [0, 0.5) (unrelated audio measures about 0.5), not {self.max_audio_ber}")
+        if not 0 <= self.max_phash_bits <= 64:
+            raise ValueError(f"the frame hash threshold must be 0-64 bits, not {self.max_phash_bits}")
+        if not -1 <= self.min_motion_corr <= 1:
+            raise ValueError(f"the motion correlation threshold must be in [-1, 1], not {self.min_motion_corr}")
+
+
+@dataclass(frozen=True)
+class Clip:
+    key: str
+    source: str
+    source_id: str
+    pixels: int
+    duration_s: float
+    sync_confidence: float
+    fingerprint: Fingerprint
+
+
+@dataclass(frozen=True)
+class Match:
+    first: int  # indices into DedupResult.clips
+    second: int
+    evidence: str  # what matched, with the measures
+
+
+@dataclass
+class DedupResult:
+    clips: list[Clip]
+    matches: list[Match]
+    kept_of: dict[int, int]  # duplicate clip -> the clip kept for its group
+    thresholds: DedupThresholds
+
+
+def find_duplicates(table: pa.Table, thresholds: DedupThresholds) -> DedupResult:
+    """Near-duplicate groups among the kept rows of a manifest table."""
+    missing = [name for name in _COLUMNS if name not in table.column_names]
+    if missing:
+        raise ValueError(f"the manifest has no {', '.join(missing)} column: it was written before near-duplicate "
+                         "fingerprints; curate the inputs again into a new --out")
+    clips = [_clip(row) for row in table.select(_COLUMNS).to_pylist()
+             if row["status"] == Status.KEPT.value and row["audio_fingerprint"] is not None]
+    matches = _audio_matches(clips, thresholds) + _video_matches(clips, thresholds)
+    return DedupResult(clips, matches, _groups(clips, matches), thresholds)
+
+
+def dedup(out: OutputDir, thresholds: DedupThresholds) -> DedupResult:
+    """Find the near-duplicates of the run in `out`, record them and rewrite its manifest."""
+    thresholds.validate()
+    table, _ = load(out)
+    try:
+        result = find_duplicates(table, thresholds)
+    except ValueError as exc:
+        raise ValueError(f"{out.uri}/{MANIFEST}: {exc}") from None
+    write_annotation(out, "dedup", _notes(result))
+    write_manifest(out, annotated(out, table))
+    return result
+
+
+def _clip(row: dict) -> Clip:
+    return Clip(
+        key=row["key"],
+        source=row["source"],
+        source_id=row["source_id"],
+        pixels=(row["width"] or 0) * (row["height"] or 0),
+        duration_s=row["duration_s"],
+        sync_confidence=row["sync_confidence"] if row["sync_confidence"] is not None else float("-inf"),
+        fingerprint=Fingerprint.from_columns(row["video_phash"] or [], row["video_motion"], row["audio_fingerprint"]),
+    )
+
+
+def _audio_matches(clips: list[Clip], thresholds: DedupThresholds) -> list[Match]:
+    matches = []
+    for (i, j), offsets in sorted(_audio_candidates([c.fingerprint.audio for c in clips]).items()):
+        a, b = clips[i].fingerprint.audio, clips[j].fingerprint.audio
+        ber, offset = min((audio_bit_error_rate(a, b, offset), offset) for offset in sorted(offsets))
+        if ber <= thresholds.max_audio_ber:
+            matches.append(Match(i, j, f"audio: bit error rate {ber:.3f} at offset {offset} frames"))
+    return matches
+
+
+def _audio_candidates(prints: list[np.ndarray]) -> dict[tuple[int, int], set[int]]:
+    """(i, j) with i < j -> the offsets (position in i minus position in j) at which clip i and
+    clip j share an exact sub-fingerprint."""
+    if not prints:
+        return {}
+    values = np.concatenate(prints)
+    clip = np.repeat(np.arange(len(prints)), [len(p) for p in prints])
+    position = np.concatenate([np.arange(len(p)) for p in prints])
+    informative = (values != 0) & (values != 0xFFFFFFFF)  # digital silence, clipping
+    values, clip, position = values[informative], clip[informative], position[informative]
+    order = np.argsort(values, kind="stable")
+    values, clip, position = values[order], clip[order], position[order]
+    starts = np.flatnonzero(np.diff(values, prepend=values[:1] ^ 1))  # where a new value begins
+    ends = np.append(starts[1:], len(values))
+    candidates: dict[tuple[int, int], set[int]] = defaultdict(set)
+    for start, end in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
+        members, places = clip[start:end], position[start:end]
+        if not 1 < len(np.unique(members)) <= MAX_SHARED_CLIPS:
+            continue
+        x, y = np.nonzero(members[:, None] < members[None, :])
+        for i, j, offset in zip(members[x].tolist(), members[y].tolist(), (places[x] - places[y]).tolist()):
+            candidates[(i, j)].add(offset)
+    return candidates
+
+
+def _video_matches(clips: list[Clip], thresholds: DedupThresholds) -> list[Match]:
+    moving = [i for i, c in enumerate(clips) if c.fingerprint.video_motion is not None and len(c.fingerprint.video_phash)]
+    if len(moving) < 2:
+        return []
+    width = max(len(clips[i].fingerprint.video_phash) for i in moving)
+    hashes = np.stack([np.resize(clips[i].fingerprint.video_phash, width) for i in moving])  # repeated hashes change no minimum
+    sources = np.array([clips[i].source_id for i in moving])
+    rows = max(1, _BLOCK_ELEMENTS // len(moving))
+    alike = []  # (first, second, frame hash distance) of clips from different sources that look alike
+    for start in range(0, len(moving), rows):
+        distances = phash_distances(hashes[start : start + rows], hashes[start:])  # each pair once: j >= i
+        for r, c in zip(*np.nonzero(distances <= thresholds.max_phash_bits)):
+            i, j = start + int(r), start + int(c)
+            if i < j and sources[i] != sources[j]:
+                alike.append((moving[i], moving[j], int(distances[r, c])))
+    matches = []
+    for start in range(0, len(alike), _MOTION_BATCH):
+        batch = alike[start : start + _MOTION_BATCH]
+        correlations, offsets = motion_correlations([clips[i].fingerprint.video_motion for i, _, _ in batch],
+                                                    [clips[j].fingerprint.video_motion for _, j, _ in batch])
+        for (i, j, bits), correlation, offset in zip(batch, correlations, offsets):
+            if correlation >= thresholds.min_motion_corr:
+                matches.append(Match(i, j, f"video: frame hashes {bits} bits apart, mouth motion correlation "
+                                           f"{correlation:.3f} at offset {offset} frames"))
+    return matches
+
+
+def _groups(clips: list[Clip], matches: list[Match]) -> dict[int, int]:
+    """Each duplicate -> the clip kept for its group (connected by matches)."""
+    parent = list(range(len(clips)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for match in matches:
+        parent[root(match.first)] = root(match.second)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(clips)):
+        members[root(i)].append(i)
+    kept_of = {}
+    for group in members.values():
+        best = min(group, key=lambda i: (-clips[i].pixels, -clips[i].duration_s, -clips[i].sync_confidence, clips[i].key))
+        kept_of.update((i, best) for i in group if i != best)
+    return kept_of
+
+
+def _notes(result: DedupResult) -> pa.Table:
+    """The annotation: every compared clip's key, with `duplicate_of` null for the clips kept."""
+    keys = [clip.key for clip in result.clips]
+    kept = [None if i not in result.kept_of else keys[result.kept_of[i]] for i in range(len(keys))]
+    schema = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("duplicate_of", pa.string())],
+                       metadata={b"thresholds": json.dumps(asdict(result.thresholds)).encode()})
+    return pa.Table.from_pydict({"key": keys, "duplicate_of": kept}, schema=schema)
+
+
+def render(result: DedupResult) -> str:
+    """What `talkcurate dedup` prints: the totals, then each group with the matches that join it."""
+    t = result.thresholds
+    groups: dict[int, list[int]] = defaultdict(list)
+    for duplicate, kept in sorted(result.kept_of.items()):
+        groups[kept].append(duplicate)
+    lines = [
+        f"{len(result.clips)} kept clips compared: {len(result.matches)} near-duplicate pairs, "
+        f"{len(groups)} groups, {len(result.kept_of)} clips marked duplicate_of",
+        f"(audio: bit error rate <= {t.max_audio_ber}; video, across sources: frame hashes within "
+        f"{t.max_phash_bits} bits and mouth motion correlation >= {t.min_motion_corr})",
+    ]
+    group_of = {i: kept for kept, members in groups.items() for i in (kept, *members)}
+    for kept, duplicates in groups.items():
+        clip = result.clips[kept]
+        lines.append(f"\nkept {clip.key}  {clip.source}")
+        for i in duplicates:
+            lines.append(f"  duplicate {result.clips[i].key}  {result.clips[i].source}")
+        for match in result.matches:
+            if group_of.get(match.first) == kept:
+                lines.append(f"    {result.clips[match.first].key} ~ {result.clips[match.second].key}: {match.evidence}")
+    return "\n".join(lines)

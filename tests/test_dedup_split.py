@@ -1,0 +1,219 @@
+"""`talkcurate dedup` and `talkcurate split` on a real run (`talkcurate run` in a subprocess, real
+local Ray), read back from the manifest it rewrites.
+
+The run's inputs: the four GRID speakers (four different people), a re-encoded and cropped copy of
+the first (a re-upload), and two 5 s excerpts of the portrait as two files (one person, other
+words, the same room and clothes: other takes of one speaker). The excerpts' lip-sync confidence is
+low because they are short (0.14-0.20), so the run accepts 0.1: what is tested here is what happens
+after curation.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import media
+from pipeline.cli import main
+from pipeline.split import TRAIN, VAL, assign
+
+pytestmark = pytest.mark.slow
+
+TALKCURATE = str(Path(sys.executable).with_name("talkcurate"))
+SETTINGS = ["sync.min_confidence_embedded=0.1", "execution.progress=false"]
+LATER = media.GRID[2]  # the input an extended run adds
+
+
+def curate(inputs: list[Path], out: Path) -> subprocess.CompletedProcess:
+    settings = [arg for setting in SETTINGS for arg in ("--set", setting)]
+    return subprocess.run([TALKCURATE, "run", *map(str, inputs), "--out", str(out), *settings],
+                          check=True, capture_output=True, text=True, timeout=600)
+
+
+def manifest(out: Path) -> dict[str, dict]:
+    return {row["key"]: row for row in pq.read_table(out / "manifest.parquet").to_pylist()}
+
+
+def kept(rows: dict[str, dict]) -> dict[str, dict]:
+    return {key: row for key, row in rows.items() if row["status"] == "kept"}
+
+
+def command(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@dataclass(frozen=True)
+class Run:
+    out: Path
+    inputs: list[Path]
+    copy: Path  # the re-encoded, cropped copy of GRID[0]
+    excerpts: list[Path]  # two files of the portrait
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Run:
+    folder = tmp_path_factory.mktemp("dedup_inputs")
+    copy = folder / "bbaf2n reupload.mp4"
+    media.reencoded_crop(media.GRID[0], copy)
+    excerpts = [folder / "portrait a.mp4", folder / "portrait b.mp4"]
+    for i, path in enumerate(excerpts):
+        media.excerpt(media.PORTRAIT, path, 5.0 * i, 5.0, 540)
+    inputs = [media.GRID[0], copy, media.GRID[1], media.GRID[3], *excerpts]
+    out = tmp_path_factory.mktemp("dedup_run") / "out"
+    curate(inputs, out)
+    return Run(out, inputs, copy, excerpts)
+
+
+@pytest.fixture(scope="module")
+def deduped(run, tmp_path_factory) -> tuple[Path, str]:
+    """A copy of the run after `talkcurate dedup`, and what it printed."""
+    out = tmp_path_factory.mktemp("deduped") / "out"
+    shutil.copytree(run.out, out)
+    done = subprocess.run([TALKCURATE, "dedup", str(out)], check=True, capture_output=True, text=True, timeout=120)
+    return out, done.stdout
+
+
+def rows_of(rows: dict[str, dict], source: Path) -> list[dict]:
+    return [row for row in rows.values() if row["source"] == str(source)]
+
+
+def test_every_input_has_a_kept_clip_with_fingerprints(run):
+    rows = kept(manifest(run.out))
+    assert {row["source"] for row in rows.values()} == set(map(str, run.inputs))
+    for row in rows.values():
+        assert len(row["video_phash"]) == 8 and len(row["video_motion"]) == row["num_frames"]
+        assert len(row["audio_fingerprint"]) == 4 * (row["num_frames"] - 1)
+        assert row["duplicate_of"] is None and row["split"] is None  # nothing decided before the commands run
+
+
+def test_dedup_marks_the_reencoded_cropped_copy_and_nothing_else(run, deduped):
+    out, printed = deduped
+    rows = kept(manifest(out))
+    (original,) = rows_of(rows, media.GRID[0])
+    (copy,) = rows_of(rows, run.copy)
+    assert copy["duplicate_of"] == original["key"]  # the original has more pixels: it is the one kept
+    assert [key for key, row in rows.items() if row["duplicate_of"] is not None] == [copy["key"]]
+    # both rules found the pair; the portrait's two takes (the same person, room and clothes) matched neither
+    assert "audio: bit error rate" in printed and "video: frame hashes" in printed
+    assert "1 groups, 1 clips marked duplicate_of" in printed
+    assert all(rows_of(rows, path)[0]["duplicate_of"] is None for path in run.excerpts)
+
+
+def test_dedup_keeps_its_decisions_on_rejected_rows_null(deduped):
+    rows = manifest(deduped[0])
+    assert all(row["duplicate_of"] is None for row in rows.values() if row["status"] == "rejected")
+
+
+def test_split_by_source_keeps_sources_and_duplicates_on_one_side(deduped, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(deduped[0], out)
+    code, printed, _ = command(capsys, "split", str(out), "--val", "0.5")
+    assert code == 0
+    assert "by source: the manifest has no identity embeddings" in printed
+    rows = manifest(out)
+    sides: dict[str, set[str]] = {}
+    for row in kept(rows).values():
+        sides.setdefault(row["source_id"], set()).add(row["split"])
+    assert all(len(side) == 1 and side <= {TRAIN, VAL} for side in sides.values())
+    for row in kept(rows).values():
+        if row["duplicate_of"]:
+            assert row["split"] == rows[row["duplicate_of"]]["split"]  # a re-upload never leaks across
+    assert all(row["split"] is None for row in rows.values() if row["status"] == "rejected")
+    assert f"{len(sides) - 1} clusters, {len(kept(rows))} kept clips" in printed  # the copy joined its original
+    # the same manifest gives the same split
+    assert command(capsys, "split", str(out), "--val", "0.5")[0] == 0
+    assert {k: r["split"] for k, r in manifest(out).items()} == {k: r["split"] for k, r in rows.items()}
+
+
+def people_manifest(run_out: Path, sources: int, people: int, seed: int = 0) -> pa.Table:
+    """The run's kept rows copied into `sources` sources of `people` people (source s shows person
+    s % people): ArcFace-like embeddings, one direction per person plus noise (cosine about 0.8
+    within a person, about 0 between people); the last source's rows have no embedding."""
+    table = pq.read_table(run_out / "manifest.parquet")
+    template = [row for row in table.to_pylist() if row["status"] == "kept"][:2]
+    rng = np.random.default_rng(seed)
+    directions = rng.standard_normal((people, 512))
+    rows = []
+    for s in range(sources):
+        for i, row in enumerate(template):
+            embedding = directions[s % people] / np.sqrt(512) + rng.standard_normal(512) * 0.5 / np.sqrt(512)
+            rows.append({**row, "key": f"{s:04x}{i:012x}_00000000", "source": f"source {s}", "source_id": f"{s:016x}",
+                         "identity_embedding": None if s == sources - 1 else (embedding / np.linalg.norm(embedding)).tolist()})
+    return pa.Table.from_pylist(rows, schema=table.schema)
+
+
+def test_split_by_identity_keeps_each_person_on_one_side(run, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    table = people_manifest(run.out, sources=48, people=8)
+    pq.write_table(table, out / "manifest.parquet")
+    code, printed, _ = command(capsys, "split", str(out), "--val", "0.3")
+    assert code == 0 and "split by identity" in printed and "2 kept clips have no embedding" in printed
+    assert "9 clusters" in printed  # 8 people, and the source without embeddings on its own
+    rows = manifest(out)
+    assert all(len(side) == 1 for side in person_sides(rows, {k: r["split"] for k, r in rows.items()}).values())
+    assert {side for (side,) in person_sides(rows, {k: r["split"] for k, r in rows.items()}).values()} == {TRAIN, VAL}
+    # by source alone, the same rows would put some person on both sides: the identity rule is what keeps them together
+    embedding = table.schema.get_field_index("identity_embedding")
+    by_source, _ = assign(table.set_column(embedding, table.schema.field(embedding), pa.nulls(len(table), table.schema.field(embedding).type)), 0.3, 0.5)
+    assert any(len(side) > 1 for side in person_sides(rows, by_source).values())
+
+
+def person_sides(rows: dict[str, dict], split: dict[str, str]) -> dict[int, set[str]]:
+    """Person (people_manifest's) -> the sides their clips are on; the source without embeddings left out."""
+    sides: dict[int, set[str]] = {}
+    for key, row in rows.items():
+        if row["identity_embedding"] is not None:
+            sides.setdefault(int(row["source_id"], 16) % 8, set()).add(split[key])
+    return sides
+
+
+def test_split_is_the_same_for_the_same_rows_in_any_order(run):
+    table = people_manifest(run.out, sources=20, people=5, seed=1)
+    first, _ = assign(table, 0.4, 0.5)
+    shuffled, _ = assign(table.take(np.random.default_rng(0).permutation(len(table))), 0.4, 0.5)
+    assert first == shuffled and set(first.values()) == {TRAIN, VAL}
+
+
+def test_annotations_survive_an_extended_run(deduped, tmp_path, capsys, run):
+    out = tmp_path / "out"
+    shutil.copytree(deduped[0], out)
+    assert command(capsys, "split", str(out), "--val", "0.5")[0] == 0
+    before = kept(manifest(out))
+    extended = curate([*run.inputs, LATER], out)
+    assert "1 kept clips came after the last `talkcurate dedup`" in extended.stderr
+    after = kept(manifest(out))
+    (added,) = [row for row in after.values() if row["source"] == str(LATER)]
+    assert added["duplicate_of"] is None and added["split"] is None
+    for key, row in before.items():
+        assert (after[key]["duplicate_of"], after[key]["split"]) == (row["duplicate_of"], row["split"])
+    # splitting again assigns the new clip and moves no other (its source joins no cluster)
+    assert command(capsys, "split", str(out), "--val", "0.5")[0] == 0
+    again = kept(manifest(out))
+    assert again[added["key"]]["split"] in (TRAIN, VAL)
+    assert all(again[key]["split"] == row["split"] for key, row in before.items())
+
+
+def test_bad_input_is_a_clear_error(run, tmp_path, capsys):
+    code, _, err = command(capsys, "dedup", str(tmp_path / "nowhere"))
+    assert code == 2 and "has no manifest.parquet" in err and "Traceback" not in err
+    code, _, err = command(capsys, "split", str(run.out), "--val", "1.5")
+    assert code == 2 and "--val is the share of clips for validation" in err
+    old = tmp_path / "old"
+    old.mkdir()
+    table = pq.read_table(run.out / "manifest.parquet")
+    pq.write_table(table.drop_columns(["video_phash", "video_motion", "audio_fingerprint"]), old / "manifest.parquet")
+    code, _, err = command(capsys, "dedup", str(old))
+    assert code == 2 and f"{old}/manifest.parquet" in err and "video_phash" in err
+    code, _, err = command(capsys, "dedup", str(run.out), "--max-audio-ber", "0.7")
+    assert code == 2 and "bit error rate threshold" in err

@@ -1,0 +1,152 @@
+"""The fingerprint stage on real clips after the real chain (probe .. face), and the measures
+`talkcurate dedup` decides with: the same footage re-encoded, cropped, scaled or cut elsewhere
+matches; other takes of the same speaker look alike but do not; other speakers do not.
+
+Each GRID file is one speaker (four different people); "other takes of one speaker" are the two
+halves of one GRID file (1.5 s clips: different words, the same face, room and light).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import media
+from pipeline.dedup import DedupThresholds
+from schemas.fingerprint import Fingerprint, audio_bit_error_rate, motion_correlations, phash_distances
+from schemas.manifest import manifest_row, rows_to_table
+from schemas.records import CandidateClip, Status
+from stages.chunk import ChunkStage
+from stages.face import FaceStage
+from stages.fingerprint import FingerprintStage, audio_fingerprint, phash
+from stages.normalize import NormalizeStage
+from stages.probe import ProbeStage
+from stages.scene_cut import SceneCutStage
+
+THRESHOLDS = DedupThresholds()
+SPEAKERS = {path.stem.removeprefix("grid_"): path for path in media.GRID}
+TRIM_FRAMES = 15  # the cut-elsewhere copy starts 0.6 s into the original
+
+
+def fingerprinted(run_chain, path: Path, max_clip_s: float = 10.0) -> list[CandidateClip]:
+    stages = [NormalizeStage(preset="ultrafast"), SceneCutStage(min_clip_s=1.0, max_clip_s=max_clip_s), FaceStage(), FingerprintStage()]
+    clips = [o for o in run_chain(path, [ProbeStage(), ChunkStage()], stages) if isinstance(o, CandidateClip)]
+    assert all(c.status is Status.PENDING for c in clips), [c.reason_detail for c in clips]
+    return clips
+
+
+@pytest.fixture(scope="module")
+def prints(run_chain, tmp_path_factory) -> dict[str, Fingerprint]:
+    """name -> fingerprint: each speaker's whole clip and its halves (`NAME/0`, `NAME/1`), and the
+    first speaker's copies ("crop", "cut")."""
+    folder = tmp_path_factory.mktemp("copies")
+    media.reencoded_crop(media.GRID[0], folder / "crop.mp4")
+    media.cut_elsewhere(media.GRID[0], folder / "cut.mkv", TRIM_FRAMES)
+    out = {}
+    for name, path in SPEAKERS.items():
+        (whole,) = fingerprinted(run_chain, path)
+        out[name] = whole.fingerprint
+        for i, half in enumerate(fingerprinted(run_chain, path, max_clip_s=1.5)):
+            out[f"{name}/{i}"] = half.fingerprint
+    for name in ("crop", "cut"):
+        (clip,) = fingerprinted(run_chain, next(folder.glob(f"{name}.*")))
+        out[name] = clip.fingerprint
+    return out
+
+
+def look(a: Fingerprint, b: Fingerprint) -> int:
+    return int(phash_distances(a.video_phash[None], b.video_phash[None])[0, 0])
+
+
+def audio(a: Fingerprint, b: Fingerprint) -> tuple[float, int]:
+    """Lowest bit error rate over every offset, and its offset."""
+    return min((audio_bit_error_rate(a.audio, b.audio, o), o) for o in range(-len(b.audio), len(a.audio)))
+
+
+def motion(a: Fingerprint, b: Fingerprint) -> tuple[float, int]:
+    (correlation,), (offset,) = motion_correlations([a.video_motion], [b.video_motion])
+    return correlation, offset
+
+
+def test_a_clip_gets_frame_hashes_mouth_motion_and_audio_bits(prints):
+    whole = prints["bbaf2n"]
+    assert whole.video_phash.dtype == np.uint64 and len(whole.video_phash) == 8
+    assert len(np.unique(whole.video_phash)) > 1  # the frames are hashed, not one frame eight times
+    assert whole.video_motion.dtype == np.uint8 and len(whole.video_motion) == 75
+    assert 20 <= whole.video_motion.max() <= 120  # the mouth opens to 2-12% of the face height
+    assert whole.audio.dtype == np.uint32 and len(whole.audio) == 74
+    columns = Fingerprint.from_columns(**whole.columns())
+    assert np.array_equal(columns.video_phash, whole.video_phash) and np.array_equal(columns.audio, whole.audio)
+    assert np.array_equal(columns.video_motion, whole.video_motion)
+
+
+def test_manifest_rows_carry_the_fingerprints(run_chain):
+    (clip,) = fingerprinted(run_chain, media.GRID[1])
+    clip.status = Status.KEPT
+    row = rows_to_table([manifest_row(clip, "shards/shard-000000.tar")]).to_pylist()[0]
+    assert row["video_phash"] == [int(h) for h in clip.fingerprint.video_phash]
+    assert np.array_equal(np.frombuffer(row["audio_fingerprint"], "<u4"), clip.fingerprint.audio)
+    assert row["duplicate_of"] is None and row["split"] is None
+
+
+def test_the_same_footage_reencoded_and_cropped_matches(prints):
+    original, crop = prints["bbaf2n"], prints["crop"]
+    assert look(original, crop) <= THRESHOLDS.max_phash_bits
+    ber, offset = audio(original, crop)
+    assert ber <= THRESHOLDS.max_audio_ber / 2 and offset == 0
+    correlation, offset = motion(original, crop)
+    assert correlation >= THRESHOLDS.min_motion_corr and offset == 0
+
+
+def test_the_same_footage_cut_elsewhere_is_found_at_its_offset(prints):
+    original, cut = prints["bbaf2n"], prints["cut"]
+    assert look(original, cut) <= THRESHOLDS.max_phash_bits
+    ber, offset = audio(original, cut)
+    assert ber <= THRESHOLDS.max_audio_ber and offset == TRIM_FRAMES
+    correlation, offset = motion(original, cut)
+    assert correlation >= THRESHOLDS.min_motion_corr and abs(offset - TRIM_FRAMES) <= 1
+
+
+@pytest.mark.parametrize("name", list(SPEAKERS))
+def test_other_takes_of_one_speaker_look_alike_but_do_not_match(prints, name):
+    first, second = prints[f"{name}/0"], prints[f"{name}/1"]
+    assert look(first, second) <= THRESHOLDS.max_phash_bits  # the frame hash alone would call them duplicates
+    assert audio(first, second)[0] > THRESHOLDS.max_audio_ber
+    assert motion(first, second)[0] < THRESHOLDS.min_motion_corr
+
+
+def test_different_speakers_do_not_match(prints):
+    for a, b in itertools.combinations(SPEAKERS, 2):
+        assert look(prints[a], prints[b]) > THRESHOLDS.max_phash_bits, (a, b)
+        assert audio(prints[a], prints[b])[0] > THRESHOLDS.max_audio_ber, (a, b)
+
+
+def test_identical_input_gives_identical_bits():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (288, 360, 3), np.uint8)
+    assert phash(frame) == phash(frame.copy())
+    speech = media.decoded_audio(media.OTHER_SPEECH)[: 3 * 16000]
+    assert np.array_equal(audio_fingerprint(speech), audio_fingerprint(speech.copy()))
+    assert len(audio_fingerprint(speech[:639])) == 0  # less than a frame: no sub-fingerprint
+
+
+def test_the_stage_costs_a_few_milliseconds(run_chain):
+    (clip,) = [o for o in run_chain(media.GRID[2], [ProbeStage(), ChunkStage()],
+                                    [NormalizeStage(preset="ultrafast"), SceneCutStage(), FaceStage()], keep_frames=True)
+               if isinstance(o, CandidateClip)]
+    stage = FingerprintStage()
+    started = time.perf_counter()
+    for _ in range(5):
+        stage.process(clip)
+    assert (time.perf_counter() - started) / 5 < 0.05  # measured about 5 ms for a 3 s clip
+
+
+def test_the_stage_needs_analysis_frames(run_chain):
+    (clip,) = [o for o in run_chain(media.GRID[2], [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), SceneCutStage()])
+               if isinstance(o, CandidateClip)]
+    with pytest.raises(ValueError, match="analysis frames"):
+        FingerprintStage().process(clip)
