@@ -52,24 +52,29 @@ class Trained:
     text: TextEncoder
 
 
+def build(config: JobConfig, device: str = "cpu") -> Trained:
+    """The run's latent space, caption encoder and model, with the model freshly initialised."""
+    latents = build_latent_space(config.latents).to(device).eval().requires_grad_(False)
+    text = TextEncoder(config.text, device)
+    model = TalkingDiT(model_config(config.model, latents, text.dim))
+    return Trained(config, model.to(device).eval().requires_grad_(False), latents, text)
+
+
 def load_trained(run: str | Path, step: int | None = None, device: str = "cpu") -> Trained:
     """The model of a training run folder (its config.toml and checkpoints/step-N), on one process."""
     run = Path(run)
     if not (run / "config.toml").is_file():
         raise FileNotFoundError(f"{run} is not a training run folder (no config.toml)")
-    config = load_config(run / "config.toml")
     checkpoints = Checkpointer(run / "checkpoints")
     step = checkpoints.latest() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{run / 'checkpoints'} holds no step-N checkpoint")
-    latents = build_latent_space(config.latents).to(device).eval().requires_grad_(False)
-    text = TextEncoder(config.text, device)
-    model = TalkingDiT(model_config(config.model, latents, text.dim))
-    state = {"model": model.state_dict()}
+    trained = build(load_config(run / "config.toml"), device)
+    state = {"model": trained.model.state_dict()}
     dcp.load(state, checkpoint_id=str(checkpoints.folder / f"step-{step}"))
-    model.load_state_dict(state["model"])
+    trained.model.load_state_dict(state["model"])
     log.info("loaded %s step %d", run, step)
-    return Trained(config, model.to(device).eval().requires_grad_(False), latents, text)
+    return trained
 
 
 def read_portrait(path: str | Path, height: int, width: int) -> torch.Tensor:
