@@ -97,7 +97,7 @@ def test_windows_cover_every_frame_with_at_least_the_overlap(total):
         window_starts(total, 4, 4)
 
 
-def _run_windows(velocity_for, total, frames=12, overlap=4, steps=6, channels=2):
+def _run_windows(velocity_for, total, frames=12, overlap=4, steps=6, channels=2, known_for=None):
     """Sliding denoising of `total` latent frames of (channels, 3, 3) with per-frame seeded noise;
     returns the emitted frames joined, and every window length the velocity saw."""
     def noise_for(start, length):
@@ -109,7 +109,7 @@ def _run_windows(velocity_for, total, frames=12, overlap=4, steps=6, channels=2)
         seen.append(length)
         return velocity_for(start, length)
 
-    sliding_denoise(tracked, noise_for, total, frames, overlap, SamplerConfig(steps=steps), out.append)
+    sliding_denoise(tracked, noise_for, total, frames, overlap, SamplerConfig(steps=steps), out.append, known_for=known_for)
     return torch.cat(out, dim=2), seen
 
 
@@ -146,3 +146,21 @@ def test_blending_leaves_no_seam_at_window_boundaries():
 
     assert run(overlap) <= inside + jump / (overlap + 1) + 0.02, run(overlap)
     assert run(0) > inside + jump / 2  # the same windows joined without fusion jump
+
+
+def test_editing_keeps_the_known_region_and_generates_the_rest():
+    """The model's target is `generated` everywhere; the known video is `kept`. Where the mask says
+    keep, the result is exactly `kept`; where it says regenerate, exactly `generated`."""
+    total = 30
+    generated = torch.cos(torch.arange(total, dtype=torch.float32) / 3).view(1, 1, total, 1, 1).expand(1, 2, total, 3, 3)
+    kept = torch.full_like(generated, 0.7)
+    mask = torch.zeros(1, 1, total, 3, 3)
+    mask[..., 1, :] = 1  # the middle row of every frame is regenerated
+
+    def known_for(start, length):
+        return kept[:, :, start : start + length], mask[:, :, start : start + length]
+
+    video, _ = _run_windows(lambda start, length: _exact_velocity(generated[:, :, start : start + length]), total, known_for=known_for)
+    inside = mask.expand_as(video).bool()
+    torch.testing.assert_close(video[~inside], kept[~inside], atol=1e-5, rtol=0)
+    torch.testing.assert_close(video[inside], generated[inside], atol=1e-5, rtol=0)
