@@ -219,8 +219,8 @@ def reencoded_crop(src: Path, out: Path) -> None:
 
 def cut_elsewhere(src: Path, out: Path, start_frame: int) -> None:
     """A re-upload cut elsewhere: from frame `start_frame` (at 25 fps) on, the centre 92% scaled to
-    400 px wide, CRF 28, Opus at 48 kb/s in Matroska."""
-    ffmpeg("-ss", str(start_frame / 25), "-i", src, "-vf", "crop=trunc(iw*0.92/2)*2:trunc(ih*0.92/2)*2,scale=400:-2",
+    300 px wide, CRF 28, Opus at 48 kb/s in Matroska."""
+    ffmpeg("-ss", str(start_frame / 25), "-i", src, "-vf", "crop=trunc(iw*0.92/2)*2:trunc(ih*0.92/2)*2,scale=300:-2",
            "-c:v", "libx264", "-preset", "veryfast", "-crf", "28", "-c:a", "libopus", "-b:a", "48k", out)
 
 

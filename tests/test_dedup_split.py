@@ -1,15 +1,16 @@
 """`talkcurate dedup` and `talkcurate split` on a real run (`talkcurate run` in a subprocess, real
 local Ray), read back from the manifest it rewrites.
 
-The run's inputs: the four GRID speakers (four different people), a re-encoded and cropped copy of
-the first (a re-upload), and two 5 s excerpts of the portrait as two files (one person, other
-words, the same room and clothes: other takes of one speaker). The excerpts' lip-sync confidence is
-low because they are short (0.14-0.20), so the run accepts 0.1: what is tested here is what happens
-after curation.
+The run's inputs: three GRID speakers (three different people), two re-uploads of the first (one
+re-encoded and cropped, one also cut 0.6 s later, with Opus audio), and two 5 s excerpts of the
+portrait as two files (one person, other words, the same room and clothes: other takes of one
+speaker). The excerpts' lip-sync confidence is low because they are short (0.14-0.20), so the run
+accepts 0.1: what is tested here is what happens after curation.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import pytest
 import media
 from pipeline.cli import main
 from pipeline.split import TRAIN, VAL, assign
+from train.data import list_samples
 
 pytestmark = pytest.mark.slow
 
@@ -56,22 +58,23 @@ def command(capsys, *args: str) -> tuple[int, str, str]:
 class Run:
     out: Path
     inputs: list[Path]
-    copy: Path  # the re-encoded, cropped copy of GRID[0]
+    copies: list[Path]  # re-uploads of GRID[0]: re-encoded and cropped; also cut elsewhere
     excerpts: list[Path]  # two files of the portrait
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Run:
     folder = tmp_path_factory.mktemp("dedup_inputs")
-    copy = folder / "bbaf2n reupload.mp4"
-    media.reencoded_crop(media.GRID[0], copy)
+    copies = [folder / "bbaf2n reupload.mp4", folder / "bbaf2n cut.mkv"]
+    media.reencoded_crop(media.GRID[0], copies[0])
+    media.cut_elsewhere(media.GRID[0], copies[1], 15)
     excerpts = [folder / "portrait a.mp4", folder / "portrait b.mp4"]
     for i, path in enumerate(excerpts):
         media.excerpt(media.PORTRAIT, path, 5.0 * i, 5.0, 540)
-    inputs = [media.GRID[0], copy, media.GRID[1], media.GRID[3], *excerpts]
+    inputs = [media.GRID[0], *copies, media.GRID[1], media.GRID[3], *excerpts]
     out = tmp_path_factory.mktemp("dedup_run") / "out"
     curate(inputs, out)
-    return Run(out, inputs, copy, excerpts)
+    return Run(out, inputs, copies, excerpts)
 
 
 @pytest.fixture(scope="module")
@@ -96,16 +99,18 @@ def test_every_input_has_a_kept_clip_with_fingerprints(run):
         assert row["duplicate_of"] is None and row["split"] is None  # nothing decided before the commands run
 
 
-def test_dedup_marks_the_reencoded_cropped_copy_and_nothing_else(run, deduped):
+def test_dedup_marks_the_reuploads_and_nothing_else(run, deduped):
     out, printed = deduped
     rows = kept(manifest(out))
     (original,) = rows_of(rows, media.GRID[0])
-    (copy,) = rows_of(rows, run.copy)
-    assert copy["duplicate_of"] == original["key"]  # the original has more pixels: it is the one kept
-    assert [key for key, row in rows.items() if row["duplicate_of"] is not None] == [copy["key"]]
-    # both rules found the pair; the portrait's two takes (the same person, room and clothes) matched neither
+    copies = [row for path in run.copies for row in rows_of(rows, path)]
+    assert [copy["duplicate_of"] for copy in copies] == [original["key"]] * 2  # the original has the most pixels
+    assert {key for key, row in rows.items() if row["duplicate_of"] is not None} == {copy["key"] for copy in copies}
+    # both rules found the copies (the cut one at its offset); the portrait's two takes (the same
+    # person, room and clothes) matched neither
     assert "audio: bit error rate" in printed and "video: frame hashes" in printed
-    assert "1 groups, 1 clips marked duplicate_of" in printed
+    assert re.search(r"at offset -?15 frames", printed)
+    assert "1 groups, 2 clips marked duplicate_of" in printed
     assert all(rows_of(rows, path)[0]["duplicate_of"] is None for path in run.excerpts)
 
 
@@ -114,7 +119,7 @@ def test_dedup_keeps_its_decisions_on_rejected_rows_null(deduped):
     assert all(row["duplicate_of"] is None for row in rows.values() if row["status"] == "rejected")
 
 
-def test_split_by_source_keeps_sources_and_duplicates_on_one_side(deduped, tmp_path, capsys):
+def test_split_by_source_keeps_sources_and_duplicates_on_one_side(run, deduped, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(deduped[0], out)
     code, printed, _ = command(capsys, "split", str(out), "--val", "0.5")
@@ -129,10 +134,23 @@ def test_split_by_source_keeps_sources_and_duplicates_on_one_side(deduped, tmp_p
         if row["duplicate_of"]:
             assert row["split"] == rows[row["duplicate_of"]]["split"]  # a re-upload never leaks across
     assert all(row["split"] is None for row in rows.values() if row["status"] == "rejected")
-    assert f"{len(sides) - 1} clusters, {len(kept(rows))} kept clips" in printed  # the copy joined its original
+    assert f"{len(sides) - len(run.copies)} clusters, {len(kept(rows))} kept clips" in printed  # the copies joined their original
     # the same manifest gives the same split
     assert command(capsys, "split", str(out), "--val", "0.5")[0] == 0
     assert {k: r["split"] for k, r in manifest(out).items()} == {k: r["split"] for k, r in rows.items()}
+
+
+def test_training_reads_the_train_side_without_duplicates(deduped, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(deduped[0], out)
+    assert command(capsys, "split", str(out))[0] == 0  # the default --val 0.05
+    listing = tmp_path / "train.json"
+    code, _, err = command(capsys, "subset", str(out), "--where", "split = 'train' and duplicate_of is null", "--list", str(listing))
+    assert code == 0, err
+    rows = kept(manifest(out))
+    expected = {key for key, row in rows.items() if row["split"] == TRAIN and row["duplicate_of"] is None}
+    assert {sample.key for sample in list_samples(str(listing))} == expected
+    assert not expected & {key for key, row in rows.items() if row["duplicate_of"] is not None}
 
 
 def people_manifest(run_out: Path, sources: int, people: int, seed: int = 0) -> pa.Table:
