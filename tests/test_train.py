@@ -24,11 +24,11 @@ def shards(demo_shards) -> Path:
     return demo_shards
 
 
-def train(out: Path, shards: Path, *overrides: str) -> list[dict]:
-    """One `torchrun --nproc_per_node 2 -m train` launch; the metrics it appended."""
+def train(out: Path, shards: Path, *overrides: str, nproc: int = 2) -> list[dict]:
+    """One `torchrun --nproc_per_node N -m train` launch; the metrics it appended."""
     before = len(metrics(out))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([str(TORCHRUN), "--nproc_per_node", "2", "-m", "train", f"data.shards={shards}", f"out={out}", *COMMON, *overrides],
+    done = subprocess.run([str(TORCHRUN), "--nproc_per_node", str(nproc), "-m", "train", f"data.shards={shards}", f"out={out}", *COMMON, *overrides],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return metrics(out)[before:]
@@ -64,6 +64,19 @@ def test_a_stopped_and_resumed_run_repeats_the_uninterrupted_one(shards, tmp_pat
     second = train(tmp_path / "split", shards, plan)
     assert [r["step"] for r in first] == list(range(1, 8)) and [r["step"] for r in second] == list(range(8, 11))
     assert [(r["loss"], r["keys"]) for r in first + second] == [(r["loss"], r["keys"]) for r in whole]
+
+
+@pytest.mark.gpu
+def test_the_trainer_on_a_gpu_uses_nccl_and_bf16(shards, tmp_path):
+    """On CUDA the trainer takes NCCL (which reduces device tensors only) and bf16 parameters."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    out = tmp_path / "run"
+    records = train(out, shards, "curriculum=[{steps=6, lr=0.002}]", nproc=1)
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert all(r["max_cuda_mb"] > 0 and r["loss"] == r["loss"] for r in records)
+    assert (out / "checkpoints" / "step-6" / ".metadata").is_file()
 
 
 def test_tensorboard_without_its_package_is_a_clear_error(tmp_path):

@@ -175,7 +175,7 @@ class Trainer:
     def _log(self, window: dict, stage: CurriculumStage, lr: float, grad_norm: float, keys: list[str]) -> dict:
         """Averages over the ranks and the steps since the last log; rank 0 prints and appends JSONL."""
         names = ["loss", "samples", "tokens", "seconds", *(f"{r}_loss_sum" for r in REGIONS), *(f"{r}_area" for r in REGIONS)]
-        totals = torch.tensor([window[n] for n in names], dtype=torch.float64)
+        totals = torch.tensor([window[n] for n in names], dtype=torch.float64, device=self.device)  # NCCL reduces device tensors only
         dist.all_reduce(totals)
         total = dict(zip(names, totals.tolist()))
         seconds = total["seconds"] / self.world  # wall time of the window, averaged over ranks
