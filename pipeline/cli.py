@@ -20,6 +20,7 @@ def _cmd_run(args) -> int:
     from pipeline.output import ConfigMismatch
     from pipeline.inputs import InputError
     from pipeline.inspect import render
+    from pipeline.placement import PlacementError
     from pipeline.run import run
 
     try:
@@ -27,7 +28,7 @@ def _cmd_run(args) -> int:
         if args.no_progress:
             config.execution.progress = False
         result = run(args.inputs, args.out, config, address=args.address)
-    except (InputError, ConfigMismatch, ValueError, KeyError, FileNotFoundError) as exc:
+    except (InputError, ConfigMismatch, PlacementError, ValueError, KeyError, OSError) as exc:  # OSError: storage (a missing bucket, a full disk)
         print(f"talkcurate run: {exc}", file=sys.stderr)
         return 2
     print(render(result.summary))

@@ -5,8 +5,8 @@ task pool by default (tasks release their CPUs between items, so groups share a 
 and each worker process keeps its loaded models between tasks), or an actor pool, one actor per
 GPU, when a stage's configuration asks for GPUs. Batched groups (the model stages) get
 `execution.model_batch_size` clips per call, which their stages process together. A task whose
-worker process or node dies is run again (`execution.task_retries`); the driver's shard writer
-only ever sees each result once, since Ray hands a retried task's outputs over exactly once.
+worker process or node dies is run again (`execution.task_retries`), and the driver still sees
+each of its results once (tests/test_faults.py kills a worker mid-task and gets a clean run's samples).
 Records travel pickled in a single binary `item` column. The driver streams the results into the
 shard writer, so memory stays bounded by Ray Data's backpressure, not by the size of the input.
 """

@@ -1,4 +1,5 @@
-"""`talkcurate` as a user runs it, in subprocesses a test can kill and clean up after.
+"""`talkcurate` as a user runs it, in subprocesses a test can kill and clean up after, and what
+a run wrote, read back for comparison.
 
 Each run is a session of its own with a tag in its environment: Ray's workers start sessions of
 their own, so the tag is what finds every process a run started, to kill it by id afterwards.
@@ -7,10 +8,12 @@ their own, so the tag is what finds every process a run started, to kill it by i
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import termios
 import threading
 import time
@@ -18,6 +21,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import av
+import pyarrow.parquet as pq
 import pytest
 
 TALKCURATE = str(Path(sys.executable).with_name("talkcurate"))
@@ -39,13 +44,33 @@ def _tagged(tag: str) -> list[int]:
     return pids
 
 
+def tagged_env(tag: str) -> dict[str, str]:
+    """The environment to start processes with, so that `kill_tagged(tag)` finds them and all they start."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env[TAG] = tag
+    return env
+
+
+def kill_tagged(tag: str, timeout: float = 30) -> None:
+    """SIGKILL every process started with `tagged_env(tag)`, until none is left."""
+    deadline = time.monotonic() + timeout
+    while pids := _tagged(tag):
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes {pids} of a test survived SIGKILL")
+        time.sleep(0.1)
+
+
 class Talkcurate:
     """`talkcurate ARGS` in a session of its own; leaving the `with` block kills all it started."""
 
     def __init__(self, args: list[str], logs: Path, terminal: bool = False, env: dict[str, str] | None = None):
         self.tag = uuid.uuid4().hex
-        env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **(env or {})}
-        env[TAG] = self.tag
+        env = {**tagged_env(self.tag), **(env or {})}
         self.stdout, self.stderr = logs.with_suffix(".out"), logs.with_suffix(".err")
         self._reader = None
         if terminal:
@@ -133,16 +158,7 @@ class Talkcurate:
             os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT)
             self._kill_group()
             self.proc.wait()
-        deadline = time.monotonic() + 30
-        while pids := _tagged(self.tag):  # Ray's workers, in sessions of their own
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"processes {pids} of a test run survived SIGKILL")
-            time.sleep(0.1)
+        kill_tagged(self.tag)  # Ray's workers, in sessions of their own
 
 
 def talkcurate(*args: str | Path, logs: Path, timeout: float = 300, terminal: bool = False,
@@ -151,3 +167,44 @@ def talkcurate(*args: str | Path, logs: Path, timeout: float = 300, terminal: bo
     with Talkcurate([str(a) for a in args], logs, terminal, env) as proc:
         rc = proc.finish(timeout)
         return rc, proc.stdout.read_text(), proc.stderr.read_text()
+
+
+# -- what a run wrote, as {relative name: bytes} (a local folder or a bucket's objects) ----------
+
+COMPARED = ("key", "source", "status", "reason", "start_s", "end_s")  # what a resumed or retried run must reproduce
+
+
+def output_files(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def shard_samples(files: dict[str, bytes]) -> dict[str, dict[str, bytes]]:
+    """key -> {member suffix: bytes}, from every tar under shards/; a member seen twice fails."""
+    samples: dict[str, dict[str, bytes]] = {}
+    for name, data in files.items():
+        if name.startswith("shards/") and name.endswith(".tar"):
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                for info in tar:
+                    key, _, suffix = info.name.partition(".")
+                    assert suffix not in samples.get(key, {}), f"{info.name} twice"
+                    samples.setdefault(key, {})[suffix] = tar.extractfile(info).read()
+    return samples
+
+
+def manifest_of(files: dict[str, bytes]) -> list[dict]:
+    return pq.read_table(io.BytesIO(files["manifest.parquet"])).to_pylist()
+
+
+def compared(rows: list[dict]) -> list[tuple]:
+    return sorted(tuple(r[c] for c in COMPARED) for r in rows)
+
+
+def comparable(samples: dict[str, dict[str, bytes]]) -> dict[str, dict[str, object]]:
+    """Samples as two runs must reproduce them: every member's bytes, except the video's, which
+    x264 does not reproduce byte for byte between runs: its frame count and size instead."""
+    result = {}
+    for key, members in samples.items():
+        with av.open(io.BytesIO(members["mp4"])) as container:
+            frames = [(f.width, f.height) for f in container.decode(video=0)]
+        result[key] = {**members, "mp4": (len(frames), set(frames))}
+    return result
