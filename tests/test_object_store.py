@@ -24,6 +24,7 @@ from moto.server import ThreadedMotoServer
 import media
 from runs import Talkcurate, comparable, compared, manifest_of, shard_samples, talkcurate
 from stages.media_io import decode_audio
+from train.data import ShardReader, list_samples
 
 pytestmark = pytest.mark.slow
 
@@ -135,7 +136,7 @@ def test_a_missing_bucket_is_a_clear_error(s3, tmp_path):
     assert "s3://no-such-bucket/out/: cannot create the output folder" in stderr and "Traceback" not in stderr, stderr
 
 
-def test_a_killed_run_resumes_on_the_bucket_to_the_uninterrupted_result(s3, tmp_path):
+def test_a_killed_run_resumes_on_the_bucket_to_the_uninterrupted_result(s3, tmp_path, monkeypatch):
     outputs: dict[str, bytes] = {}
 
     def output_of(proc: Talkcurate) -> str:
@@ -186,6 +187,15 @@ def test_a_killed_run_resumes_on_the_bucket_to_the_uninterrupted_result(s3, tmp_
     rc, stdout, stderr = talkcurate("inspect", resumed, "--json", logs=tmp_path / "inspect", env=s3.env)
     outputs["inspect"] = (stdout + stderr).encode()
     assert rc == 0 and json.loads(stdout)["kept"] == len(kept), stderr
+
+    # The trainer's reader on the bucket: the kept samples, their members read by random access.
+    for name, value in s3.env.items():
+        monkeypatch.setenv(name, value)
+    samples, reader = shard_samples(done), ShardReader(resumed)
+    listed = list_samples(resumed)
+    assert {info.key for info in listed} == kept
+    for info in listed:
+        assert reader.read(info.shard, info.key, ["json", "wav"]) == {m: samples[info.key][m] for m in ("json", "wav")}
 
     # Neither credential is in any object written (journal, config fingerprint, manifest, KEY.json,
     # report) nor in anything the driver printed.
