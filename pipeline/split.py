@@ -53,7 +53,7 @@ class SplitResult:
 def assign(table: pa.Table, val: float, identity_threshold: float) -> tuple[dict[str, str], SplitResult]:
     """key -> 'train' or 'val' for every kept row of a manifest table, and the totals."""
     if not 0 < val < 1:
-        raise ValueError(f"--val is the share of clips for validation, between 0 and 1 (exclusive), not {val}")
+        raise ValueError(f"--val is the expected share of clusters for validation, between 0 and 1 (exclusive), not {val}")
     missing = [name for name in _COLUMNS if name not in table.column_names]
     if missing:
         raise ValueError(f"the manifest has no {', '.join(missing)} column; curate the inputs again into a new --out")

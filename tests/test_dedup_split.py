@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -179,11 +180,17 @@ def test_split_by_identity_keeps_each_person_on_one_side(run, tmp_path, capsys):
     assert code == 0 and "split by identity" in printed and "2 kept clips have no embedding" in printed
     assert "9 clusters" in printed  # 8 people, and the source without embeddings on its own
     rows = manifest(out)
-    assert all(len(side) == 1 for side in person_sides(rows, {k: r["split"] for k, r in rows.items()}).values())
-    assert {side for (side,) in person_sides(rows, {k: r["split"] for k, r in rows.items()}).values()} == {TRAIN, VAL}
+    split = {key: row["split"] for key, row in rows.items()}
+    assert all(len(side) == 1 for side in person_sides(rows, split).values())
+    assert {side for (side,) in person_sides(rows, split).values()} == {TRAIN, VAL}
+    # no clip in train is the same person (cosine >= 0.5) as a clip in val
+    embeddings = {side: np.array([r["identity_embedding"] for r in rows.values() if r["split"] == side and r["identity_embedding"]])
+                  for side in (TRAIN, VAL)}
+    assert (embeddings[TRAIN] @ embeddings[VAL].T).max() < 0.5
     # by source alone, the same rows would put some person on both sides: the identity rule is what keeps them together
     embedding = table.schema.get_field_index("identity_embedding")
-    by_source, _ = assign(table.set_column(embedding, table.schema.field(embedding), pa.nulls(len(table), table.schema.field(embedding).type)), 0.3, 0.5)
+    without = table.set_column(embedding, table.schema.field(embedding), pa.nulls(len(table), table.schema.field(embedding).type))
+    by_source, _ = assign(without, 0.3, 0.5)
     assert any(len(side) > 1 for side in person_sides(rows, by_source).values())
 
 
@@ -201,6 +208,16 @@ def test_split_is_the_same_for_the_same_rows_in_any_order(run):
     first, _ = assign(table, 0.4, 0.5)
     shuffled, _ = assign(table.take(np.random.default_rng(0).permutation(len(table))), 0.4, 0.5)
     assert first == shuffled and set(first.values()) == {TRAIN, VAL}
+
+
+def test_split_warns_when_a_side_is_empty(run, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    table = pq.read_table(run.out / "manifest.parquet")
+    pq.write_table(table.filter(pc.equal(table["source"], str(media.GRID[1]))), out / "manifest.parquet")  # one cluster
+    code, printed, _ = command(capsys, "split", str(out), "--val", "0.5")
+    assert code == 0 and "1 clusters, 1 kept clips" in printed
+    assert "warning: one side is empty: with 1 clusters and --val 0.5, about 0.5 clusters are expected in val" in printed
 
 
 def test_annotations_survive_an_extended_run(deduped, tmp_path, capsys, run):
@@ -226,7 +243,7 @@ def test_bad_input_is_a_clear_error(run, tmp_path, capsys):
     code, _, err = command(capsys, "dedup", str(tmp_path / "nowhere"))
     assert code == 2 and "has no manifest.parquet" in err and "Traceback" not in err
     code, _, err = command(capsys, "split", str(run.out), "--val", "1.5")
-    assert code == 2 and "--val is the share of clips for validation" in err
+    assert code == 2 and "--val is the expected share of clusters for validation" in err
     old = tmp_path / "old"
     old.mkdir()
     table = pq.read_table(run.out / "manifest.parquet")
