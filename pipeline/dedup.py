@@ -108,7 +108,11 @@ def find_duplicates(table: pa.Table, thresholds: DedupThresholds) -> DedupResult
     if missing:
         raise ValueError(f"the manifest has no {', '.join(missing)} column: it was written before near-duplicate "
                          "fingerprints; curate the inputs again into a new --out")
-    clips = [_clip(row) for row in table.select(_COLUMNS).to_pylist() if row["status"] == Status.KEPT.value]
+    rows = [row for row in table.select(_COLUMNS).to_pylist() if row["status"] == Status.KEPT.value]
+    unprinted = [row["key"] for row in rows if row["audio_fingerprint"] is None or row["video_phash"] is None]
+    if unprinted:
+        raise ValueError(f"{len(unprinted)} kept clips have no fingerprints (video_phash, audio_fingerprint), e.g. {unprinted[0]}")
+    clips = [_clip(row) for row in rows]
     matches = _audio_matches(clips, thresholds) + _video_matches(clips, thresholds)
     return DedupResult(clips, matches, _groups(clips, matches), thresholds)
 

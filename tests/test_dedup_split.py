@@ -250,5 +250,11 @@ def test_bad_input_is_a_clear_error(run, tmp_path, capsys):
     pq.write_table(table.drop_columns(["video_phash", "video_motion", "audio_fingerprint"]), old / "manifest.parquet")
     code, _, err = command(capsys, "dedup", str(old))
     assert code == 2 and f"{old}/manifest.parquet" in err and "video_phash" in err
+    kept_row = pc.equal(table["status"], "kept")
+    nulled = table.set_column(table.schema.get_field_index("audio_fingerprint"), table.schema.field("audio_fingerprint"),
+                              pc.if_else(kept_row, pa.scalar(None, pa.binary()), table["audio_fingerprint"]))
+    pq.write_table(nulled, old / "manifest.parquet")
+    code, _, err = command(capsys, "dedup", str(old))
+    assert code == 2 and "kept clips have no fingerprints" in err
     code, _, err = command(capsys, "dedup", str(run.out), "--max-audio-ber", "0.7")
     assert code == 2 and "bit error rate threshold" in err
