@@ -153,9 +153,11 @@ class NormalizedChunk:
             if chunk.start_frame > 0:
                 container.seek(int(chunk_start_s / video.time_base), stream=video, backward=True)
             graph = None
-            reformatter = av.video.reformatter.VideoReformatter()  # one per stream: a new one per frame leaks (facts.md)
+            # One reformatter per stream (a new one per frame leaks, facts.md) and per target: a
+            # reformatter caches one scaling context, which alternating targets would rebuild every frame.
+            to_small, to_analysis = av.video.reformatter.VideoReformatter(), av.video.reformatter.VideoReformatter()
 
-            def as_array(picture: av.VideoFrame, size: tuple[int, int] | None, pixel_format: str) -> np.ndarray | None:
+            def as_array(reformatter, picture: av.VideoFrame, size: tuple[int, int] | None, pixel_format: str) -> np.ndarray | None:
                 if size is None:
                     return None
                 return reformatter.reformat(picture, width=size[0], height=size[1], format=pixel_format).to_ndarray()
@@ -174,7 +176,8 @@ class NormalizedChunk:
                     picture.pts = index
                     picture.time_base = _FRAME_TIME_BASE
                     self.frames_out += 1
-                    yield NormalizedFrame(index, picture, as_array(picture, small_size, "bgr24"), as_array(picture, self.analysis_size, "rgb24"))
+                    yield NormalizedFrame(index, picture, as_array(to_small, picture, small_size, "bgr24"),
+                                          as_array(to_analysis, picture, self.analysis_size, "rgb24"))
 
             for packet in container.demux(video, audio):
                 if packet.stream is audio:
