@@ -49,8 +49,10 @@ face stage stores them for every frame) and its centre their mean.
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -152,9 +154,14 @@ def speaking(clip: CaptionInput) -> str | None:
 
 @functools.cache
 def _language_names() -> dict[str, str]:
-    from whisper.tokenizer import LANGUAGES  # the codes Whisper reports, with their English names
-
-    return LANGUAGES
+    """The codes Whisper reports, with their English names: openai-whisper's table, read from its
+    tokenizer module alone, because importing the package loads torch (2.4 s and 240 MB a worker)."""
+    package = importlib.util.find_spec("whisper")
+    path = Path(package.submodule_search_locations[0]) / "tokenizer.py"
+    spec = importlib.util.spec_from_file_location("talkcurate_whisper_tokenizer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.LANGUAGES
 
 
 def language_name(code: str) -> str:
