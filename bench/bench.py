@@ -8,12 +8,15 @@ clips (hard cuts, 25 fps, 640x360; bench/long_inputs.py). For each case, in one 
 
 * the pipeline end to end on a fresh local Ray instance, in a fresh driver process: per-stage wall
   and CPU seconds (summed over parallel workers), frames per second, share of the end-to-end
-  time; peak RSS of the driver and of every Ray worker process (bench/memory_sampler.py);
+  time; peak RSS of the driver and of every Ray worker process, CPU seconds by kind of process
+  (bench/process_sampler.py);
 * the compute floor (bench/compute_floor.py): one threaded decode of each input and the model
   calls the run's configuration needs on the clips the run produced, each timed alone in a fresh
   process with a Ray worker's thread settings; floor wall = max(decode wall, CPU s / cores);
 * the staged baseline on the same inputs (bench/baseline.py), wall time;
-* ratios end-to-end / floor and baseline / end-to-end, per case and over all cases together.
+* ratios end-to-end / floor and baseline / end-to-end, per case and for case `all`: with two or more
+  cases, one more run of the pipeline and of the baseline over all their inputs together (Ray
+  starts once, as for a user's run), whose floor is the cases' floors combined.
 
 --memory-check builds 1-minute and 10-minute 1080p inputs (--memory-minutes to change) and runs
 the pipeline on each, reporting each worker's peak memory (it should not grow with the input).
@@ -40,9 +43,9 @@ RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))  # the pipeline packages, also in the spawned processes
 
 from baseline import run_staged_baseline  # noqa: E402
-from compute_floor import measure_floor  # noqa: E402
+from compute_floor import combine_floors, measure_floor  # noqa: E402
 from long_inputs import build_long_input  # noqa: E402
-from memory_sampler import MemorySampler  # noqa: E402
+from process_sampler import ProcessSampler  # noqa: E402
 from schemas.records import FPS  # noqa: E402
 
 RAY_WORKER_ENV = {"OMP_NUM_THREADS": "1"}  # what Ray gives a 1-CPU task: the floor's model calls run the same way
@@ -86,7 +89,7 @@ def run_pipeline(input_dir: str, out: str, overrides: list[str]) -> dict:
     from pipeline.run import run
 
     config = RunConfig.load(None, overrides)
-    with MemorySampler() as memory:
+    with ProcessSampler() as processes:
         started = time.perf_counter()
         result = run([input_dir], out, config)
         wall = time.perf_counter() - started
@@ -97,13 +100,14 @@ def run_pipeline(input_dir: str, out: str, overrides: list[str]) -> dict:
     summary = result.summary
     return {
         "wall_s": wall,
+        "cores": config.execution.num_cpus or os.cpu_count(),
         "stages": stages,
         "source_s": sum(durations.values()),
         "sources": summary["sources"],
         "kept": summary["kept"],
         "rejected": summary["rejected"],
         "rejected_by_reason": summary["rejected_by_reason"],
-        "memory": memory.result(),
+        "processes": processes.result(),
     }
 
 
@@ -139,6 +143,21 @@ def bench_case(case: Case, work: Path, overrides: list[str], baseline: bool, flo
         case.baseline = run_staged_baseline(case.input_dir, work / f"baseline-{case.name}", cores)
 
 
+def together_case(cases: list[Case], work: Path) -> Case:
+    """Every case's inputs in one folder (links), for one run over all of them: what a user would
+    run, and Ray starts once. Its floor is the cases' floors combined (the same clips)."""
+    folder = work / "input-all"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for case in cases:
+        for path in case.files:
+            (folder / f"{case.name}-{Path(path).name}").symlink_to(Path(path).resolve())
+    together = Case("all", str(folder))
+    if all(c.floor for c in cases):
+        together.floor = combine_floors([c.floor for c in cases])
+    return together
+
+
 def built_case(name: str, work: Path, minutes: float, size: tuple[int, int]) -> Case:
     folder = work / f"input-{name}"
     shutil.rmtree(folder, ignore_errors=True)
@@ -155,16 +174,12 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-def totals(cases: list[Case]) -> dict:
-    """End-to-end, floor and baseline walls and their ratios, per case and over all cases."""
-    def one(walls: list[tuple[float | None, float | None, float | None]]) -> dict:
-        e2e, floor, base = (sum(w[i] for w in walls) if all(w[i] for w in walls) else None for i in range(3))
-        return {"e2e_wall_s": e2e, "floor_wall_s": floor, "baseline_wall_s": base,
-                "e2e_over_floor": _ratio(e2e, floor), "baseline_over_e2e": _ratio(base, e2e)}
-
-    walls = {c.name: (c.pipeline["wall_s"], c.floor.get("wall_s"), c.baseline.get("wall_s") if "error" not in c.baseline else None)
-             for c in cases}
-    return {**{name: one([w]) for name, w in walls.items()}, "all": one(list(walls.values()))}
+def ratios(case: Case) -> dict:
+    """End-to-end, floor and baseline walls of a case, and their ratios."""
+    e2e, floor = case.pipeline["wall_s"], case.floor.get("wall_s")
+    base = case.baseline.get("wall_s") if "error" not in case.baseline else None
+    return {"e2e_wall_s": e2e, "floor_wall_s": floor, "baseline_wall_s": base,
+            "e2e_over_floor": _ratio(e2e, floor), "baseline_over_e2e": _ratio(base, e2e)}
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -186,12 +201,15 @@ def render_stages(cases: list[Case]) -> list[str]:
             floor = [parts[p]["cpu_s"] for p in STAGE_FLOOR.get(name, []) if p in parts]
             lines.append(f"{case.name:<8} {name:<11} {s['items']:>6} {s['wall_s']:>8.2f} {s['cpu_s']:>8.2f} {_num(fps, 0):>9} "
                          f"{s['wall_s'] / e2e:>7.1%} {_num(sum(floor) if floor else None):>12}")
-        busy = sum(s["wall_s"] for s in case.pipeline["stages"].values())
-        cores = case.floor.get("cores") or os.cpu_count()
         lines.append(f"{case.name:<8} {'(end to end)':<11} {'':>6} {e2e:>8.2f} {'':>8} {_num(case.pipeline['source_s'] * FPS / e2e, 0):>9} "
                      f"{'':>7} {'':>12}")
-        lines.append(f"{case.name:<8} {'(no stage)':<11} {'':>6} {cores * e2e - busy:>8.2f}   core-seconds of the run in no stage "
-                     f"(Ray start and stop, scheduling, the driver's writing, idle cores)")
+        cores, cpu = case.pipeline["cores"], case.pipeline["processes"]["cpu_s"]
+        in_stages = sum(s["cpu_s"] for s in case.pipeline["stages"].values())
+        lines.append(f"{case.name:<8} core-seconds of the run: {cores} x {e2e:.1f} = {cores * e2e:.1f}; CPU in stages {in_stages:.1f}, "
+                     f"in workers outside stages {cpu['workers'] - in_stages:.1f}, driver {cpu['driver']:.1f}, "
+                     f"Ray services {cpu['ray services']:.1f}; idle {cores * e2e - sum(cpu.values()):.1f}")
+    lines.append("(workers outside stages: start-up, imports, model loading, Ray Data's task code; idle: cores waiting,\n"
+                 " or taken by other work on the machine)")
     return lines
 
 
@@ -216,36 +234,28 @@ def render_floor(cases: list[Case]) -> list[str]:
     return lines
 
 
-def render_summary(cases: list[Case], ratios: dict) -> list[str]:
-    columns = [*(c.name for c in cases), *(["all"] if len(cases) > 1 else [])]
-    by_name = {c.name: c for c in cases}
-
+def render_summary(cases: list[Case]) -> list[str]:
     def mem(key):
-        return lambda name: f"{by_name[name].pipeline['memory'][key]:.0f}" if name in by_name else ""
-
-    def workers(name):
-        if name not in by_name:
-            return ""
-        return " ".join(f"{w['peak_mb']:.0f}" for w in by_name[name].pipeline["memory"]["workers"][:4])
+        return lambda c: f"{c.pipeline['processes'][key]:.0f}"
 
     rows = [
-        ("input files", lambda n: str(len(by_name[n].files)) if n in by_name else ""),
-        ("source video s", lambda n: f"{by_name[n].pipeline['source_s']:.1f}" if n in by_name else ""),
-        ("load average before (%d CPUs)" % os.cpu_count(), lambda n: f"{by_name[n].load_before:.2f}" if n in by_name else ""),
-        ("end-to-end wall s", lambda n: _num(ratios[n]["e2e_wall_s"])),
-        ("compute floor wall s", lambda n: _num(ratios[n]["floor_wall_s"])),
-        ("staged baseline wall s", lambda n: _num(ratios[n]["baseline_wall_s"])),
-        ("end-to-end / floor", lambda n: _num(ratios[n]["e2e_over_floor"])),
-        ("staged baseline / end-to-end", lambda n: _num(ratios[n]["baseline_over_e2e"])),
+        ("input files", lambda c: str(len(c.files))),
+        ("source video s", lambda c: f"{c.pipeline['source_s']:.1f}"),
+        ("load average before (%d CPUs)" % os.cpu_count(), lambda c: f"{c.load_before:.2f}"),
+        ("end-to-end wall s", lambda c: _num(ratios(c)["e2e_wall_s"])),
+        ("compute floor wall s", lambda c: _num(ratios(c)["floor_wall_s"])),
+        ("staged baseline wall s", lambda c: _num(ratios(c)["baseline_wall_s"])),
+        ("end-to-end / floor", lambda c: _num(ratios(c)["e2e_over_floor"])),
+        ("staged baseline / end-to-end", lambda c: _num(ratios(c)["baseline_over_e2e"])),
         ("peak RSS driver MB", mem("driver_mb")),
-        ("peak RSS per Ray worker MB (top 4)", workers),
+        ("peak RSS per Ray worker MB (top 4)", lambda c: " ".join(f"{w['peak_mb']:.0f}" for w in c.pipeline["processes"]["workers"][:4])),
         ("peak RSS sum, Ray session MB", mem("session_mb")),
-        ("kept / rejected clips", lambda n: f"{by_name[n].pipeline['kept']} / {by_name[n].pipeline['rejected']}" if n in by_name else ""),
-        ("staged baseline kept clips", lambda n: str(by_name[n].baseline.get("clips_kept", "-")) if n in by_name else ""),
+        ("kept / rejected clips", lambda c: f"{c.pipeline['kept']} / {c.pipeline['rejected']}"),
+        ("staged baseline kept clips", lambda c: str(c.baseline.get("clips_kept", "-"))),
     ]
-    lines = [f"{'end to end':<36}" + "".join(f"{c:>24}" for c in columns)]
+    lines = [f"{'end to end':<36}" + "".join(f"{c.name:>24}" for c in cases)]
     for label, value in rows:
-        lines.append(f"{label:<36}" + "".join(f"{value(c):>24}" for c in columns))
+        lines.append(f"{label:<36}" + "".join(f"{value(c):>24}" for c in cases))
     for case in cases:
         if "error" in case.baseline:
             lines.append(f"[{case.name}] staged baseline failed: {case.baseline['error']}")
@@ -259,12 +269,12 @@ def render_memory(cases: list[Case]) -> list[str]:
     lines = ["Memory check (peak RSS per Ray worker process, MB)",
              f"{'input':<10} {'source s':>9} {'wall s':>8} {'driver':>7} {'largest worker':>15}  all workers"]
     for case in cases:
-        m = case.pipeline["memory"]
+        m = case.pipeline["processes"]
         lines.append(f"{case.name:<10} {case.pipeline['source_s']:>9.1f} {case.pipeline['wall_s']:>8.1f} {m['driver_mb']:>7.0f} "
                      f"{m['worker_mb']:>15.0f}  " + " ".join(f"{w['peak_mb']:.0f}" for w in m["workers"]))
     if len(cases) > 1:
         lines.append(f"largest worker, {cases[-1].name} / {cases[0].name}: "
-                     f"{cases[-1].pipeline['memory']['worker_mb'] / cases[0].pipeline['memory']['worker_mb']:.2f}x")
+                     f"{cases[-1].pipeline['processes']['worker_mb'] / cases[0].pipeline['processes']['worker_mb']:.2f}x")
     return lines
 
 
@@ -307,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
             cases.append(built_case("long", work, args.long_minutes, (640, 360)))
         for case in cases:
             bench_case(case, work, overrides, baseline=not args.no_baseline, floor=not args.no_floor, cores=cores)
+        if len(cases) > 1:
+            cases.append(together_case(cases, work))
+            bench_case(cases[-1], work, overrides, baseline=not args.no_baseline, floor=False, cores=cores)
         if args.memory_check:
             for minutes in memory_minutes:
                 case = built_case(f"{minutes:g}min", work, minutes, (1920, 1080))
@@ -316,17 +329,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
 
-    ratios = totals(cases) if cases else {}
     lines = []
     if cases:
-        lines += ["", *render_stages(cases), "", *render_floor(cases), "", *render_summary(cases, ratios)]
+        lines += ["", *render_stages(cases), "", *render_floor(cases), "", *render_summary(cases)]
     if memory_cases:
         lines += ["", *render_memory(memory_cases)]
     print("\n".join(lines))
     out = args.out or RESULTS / f"{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     results = {"created": stamp, "input_dir": args.input_dir, "overrides": overrides, "cpus": os.cpu_count(), "cores": cores,
-               "cases": [asdict(c) for c in cases], "ratios": ratios, "memory_check": [asdict(c) for c in memory_cases]}
+               "cases": [{**asdict(c), "ratios": ratios(c)} for c in cases], "memory_check": [asdict(c) for c in memory_cases]}
     out.write_text(json.dumps(results, indent=1))
     print(f"\nresults: {out}")
     return 0

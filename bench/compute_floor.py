@@ -34,6 +34,7 @@ from stages.face import FaceStage
 from stages.face_models import FaceMesh, MediapipeDetector, RetinaFaceDetector, quiet_stderr
 from stages.face_track import merge_backends
 from stages.media_io import open_container
+from stages.normalize import SAMPLES_PER_FRAME
 from stages.probe import _video_stream
 from stages.transcribe import TranscribeStage
 from stages.whisper_models import voiced_spans
@@ -92,6 +93,7 @@ class ClipPlan:
     num_frames: int
     faces: bool  # reached the face stage
     speech: bool  # reached transcription
+    audio_shift: int  # samples the sync stage moved the clip's audio by, so Whisper hears what the stage's did
     encode: bool  # kept
     frames: list = field(default_factory=list)  # analysis frames, while they stream by
     pictures: list = field(default_factory=list)  # encoder input (kept clips only)
@@ -110,7 +112,8 @@ def plan_clips(manifest: Path) -> dict[str, list[ClipPlan]]:
     """Per source, the clips of a run's manifest that reached the face stage, with what each needs."""
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(manifest, columns=["source", "start_s", "num_frames", "status", "rejected_by"]).to_pylist()
+    columns = ["source", "start_s", "num_frames", "status", "rejected_by", "sync_offset_ms"]
+    rows = pq.read_table(manifest, columns=columns).to_pylist()
     plans: dict[str, list[ClipPlan]] = defaultdict(list)
     for row in rows:
         kept = row["status"] == Status.KEPT.value
@@ -120,6 +123,7 @@ def plan_clips(manifest: Path) -> dict[str, list[ClipPlan]]:
         plans[row["source"]].append(ClipPlan(
             start_frame=round(row["start_s"] * FPS), num_frames=row["num_frames"], faces=True,
             speech=reached >= _stage_order(TranscribeStage.name), encode=kept,
+            audio_shift=round((row["sync_offset_ms"] or 0.0) * SAMPLE_RATE / 1000),  # as the sync stage rounds it
         ))
     for clips in plans.values():
         clips.sort(key=lambda c: c.start_frame)
@@ -166,9 +170,13 @@ class ModelFloor:
                 if clip.encode:
                     self._encode(clip, normalized)
                 clip.frames, clip.pictures = [], []
+        margin = self.config.stages["scene_cut"].audio_context_frames
         for clip in clips:
             if clip.speech:
-                self._speech(normalized.audio(clip.start_frame, clip.end_frame)[0])
+                # The corrected audio, as CandidateClip.audio reads it from the context around the clip.
+                context, _ = normalized.audio(clip.start_frame - margin, clip.end_frame + margin)
+                start = margin * SAMPLES_PER_FRAME + clip.audio_shift
+                self._speech(context[start : start + clip.num_frames * SAMPLES_PER_FRAME])
 
     def _faces(self, clip: ClipPlan) -> None:
         frames = clip.frames
@@ -224,6 +232,28 @@ def _largest_face_boxes(detections) -> list[np.ndarray | None]:
         last = box if box is not None else last
         filled.append(last)
     return filled
+
+
+def combine_floors(floors: list[dict]) -> dict:
+    """The floor of several cases' inputs run together: their parts added up, the wall taken
+    again from the totals (one decode of every input, or all the CPU work spread on the cores)."""
+    cores = floors[0]["cores"]
+    decode = {key: sum(f["decode"][key] for f in floors) for key in ("wall_s", "cpu_s", "video_frames")}
+    models: dict[str, dict] = {}
+    for floor in floors:
+        for name, part in floor["models"].items():
+            total = models.setdefault(name, {**part, "calls": 0, "items": 0, "wall_s": 0.0, "cpu_s": 0.0})
+            for key in ("calls", "items", "wall_s", "cpu_s"):
+                total[key] += part[key]
+    cpu = decode["cpu_s"] + sum(p["cpu_s"] for p in models.values())
+    return {
+        "decode": decode,
+        "models": models,
+        "clips": {key: sum(f["clips"][key] for f in floors) for key in floors[0]["clips"]},
+        "cores": cores,
+        "cpu_s": cpu,
+        "wall_s": max(decode["wall_s"], cpu / cores),
+    }
 
 
 def measure_floor(files: list[str], run_dir: str, overrides: list[str]) -> dict:

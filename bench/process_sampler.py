@@ -1,5 +1,6 @@
-"""Peak memory of a run: RSS of the driver, of every Ray worker process (max per process), and of
-the whole Ray session, sampled from a background thread."""
+"""What a run's processes use: peak RSS of the driver, of every Ray worker process (max per
+process) and of the whole Ray session, and CPU seconds by kind of process (driver, Ray workers,
+Ray's own services), sampled from a background thread."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ def is_ray_worker(cmdline: list[str]) -> bool:
     return ("ray::" in line or "default_worker.py" in line) and not line.startswith(RAY_AGENTS)
 
 
-class MemorySampler:
-    """Samples RSS of this process and its descendants (raylet, GCS, workers) every `interval` s."""
+class ProcessSampler:
+    """Samples this process and its descendants (raylet, GCS, workers) every `interval` s."""
 
     def __init__(self, interval: float = 0.2):
         import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
@@ -28,6 +29,7 @@ class MemorySampler:
         self.session_mb = 0.0
         self.processes = 0
         self.workers: dict[int, dict] = {}  # pid -> peak RSS and the process title at the peak
+        self._cpu: dict[int, tuple[str, float]] = {}  # pid -> (kind, CPU seconds at its last sample)
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -38,13 +40,16 @@ class MemorySampler:
         for proc in procs:
             try:
                 rss = proc.memory_info().rss / MB
+                times = proc.cpu_times()
                 cmdline = [] if proc is self.root else proc.cmdline()
             except (self._psutil.NoSuchProcess, self._psutil.AccessDenied, self._psutil.ZombieProcess):
                 continue
             total += rss
-            if proc is self.root:
+            kind = "driver" if proc is self.root else "workers" if is_ray_worker(cmdline) else "ray services"
+            self._cpu[proc.pid] = (kind, times.user + times.system)
+            if kind == "driver":
                 self.driver_mb = max(self.driver_mb, rss)
-            elif is_ray_worker(cmdline):
+            elif kind == "workers":
                 peak = self.workers.setdefault(proc.pid, {"pid": proc.pid, "peak_mb": 0.0, "title": ""})
                 if rss > peak["peak_mb"]:
                     peak.update(peak_mb=rss, title=" ".join(cmdline).strip()[:120])
@@ -58,6 +63,7 @@ class MemorySampler:
 
     def __enter__(self):
         self._sample()
+        self._start_cpu = {pid: cpu for pid, (_, cpu) in self._cpu.items()}
         self._thread.start()
         return self
 
@@ -68,12 +74,16 @@ class MemorySampler:
 
     def result(self) -> dict:
         workers = sorted(self.workers.values(), key=lambda w: -w["peak_mb"])
+        cpu: dict[str, float] = {"driver": 0.0, "workers": 0.0, "ray services": 0.0}
+        for pid, (kind, seconds) in self._cpu.items():  # a process's CPU up to its last sample
+            cpu[kind] += seconds - self._start_cpu.get(pid, 0.0)
         return {
             "driver_mb": self.driver_mb,
             "worker_mb": workers[0]["peak_mb"] if workers else 0.0,
             "workers": workers,
             "session_mb": self.session_mb,
             "processes": self.processes,
+            "cpu_s": cpu,
             "samples": self.samples,
             "interval_s": self.interval,
         }
