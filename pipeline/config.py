@@ -29,7 +29,7 @@ class ExecutionConfig:
     object_store_mb: int = option(0, "Object store of the local Ray instance, in MB (0: Ray's default).")
     max_workers: int = option(0, "Upper bound on the workers of each CPU stage group (0: as many as the cluster's CPUs allow when the run starts).")
     gpu_workers: int = option(0, "Actors of a stage group that asks for GPUs (0: one per GPU of the cluster when the run starts).")
-    model_batch_size: int = option(8, "Clips handed at once to a batched group's model stages (transcription, captioning): what one GPU worker runs together.")
+    model_batch_size: int = option(8, "Clips handed at once to a batched group's model stages (transcription, captioning) on a GPU worker, which runs them together (on CPUs: one at a time).")
     task_retries: int = option(3, "Times a task runs again after its worker process or node died (a stage's own exception is an `error` row, not a retry); GPU actors are replaced without limit.")
     block_mb: int = option(64, "Ray Data's target block size in MB: smaller blocks stream sooner and bound memory.")
     progress: bool = option(True, "Show Ray Data's progress bars.")

@@ -30,7 +30,7 @@ from stages.transcribe import TranscribeStage
 class Group:
     name: str
     stages: tuple[type[Stage], ...]
-    batched: bool = False  # stages get `execution.model_batch_size` clips at once (model stages; no fan-out)
+    batched: bool = False  # on GPU workers, stages get `execution.model_batch_size` clips at once (model stages; no fan-out)
 
 
 PIPELINE: tuple[Group, ...] = (

@@ -3,7 +3,7 @@
 Each group of fused stages becomes one `map_batches` operator, placed by `pipeline.placement`: a
 task pool by default (tasks release their CPUs between items, so groups share a small machine well,
 and each worker process keeps its loaded models between tasks), or an actor pool, one actor per
-GPU, when a stage's configuration asks for GPUs. Batched groups (the model stages) get
+GPU, when a stage's configuration asks for GPUs. Batched groups (the model stages) on GPUs get
 `execution.model_batch_size` clips per call, which their stages process together. A task whose
 worker process or node dies is run again (`execution.task_retries`), and the driver still sees
 each of its results once (tests/test_faults.py kills a worker mid-task and gets a clean run's samples).

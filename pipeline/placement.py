@@ -9,7 +9,11 @@ cluster's resource totals, so any cluster shape can be checked without one. The 
   `execution.max_workers`.
 - A group with a stage configured for a GPU (`transcribe.device = "cuda"`, ...) runs as an actor
   pool, one actor per GPU it asks for, at most `execution.gpu_workers` actors (0: one per GPU of the
-  cluster), so models load once per GPU and stay loaded.
+  cluster), so models load once per GPU and stay loaded; a batched group's actors get
+  `execution.model_batch_size` clips per call.
+- On CPUs every group takes one item per call. Ray Data fuses consecutive task pools into one task
+  and makes the fused task wait for the largest batch size among them, so a batched text group
+  fused with the clips group would have each task decode and cut 8 sources one after another.
 """
 
 from __future__ import annotations
@@ -50,14 +54,14 @@ def place(group: Group, stages: Sequence[Stage], execution: ExecutionConfig, clu
     needs = [stage.worker_resources() for stage in stages]
     cpus = max(need.cpus for need in needs)
     gpus = max(need.gpus for need in needs)
-    batch_size = execution.model_batch_size if group.batched else 1
     if gpus:
         gpus_total = cluster.get("GPU", 0)
         if gpus_total < gpus:
             raise PlacementError(f"the {group.name} stages ask for {gpus:g} GPU per worker; the cluster has {gpus_total:g}")
         workers = execution.gpu_workers or int(gpus_total / gpus)
+        batch_size = execution.model_batch_size if group.batched else 1
         return Placement(group.name, cpus, gpus, workers, batch_size, actors=True)
     workers = max(1, int(max(1, cluster.get("CPU", 1)) / max(cpus, MIN_CPUS_PER_WORKER)))
     if execution.max_workers:
         workers = min(workers, execution.max_workers)
-    return Placement(group.name, cpus, 0.0, workers, batch_size, actors=False)
+    return Placement(group.name, cpus, 0.0, workers, 1, actors=False)

@@ -29,7 +29,7 @@ TALKCURATE = str(Path(sys.executable).with_name("talkcurate"))
 TAG = "TALKCURATE_TEST_RUN"
 
 
-def _tagged(tag: str) -> list[int]:
+def tagged_processes(tag: str) -> list[int]:
     """Live processes whose environment carries `tag` (zombies show an empty environment)."""
     needle = f"{TAG}={tag}".encode()
     pids = []
@@ -54,7 +54,7 @@ def tagged_env(tag: str) -> dict[str, str]:
 def kill_tagged(tag: str, timeout: float = 30) -> None:
     """SIGKILL every process started with `tagged_env(tag)`, until none is left."""
     deadline = time.monotonic() + timeout
-    while pids := _tagged(tag):
+    while pids := tagged_processes(tag):
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -63,6 +63,27 @@ def kill_tagged(tag: str, timeout: float = 30) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"processes {pids} of a test survived SIGKILL")
         time.sleep(0.1)
+
+
+def process_title(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def busy_worker(pids: list[int], operator: str, since: dict[int, float], busy_s: float = 1.0) -> int | None:
+    """A Ray worker among `pids` that has been running a task of `operator` (e.g. "MapBatches(clips)")
+    for `busy_s`, so well inside it: Ray titles a worker `ray::<operator>` while it runs a task of
+    it. `since` keeps when each worker was first seen busy, between calls."""
+    now = time.monotonic()
+    working = {pid for pid in pids if process_title(pid).startswith("ray::") and operator in process_title(pid)}
+    for pid in set(since) - working:
+        del since[pid]
+    for pid in working:
+        since.setdefault(pid, now)
+    return next((pid for pid, start in since.items() if now - start >= busy_s), None)
 
 
 class Talkcurate:
@@ -144,7 +165,7 @@ class Talkcurate:
 
     def processes(self) -> list[int]:
         """Every live process this run started: the driver, its children, Ray's workers."""
-        return _tagged(self.tag)
+        return tagged_processes(self.tag)
 
     def _kill_group(self) -> None:
         try:
@@ -208,3 +229,11 @@ def comparable(samples: dict[str, dict[str, bytes]]) -> dict[str, dict[str, obje
             frames = [(f.width, f.height) for f in container.decode(video=0)]
         result[key] = {**members, "mp4": (len(frames), set(frames))}
     return result
+
+
+def reference_for(reference: dict[str, bytes], sources: list[str]) -> tuple[list[tuple], dict[str, dict[str, object]]]:
+    """What a run over `sources` must give, taken from a reference run over them and more (same
+    settings): its `compared` manifest rows and its `comparable` samples."""
+    rows = [row for row in manifest_of(reference) if row["source"] in sources]
+    keys = {row["key"] for row in rows}
+    return compared(rows), {key: members for key, members in comparable(shard_samples(reference)).items() if key in keys}
