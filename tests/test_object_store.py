@@ -69,6 +69,7 @@ class S3:
 def s3(tmp_path_factory) -> Iterator[S3]:
     access = logging.getLogger("werkzeug")
     counter = _RequestCounter()
+    level, propagate = access.level, access.propagate
     access.addHandler(counter)
     access.setLevel(logging.INFO)
     access.propagate = False  # one line per request: not for the test's output
@@ -96,6 +97,8 @@ def s3(tmp_path_factory) -> Iterator[S3]:
     finally:
         server.stop()
         access.removeHandler(counter)
+        access.setLevel(level)
+        access.propagate = propagate
 
 
 def assert_no_secret(s3: S3, texts: dict[str, bytes]) -> None:
