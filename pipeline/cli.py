@@ -17,20 +17,13 @@ def _setup_logging(verbosity: int) -> None:
 
 
 def _cmd_run(args) -> int:
-    from pipeline.output import ConfigMismatch
-    from pipeline.inputs import InputError
     from pipeline.inspect import render
-    from pipeline.placement import PlacementError
     from pipeline.run import run
 
-    try:
-        config = RunConfig.load(args.config, args.set or [])
-        if args.no_progress:
-            config.execution.progress = False
-        result = run(args.inputs, args.out, config, address=args.address)
-    except (InputError, ConfigMismatch, PlacementError, ValueError, KeyError, OSError) as exc:  # OSError: storage (a missing bucket, a full disk)
-        print(f"talkcurate run: {exc}", file=sys.stderr)
-        return 2
+    config = RunConfig.load(args.config, args.set or [])
+    if args.no_progress:
+        config.execution.progress = False
+    result = run(args.inputs, args.out, config, address=args.address)
     print(render(result.summary))
     print(f"\n{result.sources_processed} sources processed in {result.wall_s:.1f} s; "
           f"manifest, index and report.html in {args.out}")
@@ -42,12 +35,8 @@ def _cmd_inspect(args) -> int:
     from stages.storage import OutputDir
 
     columns = _names(args.columns) if args.columns is not None else [] if args.rows else None
-    try:
-        table, index = load(OutputDir(args.dir))
-        report = inspection(table, index, args.where, _names(args.by), args.hist or [], args.bins, columns)
-    except (FileNotFoundError, ValueError) as exc:  # a bad predicate is a ValueError too
-        print(f"talkcurate inspect: {exc}", file=sys.stderr)
-        return 2
+    table, index = load(OutputDir(args.dir))
+    report = inspection(table, index, args.where, _names(args.by), args.hist or [], args.bins, columns)
     print(json.dumps(report, indent=1) if args.json else render_inspection(report))
     return 0
 
@@ -62,21 +51,16 @@ def _cmd_subset(args) -> int:
     from stages.shard_writer import ShardWriterStage
     from stages.storage import OutputDir
 
-    try:
-        source = OutputDir(args.dir)
-        if args.list:
-            selected = write_sample_list(source, args.where, args.list)
-            print(f"{args.list}: {selected} samples of {args.dir}")
-        else:
-            sizes = {"target_shard_mb": args.target_shard_mb, "max_samples_per_shard": args.max_samples_per_shard}
-            shards = ShardWriterStage(**{name: value for name, value in sizes.items() if value is not None})
-            shards.validate()
-            result = copy_subset(source, args.where, OutputDir(args.out), shards)
-            print(f"{args.out}: {result.samples} samples in {result.shards} shards ({result.bytes / 1e6:.1f} MB), "
-                  f"{result.rows} manifest rows")
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"talkcurate subset: {exc}", file=sys.stderr)
-        return 2
+    source = OutputDir(args.dir)
+    if args.list:
+        selected = write_sample_list(source, args.where, args.list)
+        print(f"{args.list}: {selected} samples of {args.dir}")
+        return 0
+    sizes = {"target_shard_mb": args.target_shard_mb, "max_samples_per_shard": args.max_samples_per_shard}
+    shards = ShardWriterStage(**{name: value for name, value in sizes.items() if value is not None})
+    shards.validate()
+    result = copy_subset(source, args.where, OutputDir(args.out, create=True), shards)
+    print(f"{args.out}: {result.samples} samples in {result.shards} shards ({result.bytes / 1e6:.1f} MB), {result.rows} manifest rows")
     return 0
 
 
@@ -85,11 +69,7 @@ def _cmd_verify(args) -> int:
     from schemas.sample_list import is_sample_list
     from stages.storage import OutputDir
 
-    try:
-        checked, problems = verify_sample_list(args.dir) if is_sample_list(args.dir) else verify(OutputDir(args.dir))
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"talkcurate verify: {exc}", file=sys.stderr)
-        return 2
+    checked, problems = verify_sample_list(args.dir) if is_sample_list(args.dir) else verify(OutputDir(args.dir))
     for problem in problems:
         print(problem)
     print(f"{checked} shards checked, {len(problems)} problems")
@@ -99,7 +79,7 @@ def _cmd_verify(args) -> int:
 def _cmd_browse(args) -> int:
     import tempfile
 
-    from pipeline.browse import BrowseError, build_site, serve
+    from pipeline.browse import build_site, serve
 
     try:
         if args.out:
@@ -114,9 +94,6 @@ def _cmd_browse(args) -> int:
                 server.serve_forever()
     except KeyboardInterrupt:  # how serving ends; the temporary page is gone by now
         return 0
-    except (BrowseError, OSError) as exc:  # OSError: no manifest, or a page folder we cannot write
-        print(f"talkcurate browse: {exc}", file=sys.stderr)
-        return 2
 
 
 def _cmd_dedup(args) -> int:
@@ -124,12 +101,7 @@ def _cmd_dedup(args) -> int:
     from stages.storage import OutputDir
 
     thresholds = DedupThresholds(args.max_audio_ber, args.max_phash_bits, args.min_motion_corr)
-    try:
-        result = dedup(OutputDir(args.dir), thresholds)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"talkcurate dedup: {exc}", file=sys.stderr)
-        return 2
-    print(render(result))
+    print(render(dedup(OutputDir(args.dir), thresholds)))
     return 0
 
 
@@ -137,12 +109,7 @@ def _cmd_split(args) -> int:
     from pipeline.split import render, split
     from stages.storage import OutputDir
 
-    try:
-        result = split(OutputDir(args.dir), args.val, args.identity_threshold)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"talkcurate split: {exc}", file=sys.stderr)
-        return 2
-    print(render(result))
+    print(render(split(OutputDir(args.dir), args.val, args.identity_threshold)))
     return 0
 
 
@@ -158,14 +125,10 @@ def _cmd_sample(args) -> int:
     from train.sampling import SamplerConfig
 
     warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
-    try:
-        trained = load_trained(args.checkpoint, args.step, args.device)
-        sampler = SamplerConfig(steps=args.steps, order=args.order, text_scale=args.text_scale, audio_scale=args.audio_scale)
-        frames = generate(trained, args.image, args.audio, args.out, args.text, sampler, WindowConfig(args.window, args.overlap),
-                          args.seed, progress=not args.no_progress, reference_video=args.video)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"talkcurate sample: {exc}", file=sys.stderr)
-        return 2
+    trained = load_trained(args.checkpoint, args.step, args.device)
+    sampler = SamplerConfig(steps=args.steps, order=args.order, text_scale=args.text_scale, audio_scale=args.audio_scale)
+    frames = generate(trained, args.image, args.audio, args.out, args.text, sampler, WindowConfig(args.window, args.overlap),
+                      args.seed, progress=not args.no_progress, reference_video=args.video)
     print(f"{args.out}: {frames} frames ({frames / 25:.2f} s)")
     return 0
 
@@ -261,7 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, OSError) as exc:
+        # What a person can fix (a bad option, predicate or input, a missing folder or bucket, a
+        # full disk) is one line naming the command, not a traceback; the pipeline's own errors
+        # (InputError, ConfigMismatch, PlacementError, BrowseError) are ValueErrors.
+        print(f"talkcurate {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ MANIFEST = "manifest.parquet"
 INDEX = "index.json"
 
 
-class ConfigMismatch(RuntimeError):
+class ConfigMismatch(ValueError):
     pass
 
 

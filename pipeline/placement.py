@@ -46,7 +46,7 @@ class Placement:
         return {"max_retries": task_retries}
 
 
-class PlacementError(RuntimeError):
+class PlacementError(ValueError):
     pass
 
 

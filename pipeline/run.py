@@ -32,7 +32,7 @@ class RunResult:
 def run(inputs: list[str], out_uri: str, config: RunConfig, address: str | None = None) -> RunResult:
     started = time.perf_counter()
     sources = discover(inputs)
-    out = OutputDir(out_uri)
+    out = OutputDir(out_uri, create=True)
     output = RunOutput(out, config.fingerprint())
     todo = sum(s.source_id not in output.done_sources for s in sources)
     log.info("%d sources, %d to process, output %s", len(sources), todo, out_uri)

@@ -57,7 +57,10 @@ def open_input_file(fs: pafs.FileSystem, path: str) -> BinaryIO:
 
 
 class OutputDir:
-    def __init__(self, uri: str):
+    """A run's folder. Readers (inspect, verify, browse...) leave the filesystem as it is; a writer
+    passes `create=True` to make the folder at once, so a path it cannot write fails first."""
+
+    def __init__(self, uri: str, create: bool = False):
         if "://" in uri:
             self.fs, self.root = filesystem(uri)
         else:
@@ -65,10 +68,11 @@ class OutputDir:
         self.uri = uri
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.object_store = self.fs.type_name in OBJECT_STORES
-        try:
-            self.fs.create_dir(self.root, recursive=True)
-        except OSError as exc:
-            raise OSError(f"{uri}: cannot create the output folder: {exc}") from None
+        if create:
+            try:
+                self.fs.create_dir(self.root, recursive=True)
+            except OSError as exc:
+                raise OSError(f"{uri}: cannot create the output folder: {exc}") from None
 
     def path(self, relative: str) -> str:
         return f"{self.root}/{relative}" if relative else self.root

@@ -315,3 +315,12 @@ def test_stale_and_foreign_lists_are_clear_errors(sample_list, tmp_path, capsys)
         list_samples(str(foreign))
     assert "is not a talkcurate sample list" in cli_error(capsys, "verify", str(foreign))
     assert "ends in .json" in cli_error(capsys, "subset", str(sample_list.parent), "--list", str(tmp_path / "list.txt"))
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["verify"], ["dedup"], ["split"], ["browse", "--out", "PAGE"]])
+def test_reading_commands_leave_a_missing_folder_missing(tmp_path, capsys, command):
+    missing = tmp_path / "no run here"
+    argv = [command[0], str(missing), *(str(tmp_path / a) if a == "PAGE" else a for a in command[1:])]
+    assert main(argv) == 2
+    assert "no manifest.parquet" in capsys.readouterr().err
+    assert not missing.exists()
