@@ -140,20 +140,22 @@ def test_inspect_histograms_match_numpy(demo_shards, capsys):
 
 
 def test_queries_work_on_columns_other_tools_add(demo_shards, tmp_path, capsys):
-    """A split name and a duplicate mark, as `talkcurate split`/`dedup` add them, are columns like any."""
+    """The split name and duplicate mark that `talkcurate split`/`dedup` fill in are columns like any."""
     table = manifest(demo_shards)
+    keys = table["key"].to_pylist()
     split = ["val" if i % 2 else "train" for i in range(table.num_rows)]
-    duplicate = [i == 1 for i in range(table.num_rows)]
-    extended = table.append_column("split", pa.array(split)).append_column("duplicate", pa.array(duplicate))
+    duplicate_of = [keys[0] if i == 1 else None for i in range(table.num_rows)]
+    extended = table.set_column(table.schema.get_field_index("split"), "split", pa.array(split))
+    extended = extended.set_column(extended.schema.get_field_index("duplicate_of"), "duplicate_of", pa.array(duplicate_of, pa.string()))
     pq.write_table(extended, tmp_path / "manifest.parquet")
     shutil.copy(demo_shards / "index.json", tmp_path / "index.json")
 
-    expected = [k for k, s, d in zip(table["key"].to_pylist(), split, duplicate) if s == "val" and not d]
-    report = cli_json(capsys, "inspect", str(tmp_path), "--where", "split = 'val' and not duplicate", "--by", "split", "--rows")
+    expected = [k for k, s, d in zip(keys, split, duplicate_of) if s == "val" and d is None]
+    report = cli_json(capsys, "inspect", str(tmp_path), "--where", "split = 'val' and duplicate_of is null", "--by", "split", "--rows")
     assert [row["key"] for row in report["rows"]] == expected and len(expected) == 2
-    assert set(report["rows"][0]) == {"key", "status", "reason", "shard", "duration_s", "split", "duplicate"}
+    assert set(report["rows"][0]) == {"key", "status", "reason", "shard", "duration_s", "split", "duplicate_of"}
     assert [(g["split"], g["rows"]) for g in report["groups"]["groups"]] == [("val", 2)]
-    assert select(extended, "duplicate = true")["key"].to_pylist() == [table["key"][1].as_py()]
+    assert select(extended, "duplicate_of is not null")["key"].to_pylist() == [keys[1]]
 
 
 # -- bad input ------------------------------------------------------------------------------------
