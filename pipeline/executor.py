@@ -182,6 +182,10 @@ def execute(sources: list[SourceVideo], output: RunOutput, config: RunConfig, ad
         ds = ray.data.from_items([{COLUMN: pickle.dumps(s)} for s in todo], override_num_blocks=len(todo))
         for position, group in enumerate(PIPELINE):
             keep_frames = any(s.uses_frames for later in PIPELINE[position + 1 :] for s in later.stages)
+            if position and not group.batched:
+                # One item per block: Ray Data packs a task's small outputs into one block and hands a
+                # block to one task, so a long input's chunks would be decoded one after another.
+                ds = ds.repartition(target_num_rows_per_block=1)
             ds = _add_group(ds, group, keep_frames, config, collector)
         output.open_writer(config.stages["shards"])
         for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2):
