@@ -32,6 +32,7 @@ import media
 from runs import Talkcurate, talkcurate
 from pipeline.config import RunConfig
 from pipeline.inputs import discover
+from pipeline.placement import PlacementError
 from pipeline.run import RunResult, run
 from schemas.manifest import SAMPLE_MEMBERS
 from schemas.records import FPS, SAMPLE_RATE
@@ -465,7 +466,7 @@ def test_list_file_and_single_file_inputs(local_ray, tmp_path, monkeypatch):
 def test_a_stage_asking_for_a_gpu_the_cluster_lacks_is_a_clear_error(local_ray, tmp_path):
     if ray.cluster_resources().get("GPU"):
         pytest.skip("this machine has a GPU")
-    with pytest.raises(RuntimeError, match="text stages ask for 1 GPU per worker; the cluster has 0"):
+    with pytest.raises(PlacementError, match="text stages ask for 1 GPU per worker; the cluster has 0"):
         run([str(media.GRID[0])], str(tmp_path / "out"), run_config("transcribe.device=cuda"))
 
 
