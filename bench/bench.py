@@ -207,9 +207,10 @@ def render_stages(cases: list[Case]) -> list[str]:
         in_stages = sum(s["cpu_s"] for s in case.pipeline["stages"].values())
         lines.append(f"{case.name:<8} core-seconds of the run: {cores} x {e2e:.1f} = {cores * e2e:.1f}; CPU in stages {in_stages:.1f}, "
                      f"in workers outside stages {cpu['workers'] - in_stages:.1f}, driver {cpu['driver']:.1f}, "
-                     f"Ray services {cpu['ray services']:.1f}; idle {cores * e2e - sum(cpu.values()):.1f}")
-    lines.append("(workers outside stages: start-up, imports, model loading, Ray Data's task code; idle: cores waiting,\n"
-                 " or taken by other work on the machine)")
+                     f"Ray services {cpu['ray services']:.1f}, other processes {cpu['other processes']:.1f}; "
+                     f"idle {cores * e2e - sum(cpu.values()):.1f}")
+    lines.append("(workers outside stages: start-up, imports, model loading, Ray Data's task code; other processes:\n"
+                 " the rest of the machine's CPU use meanwhile, when cores are more than the run's)")
     return lines
 
 
@@ -248,7 +249,8 @@ def render_summary(cases: list[Case]) -> list[str]:
         ("end-to-end / floor", lambda c: _num(ratios(c)["e2e_over_floor"])),
         ("staged baseline / end-to-end", lambda c: _num(ratios(c)["baseline_over_e2e"])),
         ("peak RSS driver MB", mem("driver_mb")),
-        ("peak RSS per Ray worker MB (top 4)", lambda c: " ".join(f"{w['peak_mb']:.0f}" for w in c.pipeline["processes"]["workers"][:4])),
+        ("peak RSS per Ray worker MB (top 3)", lambda c: " ".join(f"{w['peak_mb']:.0f}" for w in c.pipeline["processes"]["workers"][:3])),
+        ("  of it RssAnon (own heap) MB", lambda c: " ".join(f"{w['anon_peak_mb']:.0f}" for w in c.pipeline["processes"]["workers"][:3])),
         ("peak RSS sum, Ray session MB", mem("session_mb")),
         ("kept / rejected clips", lambda c: f"{c.pipeline['kept']} / {c.pipeline['rejected']}"),
         ("staged baseline kept clips", lambda c: str(c.baseline.get("clips_kept", "-"))),
@@ -266,15 +268,18 @@ def render_summary(cases: list[Case]) -> list[str]:
 
 
 def render_memory(cases: list[Case]) -> list[str]:
-    lines = ["Memory check (peak RSS per Ray worker process, MB)",
+    lines = ["Memory check (peak per Ray worker process, MB: RSS, and in brackets RssAnon, its own heap without the",
+             "object store's shared pages and mapped libraries)",
              f"{'input':<10} {'source s':>9} {'wall s':>8} {'driver':>7} {'largest worker':>15}  all workers"]
     for case in cases:
         m = case.pipeline["processes"]
         lines.append(f"{case.name:<10} {case.pipeline['source_s']:>9.1f} {case.pipeline['wall_s']:>8.1f} {m['driver_mb']:>7.0f} "
-                     f"{m['worker_mb']:>15.0f}  " + " ".join(f"{w['peak_mb']:.0f}" for w in m["workers"]))
+                     f"{m['worker_mb']:>7.0f} ({m['worker_anon_mb']:>4.0f})  "
+                     + " ".join(f"{w['peak_mb']:.0f} ({w['anon_peak_mb']:.0f})" for w in m["workers"]))
     if len(cases) > 1:
-        lines.append(f"largest worker, {cases[-1].name} / {cases[0].name}: "
-                     f"{cases[-1].pipeline['processes']['worker_mb'] / cases[0].pipeline['processes']['worker_mb']:.2f}x")
+        first, last = cases[0].pipeline["processes"], cases[-1].pipeline["processes"]
+        lines.append(f"largest worker, {cases[-1].name} / {cases[0].name}: RSS {last['worker_mb'] / first['worker_mb']:.2f}x, "
+                     f"RssAnon {last['worker_anon_mb'] / first['worker_anon_mb']:.2f}x")
     return lines
 
 
