@@ -59,7 +59,9 @@ class ProcessSampler:
             except (self._psutil.NoSuchProcess, self._psutil.AccessDenied, self._psutil.ZombieProcess):
                 continue
             total += rss
-            kind = "driver" if proc is self.root else "workers" if is_ray_worker(cmdline) else "ray services"
+            # A worker stays one: an exiting worker's command line can read empty.
+            known = self._cpu.get(proc.pid, ("", 0.0))[0] == "workers"
+            kind = "driver" if proc is self.root else "workers" if known or is_ray_worker(cmdline) else "ray services"
             self._cpu[proc.pid] = (kind, times.user + times.system)
             if kind == "driver":
                 self.driver_mb = max(self.driver_mb, rss)
