@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import secrets
 import shutil
@@ -163,14 +164,23 @@ def test_runtime_env_is_valid_and_carries_no_credentials():
 
 
 def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """Ports free now and outside the kernel's ephemeral range: a port taken from that range can be
+    handed to one of Ray's own outgoing connections before the node binds it (CI saw the head's client
+    server die of exactly that). Ray's worker ports (10002-19999 by default) are kept clear too."""
+    low, _ = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    candidates = list(range(20000, max(low, 20000 + 4 * count)))
+    random.shuffle(candidates)
+    ports = []
+    for port in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError(f"fewer than {count} free ports between 20000 and {low}")
 
 
 @dataclass
