@@ -3,7 +3,7 @@
 * decode: one threaded PyAV decode of each input (video and audio, no conversion);
 * the model calls the run's configuration really needs, on the clips the run really produced
   (read from its manifest), with the stages' own model wrappers, options and frame sizes:
-  face detection (mediapipe on every frame, RetinaFace where the face stage runs it) and face
+  face detection (mediapipe and RetinaFace on the frames the face stage runs them on) and face
   mesh landmarks on every frame of the candidate clips (those that reached the face stage), the
   voice-activity gate and Whisper (and the encoder when features are stored) on the audio of the
   clips that reached transcription, and one H.264 encode of each kept clip.
@@ -180,10 +180,13 @@ class ModelFloor:
 
     def _faces(self, clip: ClipPlan) -> None:
         frames = clip.frames
-        with self.timer("face detection: mediapipe", len(frames), "frames"):
-            detections = self.mediapipe.detect(frames)
-        every = self.face.retinaface_every
-        rerun = [i for i, faces in enumerate(detections) if not faces or (every and i % every == 0)]
+        picks = self.face.detection_frames(len(frames))
+        detections: list[list] = [[] for _ in frames]
+        with self.timer("face detection: mediapipe", len(picks), "frames"):
+            found = self.mediapipe.detect([frames[i] for i in picks])
+        for i, faces in zip(picks, found):
+            detections[i] = faces
+        rerun = [i for i in picks if self.face.wants_retinaface(i, detections[i])]
         with self.timer("face detection: retinaface", len(rerun), "frames"):
             extra = self.retinaface.detect([frames[i] for i in rerun])
         for i, faces in zip(rerun, extra):

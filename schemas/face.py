@@ -32,7 +32,7 @@ class FaceTrackData:
 
     landmarks: np.ndarray  # (T, 478, 3) float16: x, y in [0, 1] of the frame; z relative depth
     boxes: np.ndarray  # (T, 4) float32: x0, y0, x1, y1 in [0, 1]; NaN where no face was seen
-    detected: np.ndarray  # (T,) bool: a detection was linked to the track on this frame
+    detected: np.ndarray  # (T,) bool: the face mesh found the tracked face on this frame (else interpolated)
     mouth_opening: np.ndarray  # (T,) float32: inner-lip gap / face height
     crop_box: np.ndarray  # (4,) float32: one square-ish box around the face for the whole clip, in [0, 1]
 

@@ -1,11 +1,13 @@
-"""Face: detection on every frame, tracks, the speaker's face mesh, masks data, measurements, identity.
+"""Face: detection, tracks, the speaker's face mesh, masks data, measurements, identity.
 
 Works on the clip's analysis frames (decoded once by normalize, shared in memory). Detection
-runs mediapipe on every frame and RetinaFace where mediapipe found nothing and on every
-`retinaface_every`-th frame (it finds small and crowded faces mediapipe misses). Detections are
-linked into tracks; short gaps are bridged, so a transition frame without a face is harmless.
-The longest track is the tracked face: its mesh landmarks on every frame are what the sample
-stores, and the face and lip masks are drawn from them (schemas/face.py). When several faces
+runs on every `detect_every`-th frame (and the clip's last): mediapipe, plus RetinaFace where
+mediapipe found nothing and on every `retinaface_every`-th frame (it finds small and crowded
+faces mediapipe misses). Detections are linked into tracks whose boxes are interpolated between
+detection frames; short gaps are bridged, so a transition frame without a face is harmless. The
+longest track is the tracked face: the face mesh follows it on every frame (mediapipe's own
+scheme: a detector now and then, the landmark model in between), its landmarks are what the
+sample stores, and the face and lip masks are drawn from them (schemas/face.py). When several faces
 count (interviews, two-shots) and `multiple_faces` is `keep`, every face the rules pass gets its
 landmarks and measurements as a candidate, and the sync stage keeps the one that speaks; a clip
 with one face costs nothing extra.
@@ -67,7 +69,8 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
     uses_frames: ClassVar[bool] = True
 
     min_detection_confidence: float = option(0.5, "Detector score below which a face is ignored (mediapipe and RetinaFace).")
-    retinaface_every: int = option(5, "Also run RetinaFace on every n-th frame, to find faces mediapipe misses (0: only where mediapipe finds none).")
+    detect_every: int = option(2, "Faces are detected on every n-th frame and the clip's last; tracks are interpolated between, and the face mesh sees every frame.")
+    retinaface_every: int = option(6, "Also run RetinaFace on every n-th frame (a multiple of detect_every), to find faces mediapipe misses (0: only where mediapipe finds none).")
     retinaface_max_side: int = option(320, "RetinaFace sees frames downscaled to this long side.")
     track_min_iou: float = option(0.3, "Detections on consecutive frames with at least this IoU belong to one track.")
     max_gap_frames: int = option(8, "Gaps of up to this many frames without a detection are bridged inside a track.")
@@ -91,6 +94,10 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
             raise ValueError("face.multiple_faces must be `reject` or `keep`")
         if len(self.face_brightness_range) != 2 or self.face_brightness_range[0] > self.face_brightness_range[1]:
             raise ValueError("face.face_brightness_range must be [low, high]")
+        if self.detect_every < 1 or self.detect_every > self.max_gap_frames + 1:
+            raise ValueError(f"face.detect_every must be between 1 and max_gap_frames + 1 ({self.max_gap_frames + 1}), or tracks could not span the frames between detections")
+        if self.retinaface_every % self.detect_every:
+            raise ValueError("face.retinaface_every must be 0 or a multiple of face.detect_every (RetinaFace runs on detection frames)")
 
     def setup(self) -> None:
         self._mediapipe = MediapipeDetector(self.min_detection_confidence)
@@ -142,7 +149,8 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         if not tracks:
             return None
         main = max(tracks, key=lambda track: len(track.frames))
-        return self._landmarks(frames, main.dense_boxes(len(frames), self.max_gap_frames))
+        meshed = self._landmarks(frames, main.dense_boxes(len(frames), self.max_gap_frames))
+        return None if meshed is None else meshed[0]
 
     def _covered(self, boxes: np.ndarray, share: float, clip_height: int, face: FaceResult) -> Rejected | None:
         """Records where the track is and how tall, then the presence rule. Measurements are
@@ -160,12 +168,11 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         touching = np.nanmean((boxes[:, 0] < 0.005) | (boxes[:, 1] < 0.005) | (boxes[:, 2] > 0.995) | (boxes[:, 3] > 0.995))
         if touching > self.max_cut_off_share:
             return Rejected("face_cut_off", f"the face touches the frame's edge on {touching:.0%} of frames")
-        landmarks = self._landmarks(frames, boxes)
-        if landmarks is None:
+        meshed = self._landmarks(frames, boxes)
+        if meshed is None:
             return Rejected("no_face", "the face mesh found no landmarks on the tracked face")
-        detected = np.zeros(len(frames), bool)
-        detected[track.frames] = True
-        self._measure(frames, boxes, detected, landmarks, face)
+        landmarks, seen = meshed
+        self._measure(frames, boxes, seen, landmarks, face)
         if abs(face.yaw) > self.max_head_yaw:
             return Rejected("profile_face", f"median head yaw {face.yaw:.0f} degrees, maximum {self.max_head_yaw:.0f}")
         if face.sharpness < self.min_face_sharpness:
@@ -177,15 +184,29 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
             return Rejected("identity_changed", f"identity consistency {face.identity_consistency:.2f}, minimum {self.min_identity_consistency}")
         return None
 
-    def _detect(self, frames: np.ndarray):
-        detections = self._mediapipe.detect(list(frames))
-        for index, faces in enumerate(detections):
-            if not faces or (self.retinaface_every and index % self.retinaface_every == 0):
-                detections[index] = merge_backends(faces, self._retinaface.detect([frames[index]])[0])
+    def detection_frames(self, num_frames: int) -> list[int]:
+        """The frames the detectors see: every `detect_every`-th and the last, so a track's boxes
+        reach the clip's end."""
+        picks = list(range(0, num_frames, self.detect_every))
+        return picks + [num_frames - 1] if picks and picks[-1] != num_frames - 1 else picks
+
+    def wants_retinaface(self, index: int, faces: list) -> bool:
+        """Whether RetinaFace also looks at detection frame `index`, where mediapipe found `faces`."""
+        return not faces or bool(self.retinaface_every and index % self.retinaface_every == 0)
+
+    def _detect(self, frames: np.ndarray) -> list[list]:
+        """Per frame, the faces found; empty on the frames between detection frames."""
+        picks = self.detection_frames(len(frames))
+        detections: list[list] = [[] for _ in range(len(frames))]
+        for index, faces in zip(picks, self._mediapipe.detect([frames[i] for i in picks])):
+            if self.wants_retinaface(index, faces):
+                faces = merge_backends(faces, self._retinaface.detect([frames[index]])[0])
+            detections[index] = faces
         return detections
 
-    def _landmarks(self, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray | None:
-        """(T, 478, 3) landmarks in [0, 1] of the frame; frames the mesh misses are interpolated."""
+    def _landmarks(self, frames: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(T, 478, 3) landmarks in [0, 1] of the frame, and on which frames the mesh found the
+        face; the frames it misses are interpolated."""
         num_frames, height, width = frames.shape[:3]
         landmarks = np.full((num_frames, 478, 3), np.nan, np.float32)
         with quiet_stderr():
@@ -209,7 +230,7 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         flat = landmarks.reshape(num_frames, -1)
         for column in range(flat.shape[1]):
             flat[:, column] = np.interp(times, times[found], flat[found, column])
-        return flat.reshape(num_frames, 478, 3)
+        return flat.reshape(num_frames, 478, 3), found
 
     def mesh_crop(self, frame: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
         """What the face mesh sees of `frame` for the face in `box`: a `mesh_size` square crop, and
@@ -219,7 +240,7 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         crop = cv2.resize(frame[y0:y1, x0:x1], (self.mesh_size, self.mesh_size), interpolation=cv2.INTER_LINEAR)
         return crop, (x0, y0, x1, y1)
 
-    def _measure(self, frames, boxes, detected, landmarks, result: FaceResult) -> None:
+    def _measure(self, frames, boxes, seen, landmarks, result: FaceResult) -> None:
         num_frames, height, width = frames.shape[:3]
         pixels = landmarks[..., :2] * np.array([width, height], np.float32)
         sampled = range(0, num_frames, max(1, self.measure_every))
@@ -237,7 +258,7 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         data = FaceTrackData(
             landmarks=landmarks.astype(np.float16),
             boxes=boxes,
-            detected=detected,
+            detected=seen,
             mouth_opening=mouth_opening(landmarks, width, height),
             crop_box=self._clip_crop_box(boxes),
         )

@@ -22,7 +22,7 @@ from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
 from stages.scene_cut import SceneCutStage
 from stages.sync import SyncStage
-from stages.sync_embedded import MouthAudioScorer
+from stages.sync_embedded import MouthAudioScorer, canonical_correlations
 
 MAX_OFFSET = 15
 SHIFTS_MS = (-320, -200, -120, 0, 120, 200, 480)
@@ -153,3 +153,25 @@ def test_an_offset_beyond_the_audio_context_is_refused(faces):
     with pytest.raises(ValueError, match="audio context"):
         MouthAudioScorer().score(clip.face.track.landmarks, clip.video.width, clip.video.height, clip.audio_context,
                                  clip.audio_context_frames, clip.audio_context_frames + 1)
+
+
+def test_canonical_correlations_equal_the_textbook_computation_for_every_window():
+    """The running-sum search against CCA computed directly on each window: whitened
+    cross-covariance of the centred window and video, its largest singular value."""
+    rng = np.random.default_rng(0)
+    steps, count, ridge = 300, 41, 0.1
+    video = rng.normal(size=(steps, 8)) @ rng.normal(size=(8, 8))
+    audio = rng.normal(size=(steps + count - 1, 3)) + 5.0  # an offset the windows' means must remove
+    audio[count // 2 : count // 2 + steps] += video[:, :3] @ rng.normal(size=(3, 3))  # one window fits
+    expected = []
+    for start in range(count):
+        window = audio[start : start + steps] - audio[start : start + steps].mean(axis=0)
+        centred = video - video.mean(axis=0)
+        cvv, caa, cva = (a.T @ b / steps for a, b in ((centred, centred), (window, window), (centred, window)))
+        cvv += ridge * np.trace(cvv) / 8 * np.eye(8)
+        caa += ridge * np.trace(caa) / 3 * np.eye(3)
+        whiten = [np.linalg.inv(np.linalg.cholesky(c)) for c in (cvv, caa)]
+        expected.append(np.linalg.svd(whiten[0] @ cva @ whiten[1].T, compute_uv=False)[0])
+    found = canonical_correlations(video, audio, ridge)
+    assert found.shape == (count,) and np.allclose(found, expected, rtol=0, atol=1e-9)
+    assert int(np.argmax(found)) == count // 2 and found.max() > 0.9 > np.delete(found, count // 2).max()
