@@ -10,6 +10,7 @@ iterator of outputs and rejections. Model stages may also take a batch of inputs
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
@@ -40,6 +41,16 @@ class Resources:
     def on(self, device: str) -> Resources:
         """These resources, with a GPU when `device` names a CUDA one (`cuda`, `cuda:N`)."""
         return dataclasses.replace(self, gpus=max(self.gpus, 1.0)) if device.startswith("cuda") else self
+
+
+def worker_threads() -> int:
+    """Threads a native library should use in this worker: OMP_NUM_THREADS, which Ray sets to a
+    task's CPUs; 0 (the library's own default, usually a thread per core) when it is unset. Next to
+    other workers on the same cores, a thread per core costs CPU time without saving wall time."""
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
+    except ValueError:
+        return 0
 
 
 def option(default: Any, doc: str, **kwargs: Any) -> Any:

@@ -14,6 +14,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from stages.base import worker_threads
 from stages.descriptors import redirected_to_devnull
 
 # mediapipe's C++ side logs through glog; keep it out of the user's terminal (before importing it).
@@ -73,10 +74,7 @@ def onnx_session(model_path: str):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    try:
-        threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
-    except ValueError:
-        threads = 0
+    threads = worker_threads()
     if threads > 0:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
