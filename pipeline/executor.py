@@ -106,9 +106,12 @@ def _group_task(name: str, stages: list[Stage], keep_frames: bool, collector, ba
     return run
 
 
-def _add_group(ds: ray.data.Dataset, group: Group, keep_frames: bool, config: RunConfig, collector) -> ray.data.Dataset:
+def _add_group(ds: ray.data.Dataset, group: Group, keep_frames: bool, config: RunConfig, collector,
+               max_inputs: int | None = None) -> ray.data.Dataset:
     stages = [config.stages[cls.name] for cls in group.stages]
     where = place(group, stages, config.execution, ray.cluster_resources())
+    # A pool larger than its inputs only earns a warning from Ray Data.
+    workers = min(where.workers, max_inputs) if max_inputs else where.workers
     common = dict(
         batch_size=where.batch_size,
         batch_format="numpy",
@@ -123,11 +126,11 @@ def _add_group(ds: ray.data.Dataset, group: Group, keep_frames: bool, config: Ru
             return ds.map_batches(
                 GroupActor,
                 fn_constructor_kwargs={"stages": stages, "keep_frames": keep_frames, "collector": collector, "batched": group.batched},
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=where.workers),
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
                 **common,
             )
         task = _group_task(group.name, stages, keep_frames, collector, group.batched)
-        return ds.map_batches(task, compute=ray.data.TaskPoolStrategy(size=where.workers), **common)
+        return ds.map_batches(task, compute=ray.data.TaskPoolStrategy(size=workers), **common)
 
 
 @contextlib.contextmanager
@@ -190,7 +193,7 @@ def execute(sources: list[SourceVideo], output: RunOutput, config: RunConfig, ad
                 # One item per block: Ray Data packs a task's small outputs into one block and hands a
                 # block to one task, so a long input's chunks would be decoded one after another.
                 ds = ds.repartition(target_num_rows_per_block=1)
-            ds = _add_group(ds, group, keep_frames, config, collector)
+            ds = _add_group(ds, group, keep_frames, config, collector, max_inputs=None if position else len(todo))
         output.open_writer(config.stages["shards"])
         for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2):
             for item in _items(batch):
