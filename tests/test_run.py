@@ -554,3 +554,18 @@ def test_a_run_in_a_terminal_finishes_with_progress_and_no_library_noise(tmp_pat
     assert "1 sources processed" in output
     assert "MapBatches" in output  # the progress display names the operators
     assert "W0000" not in output and "XNNPACK" not in output and "GetPrototype" not in output
+
+
+def test_inputs_are_listed_once_and_largest_first(tmp_path):
+    """The run starts the biggest inputs first, so no big file is left to one worker at the end;
+    a file named twice (in a folder, directly and in a list) is one source."""
+    folder = tmp_path / "in"
+    (folder / "nested").mkdir(parents=True)
+    for name, size in {"b.mp4": 300, "a.mp4": 300, "nested/c.mkv": 900, "d.mov": 10, "notes.txt.bak": 5000}.items():
+        (folder / name).write_bytes(b"\0" * size)
+    (folder / ".hidden.mp4").write_bytes(b"\0" * 9999)
+    listed = tmp_path / "more.txt"
+    listed.write_text(f"# a comment\n{folder / 'd.mov'}\nin/a.mp4\n")
+    sources = discover([str(folder), str(folder / "b.mp4"), str(listed)])
+    assert [Path(s.uri).name for s in sources] == ["c.mkv", "a.mp4", "b.mp4", "d.mov"]
+    assert len({s.source_id for s in sources}) == 4
