@@ -22,7 +22,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.config import RunConfig
 from pipeline.definition import PIPELINE, Group
@@ -49,42 +48,35 @@ def _items(batch: dict[str, np.ndarray]) -> Iterator[object]:
         yield pickle.loads(data)
 
 
-@ray.remote(num_cpus=0)
-class StatsCollector:
-    """Gathers per-stage timings from every worker of the run."""
-
-    def __init__(self):
-        self.stats = RunStats()
-
-    def add(self, stats: RunStats) -> None:
-        self.stats.merge(stats)
-
-    def get(self) -> RunStats:
-        return self.stats
-
-
-def _run_batch(runner: ChainRunner, batch: dict[str, np.ndarray], collector, batched: bool) -> Iterator[dict[str, np.ndarray]]:
+def _run_batch(runner: ChainRunner, batch: dict[str, np.ndarray], batched: bool) -> Iterator[dict[str, np.ndarray]]:
+    """The group's records for the batch's, then one row of timings: this call's, and those of earlier
+    groups that arrived with the batch. Timings travel with the records, so the driver counts each
+    task's once, as it does its records, even when a task is run again after its worker died."""
+    items = list(_items(batch))
+    timings = [item for item in items if isinstance(item, RunStats)]
+    work = [item for item in items if not isinstance(item, RunStats)]
     if batched:
-        yield {COLUMN: _column(runner.run_batch(list(_items(batch))))}
+        if work:
+            yield {COLUMN: _column(runner.run_batch(work))}
     else:
-        for item in _items(batch):
+        for item in work:
             for out in runner.run(item):
                 yield {COLUMN: _column([out])}
-    ray.get(collector.add.remote(runner.stats))  # before the task ends, so the driver's totals are complete
+    timings.append(runner.stats)
     runner.stats = RunStats()
+    yield {COLUMN: _column(timings)}
 
 
 class GroupActor:
     """An actor-pool worker: sets its stages up once."""
 
-    def __init__(self, stages: list[Stage], keep_frames: bool, collector, batched: bool):
+    def __init__(self, stages: list[Stage], keep_frames: bool, batched: bool):
         self.runner = ChainRunner(stages, keep_frames)
         self.runner.setup()
-        self.collector = collector
         self.batched = batched
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        yield from _run_batch(self.runner, batch, self.collector, self.batched)
+        yield from _run_batch(self.runner, batch, self.batched)
 
 
 _WORKER_RUNNERS: dict[bytes, ChainRunner] = {}
@@ -93,20 +85,20 @@ tasks, so stages loading models set up once per worker, like an actor's, while t
 release their CPUs between items."""
 
 
-def _group_task(name: str, stages: list[Stage], keep_frames: bool, collector, batched: bool):
+def _group_task(name: str, stages: list[Stage], keep_frames: bool, batched: bool):
     key = pickle.dumps((stages, keep_frames))
 
     def run(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         runner = _WORKER_RUNNERS.get(key)
         if runner is None:
             runner = _WORKER_RUNNERS[key] = ChainRunner(stages, keep_frames)
-        yield from _run_batch(runner, batch, collector, batched)
+        yield from _run_batch(runner, batch, batched)
 
     run.__name__ = run.__qualname__ = name  # Ray Data names the operator (progress, dashboard, task names) after it
     return run
 
 
-def _add_group(ds: ray.data.Dataset, group: Group, keep_frames: bool, config: RunConfig, collector,
+def _add_group(ds: ray.data.Dataset, group: Group, keep_frames: bool, config: RunConfig,
                max_inputs: int | None = None) -> ray.data.Dataset:
     stages = [config.stages[cls.name] for cls in group.stages]
     where = place(group, stages, config.execution, ray.cluster_resources())
@@ -125,11 +117,11 @@ def _add_group(ds: ray.data.Dataset, group: Group, keep_frames: bool, config: Ru
         if where.actors:
             return ds.map_batches(
                 GroupActor,
-                fn_constructor_kwargs={"stages": stages, "keep_frames": keep_frames, "collector": collector, "batched": group.batched},
+                fn_constructor_kwargs={"stages": stages, "keep_frames": keep_frames, "batched": group.batched},
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
                 **common,
             )
-        task = _group_task(group.name, stages, keep_frames, collector, group.batched)
+        task = _group_task(group.name, stages, keep_frames, group.batched)
         return ds.map_batches(task, compute=ray.data.TaskPoolStrategy(size=workers), **common)
 
 
@@ -183,9 +175,6 @@ def execute(sources: list[SourceVideo], output: RunOutput, config: RunConfig, ad
         context.target_max_block_size = config.execution.block_mb * 2**20
         context.verbose_stats_logs = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-        # On the driver's node: a worker node that dies must not take the run's timings with it.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        collector = StatsCollector.options(scheduling_strategy=here).remote()
         ds = ray.data.from_items([{COLUMN: pickle.dumps(s)} for s in todo], override_num_blocks=len(todo))
         for position, group in enumerate(PIPELINE):
             keep_frames = any(s.uses_frames for later in PIPELINE[position + 1 :] for s in later.stages)
@@ -193,11 +182,13 @@ def execute(sources: list[SourceVideo], output: RunOutput, config: RunConfig, ad
                 # One item per block: Ray Data packs a task's small outputs into one block and hands a
                 # block to one task, so a long input's chunks would be decoded one after another.
                 ds = ds.repartition(target_num_rows_per_block=1)
-            ds = _add_group(ds, group, keep_frames, config, collector, max_inputs=None if position else len(todo))
+            ds = _add_group(ds, group, keep_frames, config, max_inputs=None if position else len(todo))
         output.open_writer(config.stages["shards"])
         for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2):
             for item in _items(batch):
-                output.add(item)
+                if isinstance(item, RunStats):
+                    stats.merge(item)
+                else:
+                    output.add(item)
         output.close()
-        stats.merge(ray.get(collector.get.remote()))
     return stats
