@@ -51,8 +51,8 @@ from schemas.records import FPS  # noqa: E402
 RAY_WORKER_ENV = {"OMP_NUM_THREADS": "1"}  # what Ray gives a 1-CPU task: the floor's model calls run the same way
 STAGE_FLOOR = {  # the floor parts that stand for each stage's essential work
     "normalize": ["decode"],
-    "scene_cut": ["encode: x264"],
     "face": ["face detection: mediapipe", "face detection: retinaface", "face landmarks: mesh"],
+    "encode": ["encode: x264"],  # held clips; those too large to hold are encoded in scene_cut
     "transcribe": ["speech: VAD", "speech: whisper", "speech: whisper encoder (features)"],
 }
 

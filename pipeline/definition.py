@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from stages.base import Stage
 from stages.caption import CaptionStage
 from stages.chunk import ChunkStage
+from stages.encode import EncodeStage
 from stages.face import FaceStage
 from stages.fingerprint import FingerprintStage
 from stages.keyframes import KeyframesStage
@@ -35,7 +36,7 @@ class Group:
 
 PIPELINE: tuple[Group, ...] = (
     Group("ingest", (ProbeStage, ChunkStage)),
-    Group("clips", (NormalizeStage, SceneCutStage, FaceStage, SyncStage, KeyframesStage, FingerprintStage)),
+    Group("clips", (NormalizeStage, SceneCutStage, FaceStage, SyncStage, KeyframesStage, FingerprintStage, EncodeStage)),
     Group("text", (TranscribeStage, CaptionStage), batched=True),
 )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -119,14 +120,33 @@ class ChunkDone:
     num_clips: int
 
 
-@dataclass
 class EncodedVideo:
-    """A normalized clip: H.264, 25 fps, no audio track."""
+    """A normalized clip: H.264, 25 fps, no audio track.
 
-    mp4: bytes
-    width: int
-    height: int
-    num_frames: int
+    The MP4 may still be pending: built from a function, when first read. The scene-cut stage
+    holds small clips' pictures this way, so a clip that the face or sync stage rejects is never
+    encoded (a rejected row drops its video). What is pickled, to travel between workers, is the
+    finished MP4."""
+
+    def __init__(self, mp4: bytes | Callable[[], bytes], width: int, height: int, num_frames: int):
+        self._mp4, self.width, self.height, self.num_frames = mp4, width, height, num_frames
+
+    @property
+    def mp4(self) -> bytes:
+        if callable(self._mp4):
+            self._mp4 = self._mp4()
+        return self._mp4
+
+    @property
+    def pending(self) -> bool:
+        return callable(self._mp4)
+
+    def __getstate__(self) -> dict:
+        return {"_mp4": self.mp4, "width": self.width, "height": self.height, "num_frames": self.num_frames}
+
+    def __repr__(self) -> str:
+        size = "pending" if self.pending else f"{len(self._mp4)} bytes"
+        return f"EncodedVideo({size}, {self.width}x{self.height}, {self.num_frames} frames)"
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """Scene cut: PySceneDetect on small frames as they are decoded, then shots split into clips.
 
 Shots are split greedily into clips of at most `max_clip_s`; a shot, or the tail of one, shorter
-than `min_clip_s` becomes a `too_short` row. Each clip is encoded while its frames stream by, so
-a worker holds a few frames at a time, never a shot.
+than `min_clip_s` becomes a `too_short` row. A clip whose pictures fit in `hold_clip_mb` is held
+and encoded at the end of the worker group, after the face and sync stages, so the clips they
+reject cost no encode; a larger one is encoded while its frames stream by. A worker holds at most
+one clip's pictures, never a shot.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ DETECTORS = {
 class _OpenClip:
     """A clip whose frames are still arriving."""
 
-    def __init__(self, chunk: NormalizedChunk, start: int, shot: int, max_frames: int):
+    def __init__(self, chunk: NormalizedChunk, start: int, shot: int, max_frames: int, hold: bool):
         self.start = self.end = start
         self.shot = shot
-        self.encoder = ClipEncoder(chunk.width, chunk.height, chunk.encoder)
+        self.encoder = ClipEncoder(chunk.width, chunk.height, chunk.encoder, defer=hold)
         self.max_frames = max_frames
         self.analysis: np.ndarray | None = None  # filled in place: no second copy when the clip closes
 
@@ -74,6 +76,10 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
         15, "Audio kept on both sides of each clip, so the sync stage can shift a clip's audio by up to this many frames."
     )
     min_audio_coverage: float = option(0.9, "Clips whose span the audio stream covers less than this share of are `no_audio`.")
+    hold_clip_mb: float = option(
+        160.0, "Clips whose pictures at the stored size fit in this many MB are encoded after the face and sync stages, "
+        "so the clips they reject are never encoded; larger ones are encoded as they stream (0: always as they stream)."
+    )
 
     def validate(self) -> None:
         if self.detector not in DETECTORS:
@@ -94,6 +100,7 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
         lag = getattr(detector, "window_width", 0) + 1
         min_frames = round(self.min_clip_s * FPS)
         max_frames = round(self.max_clip_s * FPS)
+        hold = max_frames * item.width * item.height * 3 / 2 <= self.hold_clip_mb * 2**20  # YUV 4:2:0 pictures
         cuts: set[int] = set()
         waiting: deque[NormalizedFrame] = deque()
         finished: deque[CandidateClip] = deque()  # encoded, waiting for their audio
@@ -107,7 +114,7 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
                 if clip is not None:
                     finished.append(self._close(item, clip, min_frames))
                 shot += int(new_shot)
-                clip = _OpenClip(item, frame.index, shot, max_frames)
+                clip = _OpenClip(item, frame.index, shot, max_frames, hold)
             clip.add(frame)
 
         def ready(final: bool) -> Iterator[CandidateClip]:

