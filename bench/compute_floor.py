@@ -31,8 +31,7 @@ from pipeline.runner import ChainRunner
 from schemas.records import FPS, SAMPLE_RATE, SourceChunk, SourceVideo, Status
 from stages.clip_encoder import ClipEncoder
 from stages.face import FaceStage
-from stages.face_models import FaceMesh, MediapipeDetector, RetinaFaceDetector, quiet_stderr
-from stages.face_track import merge_backends
+from stages.face_models import Detection, FaceDetector, FaceMesh, MediapipeDetector, RetinaFaceDetector, quiet_stderr
 from stages.media_io import open_container
 from stages.normalize import SAMPLES_PER_FRAME
 from stages.probe import _video_stream
@@ -83,6 +82,19 @@ class CallTimer:
         part["items"] += items
         part["wall_s"] += time.perf_counter() - wall
         part["cpu_s"] += time.process_time() - cpu
+
+
+@dataclass
+class _Timed:
+    """A face detector whose calls the floor times, in the face stage's own detection loop."""
+
+    detector: FaceDetector
+    timer: CallTimer
+    part: str
+
+    def detect(self, frames: list[np.ndarray]) -> list[list[Detection]]:
+        with self.timer(self.part, len(frames), "frames"):
+            return self.detector.detect(frames)
 
 
 @dataclass
@@ -140,8 +152,9 @@ class ModelFloor:
         self.timer = CallTimer()
         self.load_s: dict[str, float] = {}
         started = time.perf_counter()
-        self.mediapipe = MediapipeDetector(self.face.min_detection_confidence)
-        self.retinaface = RetinaFaceDetector(self.face.min_detection_confidence, self.face.retinaface_max_side)
+        self.mediapipe = _Timed(MediapipeDetector(self.face.min_detection_confidence), self.timer, "face detection: mediapipe")
+        self.retinaface = _Timed(RetinaFaceDetector(self.face.min_detection_confidence, self.face.retinaface_max_side),
+                                 self.timer, "face detection: retinaface")
         self.load_s["face"] = time.perf_counter() - started
         started = time.perf_counter()
         self.whisper = self.transcribe.load_model()
@@ -180,17 +193,7 @@ class ModelFloor:
 
     def _faces(self, clip: ClipPlan) -> None:
         frames = clip.frames
-        picks = self.face.detection_frames(len(frames))
-        detections: list[list] = [[] for _ in frames]
-        with self.timer("face detection: mediapipe", len(picks), "frames"):
-            found = self.mediapipe.detect([frames[i] for i in picks])
-        for i, faces in zip(picks, found):
-            detections[i] = faces
-        rerun = [i for i in picks if self.face.wants_retinaface(i, detections[i])]
-        with self.timer("face detection: retinaface", len(rerun), "frames"):
-            extra = self.retinaface.detect([frames[i] for i in rerun])
-        for i, faces in zip(rerun, extra):
-            detections[i] = merge_backends(detections[i], faces)
+        detections = self.face.detect_faces(frames, self.mediapipe, self.retinaface)
         crops = [self.face.mesh_crop(frame, box)[0] for frame, box in zip(frames, _largest_face_boxes(detections)) if box is not None]
         with quiet_stderr():
             mesh = FaceMesh(self.face.min_detection_confidence)

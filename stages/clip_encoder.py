@@ -19,13 +19,15 @@ class ClipEncoder:
     def __init__(self, width: int, height: int, settings: EncoderSettings, defer: bool = False):
         self.width, self.height, self._settings = width, height, settings
         self._held: list[av.VideoFrame] | None = [] if defer else None
-        self._container = None if defer else self._open()
+        self._container = None
+        if not defer:
+            self._open()
         self.num_frames = 0
 
-    def _open(self):
+    def _open(self) -> None:
         self._buffer = io.BytesIO()
-        container = av.open(self._buffer, mode="w", format="mp4")
-        self._stream = container.add_stream(self._settings.codec, rate=FPS)
+        self._container = av.open(self._buffer, mode="w", format="mp4")
+        self._stream = self._container.add_stream(self._settings.codec, rate=FPS)
         self._stream.width, self._stream.height = self.width, self.height
         self._stream.pix_fmt = "yuv420p"
         # x264 sized to the worker like the models: single-threaded, it spends 16% less CPU a frame
@@ -34,7 +36,6 @@ class ClipEncoder:
         # A key frame every second: a trainer reading a window late in a clip seeks to the nearest
         # one instead of decoding the whole clip before it (x264's default is 250 frames).
         self._stream.codec_context.gop_size = FPS
-        return container
 
     def add(self, picture: av.VideoFrame) -> None:
         if self._held is not None:
@@ -57,7 +58,7 @@ class ClipEncoder:
 
     def _encode_held(self) -> bytes:
         held, self._held = self._held, None
-        self._container = self._open()
+        self._open()
         for index in range(len(held)):
             picture, held[index] = held[index], None  # each picture's memory goes once it is encoded
             self._encode(picture, index)

@@ -16,6 +16,7 @@ with one face costs nothing extra.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -25,7 +26,8 @@ import numpy as np
 from schemas.face import CHIN, FOREHEAD_TOP, FaceResult, FaceTrackData, mouth_opening
 from schemas.records import CandidateClip, Rejected
 from stages.base import Resources, Stage, option
-from stages.face_models import ArcFaceOnnx, FaceMesh, MediapipeDetector, NoIdentity, RetinaFaceDetector, quiet_stderr
+from stages.face_models import (ArcFaceOnnx, Detection, FaceDetector, FaceMesh, MediapipeDetector, NoIdentity,
+                                RetinaFaceDetector, quiet_stderr)
 from stages.face_track import link, merge_backends
 
 # ArcFace's 5-point template order: eye on the image's left, other eye, nose tip, mouth corners.
@@ -190,19 +192,20 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         picks = list(range(0, num_frames, self.detect_every))
         return picks + [num_frames - 1] if picks and picks[-1] != num_frames - 1 else picks
 
-    def wants_retinaface(self, index: int, faces: list) -> bool:
-        """Whether RetinaFace also looks at detection frame `index`, where mediapipe found `faces`."""
-        return not faces or bool(self.retinaface_every and index % self.retinaface_every == 0)
-
-    def _detect(self, frames: np.ndarray) -> list[list]:
-        """Per frame, the faces found; empty on the frames between detection frames."""
+    def detect_faces(self, frames: Sequence[np.ndarray], mediapipe: FaceDetector, retinaface: FaceDetector) -> list[list[Detection]]:
+        """Per frame, the faces found; empty on the frames between detection frames. RetinaFace
+        also looks at every `retinaface_every`-th frame and where mediapipe found nothing. The
+        detectors are arguments so the benchmark's floor can time each one."""
         picks = self.detection_frames(len(frames))
-        detections: list[list] = [[] for _ in range(len(frames))]
-        for index, faces in zip(picks, self._mediapipe.detect([frames[i] for i in picks])):
-            if self.wants_retinaface(index, faces):
-                faces = merge_backends(faces, self._retinaface.detect([frames[index]])[0])
+        detections: list[list[Detection]] = [[] for _ in range(len(frames))]
+        for index, faces in zip(picks, mediapipe.detect([frames[i] for i in picks])):
+            if not faces or (self.retinaface_every and index % self.retinaface_every == 0):
+                faces = merge_backends(faces, retinaface.detect([frames[index]])[0])
             detections[index] = faces
         return detections
+
+    def _detect(self, frames: np.ndarray) -> list[list[Detection]]:
+        return self.detect_faces(frames, self._mediapipe, self._retinaface)
 
     def _landmarks(self, frames: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(T, 478, 3) landmarks in [0, 1] of the frame, and on which frames the mesh found the
