@@ -1,23 +1,34 @@
-"""Accuracy of the embedded lip-sync estimator on real media with known audio shifts.
+"""Accuracy of the sync stage on real footage of people it was not trained or tuned on.
 
-    python bench/sync_accuracy.py [INPUT ...] [--shifts -320,-200,...] [--out RESULTS.json]
+    python bench/sync_accuracy.py [--split test] [--corpus ../shared/media/talking] [--out RESULTS.json]
+                                  [--set sync.KEY=VALUE ...] [--shifts -480,-320,...]
 
-For each input (default: the demo GRID clips and the LatentSync portrait) it runs probe .. face on
-the input once, then for every shift writes the input with its sound moved that many ms later
-(ffmpeg, PCM in Matroska) and runs probe .. scene cut on it for the shifted audio context. Each
-shift is measured against the unshifted baseline; the audio is then corrected by the estimate and
-measured again (the residual should be near zero). The same faces are also scored with audio that
-is not theirs (another speaker, flite's voice, music). Prints tables, writes JSON (default
-bench/results/sync-<timestamp>.json).
+People and their split come from bench/sync_people.json. For every file of the split's people it
+runs probe .. face once for 3 s clips (scene_cut.max_clip_s=3) and once for the default clips
+(up to 10 s), then for every shift writes the file with its sound moved that many ms later
+(ffmpeg, PCM in Matroska) and gives each clip the shifted file's audio context, as a run would.
+The sync stage (with the `--set` options) then keeps or rejects each clip; a kept clip's offset is
+compared with the shift (the corpus is taken to be in sync as published).
+
+It also checks what must be rejected: each clip under another person's speech (another file of
+the split), under music, under flite's voice, and a still frame of the face under its own speech;
+and the speaker in two-face composites (two people of the split side by side, the sound of one).
+
+Prints per person and shift how many clips were kept right (within 40 ms), kept near (40-80 ms),
+kept wrong (beyond 80 ms) and rejected; the totals against the targets; the sync stage's CPU per
+clip; and writes everything as JSON (default bench/results/sync-<timestamp>.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -27,89 +38,213 @@ sys.path.insert(0, str(ROOT))
 
 from bench import RESULTS  # noqa: E402  (bench/bench.py: this folder is first on sys.path)
 from long_inputs import test_media  # noqa: E402
-from pipeline.runner import run_in_process  # noqa: E402
-from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status  # noqa: E402
+from pipeline.config import RunConfig  # noqa: E402
+from pipeline.runner import ChainRunner, run_in_process  # noqa: E402
+from schemas.records import CandidateClip, Status  # noqa: E402
 from stages.chunk import ChunkStage  # noqa: E402
 from stages.face import FaceStage  # noqa: E402
 from stages.normalize import NormalizeStage  # noqa: E402
 from stages.probe import ProbeStage  # noqa: E402
 from stages.scene_cut import SceneCutStage  # noqa: E402
 from stages.sync import SyncStage  # noqa: E402
-from stages.sync_embedded import MouthAudioScorer  # noqa: E402
 
 media = test_media()
-SHIFTS_MS = (-320, -200, -120, 0, 120, 200, 480)
+PEOPLE = Path(__file__).resolve().parent / "sync_people.json"
+CORPUS = ROOT.parent / "shared" / "media" / "talking"
+SHIFTS_MS = (-480, -320, -200, -120, -40, 0, 40, 120, 200, 320, 480)
+CLIP_LENGTHS = {"3s": {"max_clip_s": 3.0}, "default": {}}
+RIGHT_MS, WRONG_MS = 40.0, 80.0
 
 
-def clips(path: Path, with_faces: bool) -> list[CandidateClip]:
-    """The clips the pipeline keeps so far from `path` (up to the face stage, or the scene cut)."""
-    stages = [NormalizeStage(preset="ultrafast"), SceneCutStage()] + ([FaceStage()] if with_faces else [])
+def people(split: str, corpus: Path) -> dict[str, list[Path]]:
+    """Person -> files of `split` (demo media by name from demo/media, the rest from `corpus`)."""
+    listing = json.loads(PEOPLE.read_text())[split]
+    return {person: [media.DEMO / f if (media.DEMO / f).exists() else corpus / f for f in files] for person, files in listing.items()}
+
+
+def clips(path: Path, scene_cut: dict, with_faces: bool) -> list[CandidateClip]:
+    """The clips of `path` still pending after the scene cut (and the face stage)."""
+    stages = [NormalizeStage(preset="ultrafast"), SceneCutStage(**scene_cut)] + ([FaceStage()] if with_faces else [])
     out = run_in_process(str(path), [[ProbeStage(), ChunkStage()], stages], keep_frames=with_faces)
     return [o for o in out if isinstance(o, CandidateClip) and o.status is not Status.REJECTED]
 
 
+@dataclasses.dataclass
+class Outcome:
+    kept: bool
+    offset_ms: float | None
+    confidence: float | None
+    margin: float | None
+    reason: str | None
+    cpu_s: float
+
+
+def synced(stage: SyncStage, clip: CandidateClip, context: np.ndarray) -> tuple[Outcome, CandidateClip]:
+    """What the sync stage makes of a copy of `clip` under `context` (its audio context)."""
+    trial = dataclasses.replace(clip, backends=dict(clip.backends), face=copy.copy(clip.face), audio_context=context)
+    started = time.process_time()
+    (out,) = ChainRunner([stage], keep_frames=True).run(trial)
+    cpu = time.process_time() - started
+    sync = out.sync
+    return Outcome(out.status is not Status.REJECTED, None if sync is None else sync.offset_ms,
+                   None if sync is None else sync.confidence, None if sync is None else sync.margin, out.reason, cpu), out
+
+
+def verdict(outcome: Outcome, shift_ms: float) -> str:
+    if not outcome.kept:
+        return "rejected"
+    error = abs(outcome.offset_ms - shift_ms)
+    return "right" if error <= RIGHT_MS else "near" if error <= WRONG_MS else "WRONG"
+
+
+def length_class(clip: CandidateClip, lengths: str) -> str:
+    seconds = clip.num_frames / 25
+    return "3s" if lengths == "3s" else "8s+" if seconds >= 8.0 else "3-8s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="*", type=Path, default=[*media.GRID, media.PORTRAIT])
-    parser.add_argument("--shifts", default=",".join(map(str, SHIFTS_MS)), help="applied shifts in ms, comma-separated (0 is added)")
+    parser.add_argument("--split", default="test", help="people of bench/sync_people.json to measure (default test)")
+    parser.add_argument("--corpus", type=Path, default=CORPUS)
+    parser.add_argument("--shifts", default=",".join(map(str, SHIFTS_MS)), help="applied shifts in ms, comma-separated")
+    parser.add_argument("--set", action="append", default=[], metavar="sync.KEY=VALUE", help="sync stage option")
+    parser.add_argument("--no-foreign", action="store_true", help="skip the foreign-audio, still-face and two-face checks")
     parser.add_argument("--out", type=Path, default=RESULTS / f"sync-{time.strftime('%Y%m%d-%H%M%S')}.json")
     args = parser.parse_args()
-    shifts = sorted({0, *(int(s) for s in args.shifts.split(","))})
-    scorer, threshold = MouthAudioScorer(), SyncStage().min_confidence_embedded
-    max_offset = SyncStage().max_offset_frames
+    shifts = [int(s) for s in args.shifts.split(",")]
+    stage = RunConfig.load(None, args.set).section("sync")
+    stage.setup()
+    split = people(args.split, args.corpus)
 
-    def measure(clip: CandidateClip, context: np.ndarray):
-        started = time.perf_counter()
-        result = scorer.score(clip.face.track.landmarks, clip.video.width, clip.video.height, context,
-                              clip.audio_context_frames, max_offset)
-        return result.offset_frames * 1000 / FPS, result.confidence, time.perf_counter() - started
-
-    rows, foreign_rows = [], []
+    rows, rejections, speakers = [], [], []
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         media.synthesized_speech(work / "flite.wav")
         media.music(work / "music.wav")
-        foreign = {"other speaker": media.decoded_audio(media.OTHER_SPEECH),
-                   "flite voice": media.decoded_audio(work / "flite.wav"), "music": media.decoded_audio(work / "music.wav")}
-        for path in args.inputs:
-            faced = clips(path, with_faces=True)
-            contexts = {}
-            for shift in shifts:
-                shifted = work / f"shifted {shift}.mkv"
-                media.audio_shifted(path, shifted, shift)
-                contexts[shift] = {c.start_frame: c.audio_context for c in clips(shifted, with_faces=False)}
-            for clip in faced:
-                baseline = measure(clip, contexts[0][clip.start_frame])[0]
-                for shift in shifts:
-                    context = contexts[shift][clip.start_frame]
-                    offset, confidence, seconds = measure(clip, context)
-                    corrected = media.shifted_context(context, round(offset * SAMPLE_RATE / 1000))
-                    rows.append({"input": path.name, "clip_start_s": clip.start_s, "clip_s": clip.end_s - clip.start_s,
-                                 "shift_ms": shift, "offset_ms": offset, "measured_ms": offset - baseline, "error_ms": offset - baseline - shift,
-                                 "confidence": confidence, "residual_ms": measure(clip, corrected)[0], "score_s": seconds})
-                for kind, audio in foreign.items():
-                    confidence = measure(clip, np.resize(audio, clip.audio_context.shape))[1]
-                    foreign_rows.append({"input": path.name, "clip_start_s": clip.start_s, "audio": kind, "confidence": confidence})
+        others = {"music": media.decoded_audio(work / "music.wav"), "flite voice": media.decoded_audio(work / "flite.wav")}
+        faced_by_person: dict[str, list[CandidateClip]] = defaultdict(list)
+        for person, files in split.items():
+            for path in files:
+                for lengths, scene_cut in CLIP_LENGTHS.items():
+                    faced = clips(path, scene_cut, with_faces=True)
+                    if lengths == "default":
+                        faced_by_person[person] += faced
+                    contexts = {}
+                    for shift in shifts:
+                        shifted = work / f"shifted {shift}.mkv"
+                        media.audio_shifted(path, shifted, shift)
+                        contexts[shift] = {c.start_frame: c.audio_context for c in clips(shifted, scene_cut, with_faces=False)}
+                    for clip in faced:
+                        for shift in shifts:
+                            context = contexts[shift].get(clip.start_frame)
+                            if context is None:
+                                continue
+                            outcome, _ = synced(stage, clip, context)
+                            rows.append({"person": person, "file": path.name, "start_s": clip.start_s, "seconds": clip.num_frames / 25,
+                                         "lengths": length_class(clip, lengths), "shift_ms": shift, "verdict": verdict(outcome, shift),
+                                         **dataclasses.asdict(outcome)})
+                print(f"{person}: {path.name} done", file=sys.stderr, flush=True)
+        if not args.no_foreign:
+            names = sorted(person for person, faced in faced_by_person.items() if faced)
+            for i, person in enumerate(names):
+                other = names[(i + 1) % len(names)]
+                foreign = {**others, "another person": np.concatenate([c.audio_context for c in faced_by_person[other]])}
+                for clip in faced_by_person[person]:
+                    for kind, audio in foreign.items():
+                        outcome, _ = synced(stage, clip, np.resize(audio, clip.audio_context.shape))
+                        rejections.append({"person": person, "start_s": clip.start_s, "audio": kind, **dataclasses.asdict(outcome)})
+                    still = dataclasses.replace(clip, face=dataclasses.replace(clip.face, track=_still(clip.face.track)))
+                    outcome, _ = synced(stage, still, clip.audio_context)
+                    rejections.append({"person": person, "start_s": clip.start_s, "audio": "still face", **dataclasses.asdict(outcome)})
+            speakers = two_face_composites(stage, split, work)
 
-    print(f"{'input':<28} {'clip s':>6} {'shift':>6} {'offset':>7} {'measured':>9} {'error':>6} {'conf':>5} {'residual':>9}")
-    for r in rows:
-        print(f"{r['input']:<28} {r['clip_s']:6.1f} {r['shift_ms']:+6d} {r['offset_ms']:+7.0f} {r['measured_ms']:+9.0f} {r['error_ms']:+6.0f} "
-              f"{r['confidence']:5.2f} {r['residual_ms']:+9.0f}")
-    errors = np.abs([r["error_ms"] for r in rows])
-    summary = {
-        "within_40ms": float(np.mean(errors <= 40)), "max_error_ms": float(errors.max()),
-        "max_residual_ms": float(np.max(np.abs([r["residual_ms"] for r in rows]))),
-        "min_confidence": float(min(r["confidence"] for r in rows)), "threshold": threshold,
-        "max_foreign_confidence": float(max(r["confidence"] for r in foreign_rows)),
-        "mean_score_s": float(np.mean([r["score_s"] for r in rows])),
-    }
-    print(f"\n{'input':<28} {'audio':<14} {'conf':>5}")
-    for r in foreign_rows:
-        print(f"{r['input']:<28} {r['audio']:<14} {r['confidence']:5.2f}")
-    print("\n" + ", ".join(f"{k} {v:.3g}" for k, v in summary.items()))
+    report(rows, rejections, speakers, shifts)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"summary": summary, "shifts": rows, "foreign": foreign_rows}, indent=1))
+    args.out.write_text(json.dumps({"split": args.split, "options": args.set, "rows": rows, "rejections": rejections,
+                                    "speakers": speakers, "summary": summary(rows, rejections, speakers)}, indent=1))
     print(f"wrote {args.out}")
+
+
+def _still(track):
+    """The track frozen on its first frame: a photo's landmarks."""
+    return dataclasses.replace(track, landmarks=np.repeat(track.landmarks[:1], len(track.landmarks), axis=0))
+
+
+def two_face_composites(stage: SyncStage, split: dict[str, list[Path]], work: Path) -> list[dict]:
+    """Pairs of the split's people side by side (scaled to one height), with the sound of one:
+    the kept face must be that one's."""
+    firsts = [files[0] for files in split.values()]
+    rows = []
+    for i, left in enumerate(firsts):
+        right = firsts[(i + 1) % len(firsts)]
+        for speaker, (a, b) in (("left", (left, right)), ("right", (right, left))):
+            out = work / f"pair {i} {speaker}.mp4"
+            scaled = [work / f"scaled {j}.mp4" for j in range(2)]
+            for src, dst in zip((a, b), scaled):
+                media.ffmpeg("-i", src, "-vf", "scale=-2:360,fps=25,setsar=1", "-t", "6", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", dst)
+            if speaker == "left":
+                media.side_by_side(scaled[0], scaled[1], out)
+            else:  # the sound of `a`, which stands on the right
+                media.ffmpeg("-i", scaled[1], "-i", scaled[0], "-filter_complex", "[0:v][1:v]hstack=inputs=2,setsar=1[v]", "-map", "[v]",
+                             "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", "-shortest", out)
+            for clip in clips(out, {}, with_faces=True):
+                outcome, synced_clip = synced(stage, clip, clip.audio_context)
+                centre = None
+                if outcome.kept:
+                    boxes = synced_clip.face.track.boxes
+                    centre = float(np.nanmedian(boxes[:, [0, 2]].mean(axis=1)))
+                kept_side = None if centre is None else "left" if centre < 0.5 else "right"
+                rows.append({"speaker": a.name, "other": b.name, "side": speaker, "kept_side": kept_side, "num_faces": clip.face.num_faces,
+                             **dataclasses.asdict(outcome)})
+    return rows
+
+
+def summary(rows: list[dict], rejections: list[dict], speakers: list[dict]) -> dict:
+    def share(selected, what):
+        return float(np.mean([r["verdict"] == what for r in selected])) if selected else float("nan")
+
+    out = {}
+    for lengths in ("3s", "3-8s", "8s+"):
+        selected = [r for r in rows if r["lengths"] == lengths]
+        out[f"right_{lengths}"] = share(selected, "right")
+        out[f"cases_{lengths}"] = len(selected)
+    out["kept_wrong"] = sum(r["verdict"] == "WRONG" for r in rows)
+    in_sync = [r for r in rows if r["shift_ms"] == 0]
+    out["in_sync_rejected"] = share(in_sync, "rejected")
+    out["foreign_rejected"] = float(np.mean([not r["kept"] for r in rejections])) if rejections else float("nan")
+    two = [r for r in speakers if r["num_faces"] == 2]
+    out["speaker_kept"] = float(np.mean([r["kept_side"] == r["side"] for r in two])) if two else float("nan")
+    out["speaker_wrong"] = sum(r["kept_side"] not in (None, r["side"]) for r in two)
+    out["sync_cpu_ms_per_clip"] = 1000 * float(np.mean([r["cpu_s"] for r in rows])) if rows else float("nan")
+    return out
+
+
+def report(rows: list[dict], rejections: list[dict], speakers: list[dict], shifts: list[int]) -> None:
+    by = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by[(r["person"], r["lengths"])][r["shift_ms"]].append(r["verdict"])
+    print(f"{'person':<22} {'clips':<6}" + "".join(f"{s:>+8d}" for s in shifts) + "    (right/kept/clips per shift)")
+    for (person, lengths), per_shift in sorted(by.items()):
+        cells = []
+        for s in shifts:
+            verdicts = per_shift.get(s, [])
+            wrong = "!" if "WRONG" in verdicts else ""
+            cells.append(f"{verdicts.count('right')}/{sum(v != 'rejected' for v in verdicts)}/{len(verdicts)}{wrong}".rjust(8))
+        print(f"{person:<22} {lengths:<6}" + "".join(cells))
+    reasons = defaultdict(int)
+    for r in rows:
+        if not r["kept"]:
+            reasons[r["reason"]] += 1
+    print("\nrejections: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])))
+    if rejections:
+        kinds = defaultdict(list)
+        for r in rejections:
+            kinds[r["audio"]].append(r["kept"])
+        print("foreign audio and still faces, kept of clips: " + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in kinds.items()))
+    if speakers:
+        print("two-face composites: " + ", ".join(f"{r['side']} speaks -> {r['kept_side'] or r['reason']}" for r in speakers))
+    s = summary(rows, rejections, speakers)
+    print("\n" + "\n".join(f"{k:<24} {v:.3g}" if isinstance(v, float) else f"{k:<24} {v}" for k, v in s.items()))
 
 
 if __name__ == "__main__":

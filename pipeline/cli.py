@@ -133,6 +133,18 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+def _cmd_train_sync(args) -> int:
+    from train.sync_training import SyncTrainingConfig, train
+
+    logging.getLogger("train").setLevel(logging.INFO)
+    given = {"steps": args.steps, "seed": args.seed, "version": args.version}
+    config = SyncTrainingConfig(**{name: value for name, value in given.items() if value is not None})
+    summary = train(args.shards, args.out, config)
+    print(f"{args.out}: lip-sync model {summary['version']} from {summary['clips']} clips of {summary['sources']} sources "
+          f"({summary['frames'] / 25:.0f} s) in {summary['seconds']:.0f} s; loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="talkcurate", description="Curate talking-portrait video into WebDataset shards.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -215,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="cpu")
     sample.add_argument("--no-progress", action="store_true", help="no progress bars")
     sample.set_defaults(func=_cmd_sample)
+
+    train_sync = commands.add_parser("train-sync", help="train the learned lip-sync model on runs' kept clips (landmarks and in-sync audio)")
+    train_sync.add_argument("shards", nargs="+", metavar="SHARDS", help="a run's output folder, or a sample list (FILE.json from `subset --list`)")
+    train_sync.add_argument("--out", required=True, help="the weight file to write (the sync stage reads it from sync.lip_sync_model_path)")
+    train_sync.add_argument("--steps", type=int, help="optimizer steps (default: the shipped model's)")
+    train_sync.add_argument("--seed", type=int, help="seed of the weights, windows and augmentation (default 0)")
+    train_sync.add_argument("--version", help="version recorded in the file and the manifest's sync_backend (default: the shipped model's)")
+    train_sync.set_defaults(func=_cmd_train_sync)
 
     config = commands.add_parser("config", help="print the documented default configuration")
     config.set_defaults(func=_cmd_config)

@@ -7,8 +7,9 @@ measurement is recorded before the rule, so a rejected row says what was measure
 1. `no_speech`: the audio's loud-to-quiet spread is too small for speech (silence, hum, hiss).
 2. `not_talking`: no candidate face's mouth moves (a still photo, a listener, a frozen frame).
 3. The offset of every moving face against the audio, by the backend: SyncNet when weights are
-   configured, else the embedded mouth-audio estimator (stages/sync_embedded.py), which needs only
-   the face stage's landmarks.
+   configured, else the embedded mouth-audio estimator (stages/sync_embedded.py) or, with
+   `sync.backend = "lip-sync"`, the learned model (stages/lip_sync.py); both need only the face
+   stage's landmarks.
 4. Several faces (the face stage keeps each that passes its rules as a candidate): the face that
    clearly fits the audio best, by the threshold and a margin over the runner-up, becomes the
    clip's tracked face; if none clearly does, `multiple_faces`.
@@ -30,10 +31,13 @@ from schemas.face import FaceResult
 from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Rejected
 from schemas.sync import SyncResult, TrackScore
 from stages.base import Resources, Stage, option
+from stages.lip_sync import LipSyncScorer
 from stages.sync_embedded import MouthAudioScorer, mouth_motion, speech_range_db
 from stages.sync_models import SyncEstimate, SyncNetScorer, crop_for_syncnet
 
 MS_PER_FRAME = 1000 / FPS
+SYNC_MODES = ("filter", "measure")
+SYNC_BACKENDS = ("mouth-audio-cca", "lip-sync")
 
 
 @dataclass
@@ -45,17 +49,27 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
     resources: ClassVar[Resources] = Resources(cpus=1)
     uses_frames: ClassVar[bool] = True  # SyncNet's face crops are cut from the analysis frames
 
-    syncnet_model_path: str = option("", "SyncNet weights (syncnet-python's syncnet_v2.model); empty: the embedded mouth-audio estimator, from the face landmarks.")
+    syncnet_model_path: str = option("", "SyncNet weights (syncnet-python's syncnet_v2.model); when set, SyncNet is the backend whatever sync.backend says.")
+    backend: str = option("mouth-audio-cca", "Without SyncNet weights: `mouth-audio-cca`, the per-clip estimator on the face landmarks, or `lip-sync`, the learned model (stages/lip_sync.py; not yet the default: see the README's measurements).")
+    lip_sync_model_path: str = option("", "Weights of the learned lip-sync model (from `talkcurate train-sync`); empty: the ones shipped in stages/models/lip_sync.npz.")
     max_offset_frames: int = option(15, "Offsets are searched within +-this many frames (SyncNet's evaluation uses 15); at most scene_cut.audio_context_frames.")
     max_correction_ms: float = option(520.0, "Offsets up to this are corrected, larger ones are `out_of_sync` (520 ms = 13 frames: short of the search's edge, where an estimate may be cut off).")
     min_speech_range_db: float = option(10.0, "Spread between loud and quiet 10 ms steps of the clip's audio below which it is `no_speech` (speech alternates syllables and pauses: 40-60 dB).")
     min_mouth_motion: float = option(0.005, "Standard deviation of the inner-lip gap over face height below which a face is not talking; when no face moves, `not_talking`.")
-    min_confidence_embedded: float = option(0.35, "Embedded backend: confidence (how far the mouth-audio fit stands above chance, in z-like units) below which a clip is `low_sync_confidence`; real speakers score about 0.45-1.1, other speech and music 0-0.25.")
+    min_confidence_embedded: float = option(0.35, "mouth-audio-cca backend: confidence (how far the mouth-audio fit stands above chance, in z-like units) below which a clip is `low_sync_confidence`; real speakers score about 0.45-1.1, other speech and music 0-0.25.")
+    speaker_margin_embedded: float = option(0.15, "mouth-audio-cca backend, several faces: the speaker's confidence must beat every other face's by this much, else `multiple_faces`.")
+    min_significance: float = option(4.0, "lip-sync backend: how far the offset curve's peak must stand above the peaks the clip's audio reaches out of alignment, in units of their spread (the confidence), else `low_sync_confidence`.")
+    min_margin: float = option(0.06, "lip-sync backend: how far the peak must stand above the best rival peak 3 or more frames away (the margin), else `low_sync_confidence` (evenly paced speech has rivals one syllable away).")
+    speaker_margin_lip_sync: float = option(0.03, "lip-sync backend, several faces: the speaker's agreement with the audio at its best offset (the curve's peak) must beat every other face's by this much, else `multiple_faces` (people saying sentences of one pattern, as GRID's, fit each other's sound almost as well).")
     min_confidence_syncnet: float = option(3.0, "SyncNet backend: confidence (median minus minimum distance) below which a clip is `low_sync_confidence` (LatentSync's threshold).")
-    speaker_margin_embedded: float = option(0.15, "Embedded backend, several faces: the speaker's confidence must beat every other face's by this much, else `multiple_faces`.")
     speaker_margin_syncnet: float = option(2.0, "SyncNet backend, several faces: the speaker's confidence must beat every other face's by this much, else `multiple_faces`.")
+    mode: str = option("filter", "`filter`: reject clips that are out of sync or unsure and correct the rest; `measure`: record every talking clip's offset and confidence but keep its audio as it is and reject nothing for sync (footage known to be in sync, such as a corpus to train the sync model on).")
 
     def validate(self) -> None:
+        if self.mode not in SYNC_MODES:
+            raise ValueError(f"sync.mode must be one of {SYNC_MODES}, not {self.mode!r}")
+        if self.backend not in SYNC_BACKENDS:
+            raise ValueError(f"sync.backend must be one of {SYNC_BACKENDS}, not {self.backend!r}")
         if self.max_offset_frames < 1:
             raise ValueError("sync.max_offset_frames must be at least 1")
         if not 0 <= self.max_correction_ms <= self.max_offset_frames * MS_PER_FRAME:
@@ -63,8 +77,8 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
                 f"sync.max_correction_ms must be between 0 and the search range, sync.max_offset_frames "
                 f"({self.max_offset_frames} frames = {self.max_offset_frames * MS_PER_FRAME:.0f} ms)"
             )
-        if self.speaker_margin_embedded < 0 or self.speaker_margin_syncnet < 0:
-            raise ValueError("sync.speaker_margin_embedded and sync.speaker_margin_syncnet must not be negative")
+        if min(self.speaker_margin_embedded, self.speaker_margin_lip_sync, self.speaker_margin_syncnet) < 0:
+            raise ValueError("sync.speaker_margin_embedded, speaker_margin_lip_sync and speaker_margin_syncnet must not be negative")
 
     def validate_with(self, stages: Mapping[str, Stage]) -> None:
         context = getattr(stages.get("scene_cut"), "audio_context_frames", None)
@@ -72,9 +86,12 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
             raise ValueError(_context_error(self.max_offset_frames, context))
 
     def setup(self) -> None:
-        # The embedded scorer gates its confidence on the same speech and mouth thresholds as this stage's rules.
-        self._scorer = (SyncNetScorer(self.syncnet_model_path) if self.syncnet_model_path
-                        else MouthAudioScorer(min_mouth_motion=self.min_mouth_motion, min_speech_range_db=self.min_speech_range_db))
+        if self.syncnet_model_path:
+            self._scorer = SyncNetScorer(self.syncnet_model_path)
+        elif self.backend == "lip-sync":
+            self._scorer = LipSyncScorer(self.lip_sync_model_path)
+        else:  # gates its confidence on the same speech and mouth thresholds as this stage's rules
+            self._scorer = MouthAudioScorer(min_mouth_motion=self.min_mouth_motion, min_speech_range_db=self.min_speech_range_db)
 
     @property
     def _syncnet(self) -> bool:
@@ -104,11 +121,17 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
         estimates = {i: self._estimate(item, faces[i]) for i in moving}
         if len(faces) > 1:
             result.tracks = [_track_score(f, motion, estimates.get(i)) for i, (f, motion) in enumerate(zip(faces, motions))]
-        threshold, margin = (
-            (self.min_confidence_syncnet, self.speaker_margin_syncnet) if self._syncnet
-            else (self.min_confidence_embedded, self.speaker_margin_embedded)
-        )
-        ranked = sorted(moving, key=lambda i: estimates[i].confidence, reverse=True)
+        threshold, margin = {
+            SyncNetScorer: (self.min_confidence_syncnet, self.speaker_margin_syncnet),
+            LipSyncScorer: (self.min_significance, self.speaker_margin_lip_sync),
+            MouthAudioScorer: (self.min_confidence_embedded, self.speaker_margin_embedded),
+        }[type(self._scorer)]
+
+        def fit(i: int) -> float:  # how well face i fits the audio, in the unit its speaker margin is in
+            agreement = estimates[i].agreement
+            return estimates[i].confidence if agreement is None else agreement
+
+        ranked = sorted(moving, key=fit, reverse=True)
         best = ranked[0]
         if best != 0:
             item.face = dataclasses.replace(faces[best], candidates=[])
@@ -116,11 +139,18 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
         result.mouth_motion = motions[best]
         result.offset_ms = float(estimate.offset_frames * MS_PER_FRAME)
         result.confidence = float(estimate.confidence)
-        if len(ranked) > 1 and (estimate.confidence < threshold or estimate.confidence - estimates[ranked[1]].confidence < margin):
-            scores = ", ".join(f"{estimates[i].confidence:.2f} (face at x {_centre(faces[i])[0]:.2f})" for i in ranked)
-            return Rejected("multiple_faces", f"no face clearly speaks: confidences {scores}; the speaker needs {threshold:g} and a lead of {margin:g}")
+        result.margin = None if estimate.margin is None else float(estimate.margin)
+        if self.mode == "measure":
+            return item
+        if len(ranked) > 1 and (estimate.confidence < threshold or fit(best) - fit(ranked[1]) < margin):
+            scores = ", ".join(f"{fit(i):.2f} (face at x {_centre(faces[i])[0]:.2f})" for i in ranked)
+            return Rejected("multiple_faces", f"no face clearly speaks: fits to the audio {scores}; the speaker needs confidence "
+                                              f"{threshold:g} and a lead of {margin:g} ({self._scorer.name})")
         if estimate.confidence < threshold:
             return Rejected("low_sync_confidence", f"sync confidence {estimate.confidence:.2f}, minimum {threshold:g} ({self._scorer.name})")
+        if estimate.margin is not None and estimate.margin < self.min_margin:
+            return Rejected("low_sync_confidence", f"the best offset ({result.offset_ms:+.0f} ms) leads its best rival by {estimate.margin:.3f}, "
+                                                   f"minimum {self.min_margin:g} ({self._scorer.name})")
         if abs(result.offset_ms) > self.max_correction_ms:
             return Rejected("out_of_sync", f"audio offset {result.offset_ms:+.0f} ms, at most {self.max_correction_ms:g} ms is corrected")
         result.audio_shift = round(result.offset_ms * SAMPLE_RATE / 1000)  # audio lagging: the in-sync sound starts later

@@ -77,12 +77,17 @@ class SyncEstimate:
 
     `offset_frames` > 0: the audio lags the video (sound after the lips) by that many 25 fps frames;
     < 0: the audio leads. `distances[j]` is the mean embedding distance at offset `j - max_offset`
-    (length `2 * max_offset + 1`); `confidence` is median(distances) - min(distances).
+    (length `2 * max_offset + 1`); `confidence` is in the backend's units (SyncNet: median(distances)
+    - min(distances)). `margin`, where the backend measures it, is how far the best offset stands
+    above its best rival at least a few frames away, and `agreement` how well the two streams agree
+    at the best offset.
     """
 
     offset_frames: float
     confidence: float
     distances: np.ndarray
+    margin: float | None = None
+    agreement: float | None = None
 
 
 def syncnet_model_file() -> Path:

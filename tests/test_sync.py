@@ -26,6 +26,7 @@ from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
 from stages.scene_cut import SceneCutStage
 from stages.sync import SyncStage
+from stages.lip_sync import shipped_model
 from stages.sync_embedded import MouthAudioScorer
 
 SPEAKER = media.GRID[1]
@@ -112,6 +113,19 @@ def test_an_offset_beyond_the_correction_bound_is_out_of_sync(shifted):
     assert manifest_row(clip, None)["sync_offset_ms"] == clip.sync.offset_ms  # what was measured, on the rejected row
 
 
+def test_measure_mode_records_the_offset_and_keeps_the_audio(shifted):
+    """`sync.mode=measure` (footage known to be in sync, such as a corpus to train the sync model
+    on): the offset is measured and recorded, nothing is shifted, nothing rejected for sync."""
+    stage = RunConfig.load(None, ["sync.mode=measure", "sync.max_correction_ms=200"]).section("sync")
+    clip = synced(shifted[480], stage)
+    assert clip.status is Status.PENDING, clip.reason_detail
+    assert clip.sync.offset_ms > 200 and clip.sync.audio_shift == 0  # beyond the bound, yet kept as it is
+    other = np.resize(media.decoded_audio(media.OTHER_SPEECH), shifted[0].audio_context.shape)
+    assert synced(shifted[0], stage, audio_context=other).status is Status.PENDING
+    with pytest.raises(ValueError, match="sync.mode"):
+        RunConfig.load(None, ["sync.mode=guess"])
+
+
 def test_silence_is_no_speech(run_chain, tmp_path, shifted):
     path = tmp_path / "silent.mp4"
     media.with_silent_audio(SPEAKER, path)
@@ -166,6 +180,40 @@ def test_the_speaking_face_of_two_is_kept(pair, shifted):
         assert len(clip.sync.tracks) == 2
         best = max(clip.sync.tracks, key=lambda t: t.confidence)
         assert best.confidence == clip.sync.confidence and (best.box_centre[0] < 0.5) == (side == "left")
+
+
+# -- the learned backend ---------------------------------------------------------------------------
+
+
+def test_the_learned_backend_measures_corrects_and_records_its_margin(shifted):
+    # GRID's evenly paced words give rival peaks close to the best (margins about 0.05): opened a little.
+    stage = RunConfig.load(None, ["sync.backend=lip-sync", "sync.min_margin=0.04"]).section("sync")
+    baseline, clip = synced(shifted[0], stage), synced(shifted[200], stage)
+    for kept in (baseline, clip):
+        assert kept.status is Status.PENDING, kept.reason_detail
+        assert kept.backends["sync"] == kept.sync.backend == shipped_model().name
+        assert kept.sync.confidence >= stage.min_significance and kept.sync.margin >= stage.min_margin
+    assert abs(clip.sync.offset_ms - baseline.sync.offset_ms - 200) <= TOLERANCE_MS
+    assert clip.sync.audio_shift == round(clip.sync.offset_ms * SAMPLE_RATE / 1000)
+    row = manifest_row(clip, "shards/shard-000000.tar")
+    assert (row["sync_confidence"], row["sync_margin"], row["sync_backend"]) == (clip.sync.confidence, clip.sync.margin, shipped_model().name)
+    other = np.resize(media.decoded_audio(media.OTHER_SPEECH), shifted[0].audio_context.shape)
+    rejected(synced(shifted[0], stage, audio_context=other), "low_sync_confidence")
+    with pytest.raises(ValueError, match="sync.backend"):
+        RunConfig.load(None, ["sync.backend=guess"])
+
+
+def test_the_learned_backend_never_keeps_the_silent_face(pair, shifted):
+    """Two GRID speakers say sentences of one pattern, so each face fits the other's sound nearly as
+    well: the stage keeps the face whose sound it is only when it clearly fits best, else rejects."""
+    stage = SyncStage(backend="lip-sync")
+    outcomes = {"left": synced(pair, stage), "right": synced(pair, stage, audio_context=shifted[0].audio_context)}
+    assert any(clip.status is Status.PENDING for clip in outcomes.values())
+    for side, clip in outcomes.items():
+        if clip.status is Status.PENDING:
+            assert (centre_x(clip) < 0.5) == (side == "left"), clip.sync.tracks
+        else:
+            rejected(clip, "multiple_faces")
 
 
 # -- the SyncNet backend --------------------------------------------------------------------------

@@ -101,6 +101,7 @@ class SampleInfo:
     height: int
     source_id: str
     identity: np.ndarray | None  # (512,) float32 ArcFace embedding, None where none was recorded
+    num_faces: int = 1  # faces the face stage counted in the clip
 
 
 def _join(root: str, relative: str) -> str:
@@ -124,7 +125,7 @@ def list_samples(shards: str) -> list[SampleInfo]:
     with open_binary(_join(root, INDEX)) as f:
         order = {entry["url"]: i for i, entry in enumerate(json.load(f)["shardlist"])}
     with open_binary(_join(root, MANIFEST)) as f:
-        columns = ["key", "status", "shard", "num_frames", "width", "height", "source_id", "identity_embedding"]
+        columns = ["key", "status", "shard", "num_frames", "width", "height", "source_id", "identity_embedding", "num_faces"]
         rows = [row for row in pq.read_table(f, columns=columns).to_pylist() if row["status"] == "kept"]
     if listing is not None:
         kept = {(row["key"], row["shard"]) for row in rows}
@@ -147,6 +148,7 @@ def list_samples(shards: str) -> list[SampleInfo]:
             height=row["height"],
             source_id=row["source_id"],
             identity=None if row["identity_embedding"] is None else np.asarray(row["identity_embedding"], np.float32),
+            num_faces=row["num_faces"],
         )
         for row in rows
     ]
