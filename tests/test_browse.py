@@ -290,8 +290,11 @@ def test_manifest_strings_are_shown_as_text(hostile_run, browser, tmp_path):
 
 
 def test_served_on_loopback_by_the_cli(hostile_run, browser):
+    # SIGINT as a terminal's Ctrl-C gives it: a suite started in the background (`cmd &` in a
+    # script, nohup) ignores SIGINT, and children inherit that, so the server would never stop.
     server = subprocess.Popen([TALKCURATE, "browse", str(hostile_run), "--port", "0", "--limit", "2"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = server.stdout.readline()
         assert line.startswith(f"serving {hostile_run} at http://127.0.0.1:"), (line, server.stderr.read() if not line else "")
