@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from schemas.face import LIPS_INNER, LIPS_OUTER
-from schemas.records import FPS, SAMPLE_RATE
-from stages.sync_models import SyncEstimate
+from schemas.records import SAMPLE_RATE
+from stages.sync_models import SAMPLES_PER_FRAME, SyncEstimate
 
 FORMAT = "talkcurate-lip-sync-v1"
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "models" / "lip_sync.npz"
@@ -41,7 +41,7 @@ VIDEO_FEATURES = 2 * len(MOUTH_POINTS)
 
 MEL_BANDS = 40
 MEL_PER_FRAME = 4  # 10 ms steps per 25 fps frame
-_HOP = SAMPLE_RATE // FPS // MEL_PER_FRAME  # 160 samples
+_HOP = SAMPLES_PER_FRAME // MEL_PER_FRAME  # 160 samples
 _WINDOW = 400  # 25 ms
 _FFT = 512
 RIVAL_FRAMES = 3  # a rival peak is at least this many frames from the best one
@@ -79,10 +79,10 @@ def _filled(points: np.ndarray) -> np.ndarray:
     if not bad.any() or bad.all():
         return np.nan_to_num(points)
     good = np.flatnonzero(~bad)
-    nearest = good[np.clip(np.searchsorted(good, np.arange(len(points))), 0, len(good) - 1)]
-    before = good[np.clip(np.searchsorted(good, np.arange(len(points))) - 1, 0, len(good) - 1)]
-    pick = np.where(np.abs(before - np.arange(len(points))) < np.abs(nearest - np.arange(len(points))), before, nearest)
-    return points[pick]
+    frames = np.arange(len(points))
+    after = np.searchsorted(good, frames)  # the first good frame at or after each frame
+    later, earlier = good[np.minimum(after, len(good) - 1)], good[np.maximum(after - 1, 0)]
+    return points[np.where(frames - earlier < later - frames, earlier, later)]
 
 
 def pixel_points(landmarks: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -137,7 +137,6 @@ class SyncEvidence:
     rival: float  # the curve's maximum at least RIVAL_FRAMES from the peak
     chance_mean: float  # mean and spread of the peak with the audio rolled out of alignment
     chance_std: float
-    frames: int  # frames of the clip
 
     @property
     def margin(self) -> float:
@@ -180,8 +179,8 @@ class LipSyncModel:
 
     def embed_audio(self, audio: np.ndarray) -> np.ndarray:
         """(len // 640, D) unit vectors, one per 25 fps frame of int16 16 kHz audio."""
-        frames = len(audio) // (_HOP * MEL_PER_FRAME)
-        mel = log_mel(audio[: frames * _HOP * MEL_PER_FRAME])
+        frames = len(audio) // SAMPLES_PER_FRAME
+        mel = log_mel(audio[: frames * SAMPLES_PER_FRAME])
         first, rest = self.audio_layers[0], self.audio_layers[1:]
         x = np.maximum(_conv(mel, self.params[f"audio.{first}.weight"], self.params[f"audio.{first}.bias"]), 0.0)
         x = x[: frames * MEL_PER_FRAME].reshape(frames, -1)  # a frame's four 10 ms steps side by side
@@ -218,7 +217,7 @@ class LipSyncModel:
         lowest = 2 * max_offset + RIVAL_FRAMES
         rolls = range(lowest, total - lowest + 1, max(1, (total - 2 * lowest) // chance_rolls)) if total > 2 * lowest else [total // 2]
         chance = np.array([curve(np.roll(audio, roll, axis=0)).max() for roll in rolls])
-        return SyncEvidence(values, refined - max_offset, float(values[best]), rival, float(chance.mean()), float(chance.std()), frames)
+        return SyncEvidence(values, refined - max_offset, float(values[best]), rival, float(chance.mean()), float(chance.std()))
 
 
 @functools.cache
@@ -234,14 +233,10 @@ class LipSyncScorer:
         self.model = LipSyncModel(model_path) if model_path else shipped_model()
         self.name = self.model.name
 
-    def evidence(self, landmarks: np.ndarray, width: int, height: int, audio_context: np.ndarray,
-                 context_frames: int, max_offset: int) -> SyncEvidence:
+    def score(self, landmarks: np.ndarray, width: int, height: int, audio_context: np.ndarray,
+              context_frames: int, max_offset: int) -> SyncEstimate:
         """`audio_context` covers the clip plus `context_frames` on both sides; offsets are searched
         within +-`max_offset` frames. Positive: the audio lags the video."""
         video = self.model.embed_video(landmarks, width, height)
-        return self.model.evidence(video, self.model.embed_audio(audio_context), context_frames, max_offset)
-
-    def score(self, landmarks: np.ndarray, width: int, height: int, audio_context: np.ndarray,
-              context_frames: int, max_offset: int) -> SyncEstimate:
-        found = self.evidence(landmarks, width, height, audio_context, context_frames, max_offset)
+        found = self.model.evidence(video, self.model.embed_audio(audio_context), context_frames, max_offset)
         return SyncEstimate(found.offset_frames, found.significance, 1.0 - found.curve, margin=found.margin, agreement=found.peak)

@@ -19,6 +19,7 @@ same weights on any machine with the same torch build.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -27,17 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile
 import torch
 from torch import nn
 
-from schemas.face import decode_face_npz
-from schemas.manifest import MEMBER_FACE
+from schemas.face import NUM_LANDMARKS, decode_face_npz
+from schemas.manifest import MEMBER_AUDIO, MEMBER_FACE
+from schemas.records import SAMPLE_RATE
 from stages import lip_sync
 from stages.lip_sync import MEL_BANDS, MEL_PER_FRAME, RIGID_POINTS, VIDEO_FEATURES, log_mel, mouth_shape, pixel_points
+from stages.sync_models import SAMPLES_PER_FRAME
 from train.data import ShardReader, dataset_source, list_samples
 
 log = logging.getLogger(__name__)
-SAMPLES_PER_FRAME = lip_sync.SAMPLE_RATE // lip_sync.FPS
 
 
 @dataclass
@@ -105,7 +108,7 @@ class LipSyncNet(nn.Module):
 
 def export(model: LipSyncNet, template: np.ndarray, version: str, path: str | Path) -> None:
     """Write the weights in stages/lip_sync.py's format (float16 halves the file; inference is float32)."""
-    arrays = {f"{name}": p.detach().cpu().numpy().astype(np.float16) for name, p in model.state_dict().items() if name != "log_scale"}
+    arrays = {name: p.detach().cpu().numpy().astype(np.float16) for name, p in model.state_dict().items() if name != "log_scale"}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         np.savez_compressed(f, format=np.array(lip_sync.FORMAT), version=np.array(version), template=template.astype(np.float32), **arrays)
@@ -128,34 +131,30 @@ def read_clips(shards: list[str]) -> list[TrainingClip]:
         for sample in list_samples(source):
             if sample.num_faces != 1:
                 continue
-            members = reader.read(sample.shard, sample.key, [MEMBER_FACE, "wav"])
+            members = reader.read(sample.shard, sample.key, [MEMBER_FACE, MEMBER_AUDIO])
             track = decode_face_npz(members[MEMBER_FACE])
-            audio = _wav_samples(members["wav"])
+            audio = _wav_samples(members[MEMBER_AUDIO])
             frames = min(track.num_frames, len(audio) // SAMPLES_PER_FRAME)
             clips.append(TrainingClip(track.landmarks[:frames], sample.width, sample.height, audio[: frames * SAMPLES_PER_FRAME], sample.source_id))
     return clips
 
 
 def _wav_samples(data: bytes) -> np.ndarray:
-    import io
-
-    import soundfile
-
     samples, rate = soundfile.read(io.BytesIO(data), dtype="int16")
-    if rate != lip_sync.SAMPLE_RATE:
-        raise ValueError(f"KEY.wav at {rate} Hz, expected {lip_sync.SAMPLE_RATE}")
+    if rate != SAMPLE_RATE:
+        raise ValueError(f"KEY.wav at {rate} Hz, expected {SAMPLE_RATE}")
     return samples.reshape(-1)
 
 
 def procrustes_template(clips: list[TrainingClip], iterations: int = 3) -> np.ndarray:
     """The mean rigid-point shape of every frame (generalized Procrustes), RMS radius 1."""
     rigid = np.concatenate([pixel_points(c.landmarks, c.width, c.height)[:, RIGID_POINTS] for c in clips])
+    points = np.zeros((len(rigid), NUM_LANDMARKS, 3))  # `align` takes whole meshes; only the rigid points matter here
+    points[:, RIGID_POINTS] = rigid
     template = rigid[0] - rigid[0].mean(axis=0)
     for _ in range(iterations):
         template = template / np.sqrt((template**2).sum(axis=1).mean())
-        padded = np.zeros((len(rigid), 478, 3))
-        padded[:, RIGID_POINTS] = rigid
-        template = lip_sync.align(padded, template)[:, RIGID_POINTS].mean(axis=0)
+        template = lip_sync.align(points, template)[:, RIGID_POINTS].mean(axis=0)
         template -= template.mean(axis=0)
     return template / np.sqrt((template**2).sum(axis=1).mean())
 
