@@ -7,8 +7,10 @@ People and their split come from bench/sync_people.json. For every file of the s
 runs probe .. face once for 3 s clips (scene_cut.max_clip_s=3) and once for the default clips
 (up to 10 s), then for every shift writes the file with its sound moved that many ms later
 (ffmpeg, PCM in Matroska) and gives each clip the shifted file's audio context, as a run would.
-The sync stage (with the `--set` options) then keeps or rejects each clip; a kept clip's offset is
-compared with the shift (the corpus is taken to be in sync as published).
+The sync stage (with the `--set` options) then keeps or rejects the clips of each file and shift,
+taken together as one chunk's (so the lip-sync backend pools them); a kept clip's offset is compared
+with the shift, plus the file's own offset where bench/sync_people.json lists one (files every
+backend finds out of sync as published); the rest of the corpus is taken to be in sync.
 
 It also checks what must be rejected: each clip under another person's speech (another file of
 the split), under music, under flite's voice, and a still frame of the face under its own speech;
@@ -77,17 +79,25 @@ class Outcome:
     margin: float | None
     reason: str | None
     cpu_s: float
+    pooled_clips: int | None
 
 
-def synced(stage: SyncStage, clip: CandidateClip, context: np.ndarray) -> tuple[Outcome, CandidateClip]:
-    """What the sync stage makes of a copy of `clip` under `context` (its audio context)."""
-    trial = dataclasses.replace(clip, backends=dict(clip.backends), face=copy.copy(clip.face), audio_context=context)
+def synced(stage: SyncStage, clips: list[tuple[CandidateClip, np.ndarray]]) -> list[tuple[Outcome, CandidateClip]]:
+    """What the sync stage makes of copies of `clips` (the clips of one file) under their audio
+    contexts, taken as one chunk's (settled together when the stage pools a chunk's evidence)."""
+    trials = [dataclasses.replace(clip, backends=dict(clip.backends), face=copy.copy(clip.face), audio_context=context)
+              for clip, context in clips]
     started = time.process_time()
-    (out,) = ChainRunner([stage], keep_frames=True).run(trial)
-    cpu = time.process_time() - started
-    sync = out.sync
-    return Outcome(out.status is not Status.REJECTED, None if sync is None else sync.offset_ms,
-                   None if sync is None else sync.confidence, None if sync is None else sync.margin, out.reason, cpu), out
+    outs = {out.start_frame: out for out in ChainRunner([stage], keep_frames=True).run_clips(trials)}
+    cpu = (time.process_time() - started) / max(1, len(trials))
+    results = []
+    for trial in trials:
+        out = outs[trial.start_frame]
+        sync = out.sync
+        results.append((Outcome(out.status is not Status.REJECTED, None if sync is None else sync.offset_ms,
+                                None if sync is None else sync.confidence, None if sync is None else sync.margin, out.reason, cpu,
+                                None if sync is None else sync.pooled_clips), out))
+    return results
 
 
 def verdict(outcome: Outcome, shift_ms: float) -> str:
@@ -115,6 +125,7 @@ def main() -> None:
     stage = RunConfig.load(None, args.set).section("sync")
     stage.setup()
     split = people(args.split, args.corpus)
+    reference_ms = json.loads(PEOPLE.read_text())["reference_offsets_ms"]["files"]
 
     rows, rejections, speakers = [], [], []
     with tempfile.TemporaryDirectory() as work:
@@ -134,27 +145,27 @@ def main() -> None:
                         shifted = work / f"shifted {shift}.mkv"
                         media.audio_shifted(path, shifted, shift)
                         contexts[shift] = {c.start_frame: c.audio_context for c in clips(shifted, scene_cut, with_faces=False)}
-                    for clip in faced:
-                        for shift in shifts:
-                            context = contexts[shift].get(clip.start_frame)
-                            if context is None:
-                                continue
-                            outcome, _ = synced(stage, clip, context)
+                    for shift in shifts:
+                        trials = [(clip, contexts[shift][clip.start_frame]) for clip in faced if clip.start_frame in contexts[shift]]
+                        truth = shift + reference_ms.get(path.name, 0.0)
+                        for (clip, _), (outcome, _) in zip(trials, synced(stage, trials)):
                             rows.append({"person": person, "file": path.name, "start_s": clip.start_s, "seconds": clip.num_frames / 25,
-                                         "lengths": length_class(clip, lengths), "shift_ms": shift, "verdict": verdict(outcome, shift),
-                                         **dataclasses.asdict(outcome)})
+                                         "lengths": length_class(clip, lengths), "shift_ms": shift, "truth_ms": truth,
+                                         "verdict": verdict(outcome, truth), **dataclasses.asdict(outcome)})
                 print(f"{person}: {path.name} done", file=sys.stderr, flush=True)
         if not args.no_foreign:
             names = sorted(person for person, faced in faced_by_person.items() if faced)
             for i, person in enumerate(names):
                 other = names[(i + 1) % len(names)]
                 foreign = {**others, "another person": np.concatenate([c.audio_context for c in faced_by_person[other]])}
-                for clip in faced_by_person[person]:
-                    for kind, audio in foreign.items():
-                        outcome, _ = synced(stage, clip, np.resize(audio, clip.audio_context.shape))
+                faced = faced_by_person[person]
+                for kind, audio in foreign.items():  # the whole file dubbed: every clip under the foreign sound
+                    trials = [(clip, np.resize(audio, clip.audio_context.shape)) for clip in faced]
+                    for clip, (outcome, _) in zip(faced, synced(stage, trials)):
                         rejections.append({"person": person, "start_s": clip.start_s, "audio": kind, **dataclasses.asdict(outcome)})
-                    still = dataclasses.replace(clip, face=dataclasses.replace(clip.face, track=_still(clip.face.track)))
-                    outcome, _ = synced(stage, still, clip.audio_context)
+                stills = [(dataclasses.replace(clip, face=dataclasses.replace(clip.face, track=_still(clip.face.track))), clip.audio_context)
+                          for clip in faced]
+                for clip, (outcome, _) in zip(faced, synced(stage, stills)):
                     rejections.append({"person": person, "start_s": clip.start_s, "audio": "still face", **dataclasses.asdict(outcome)})
             speakers = two_face_composites(stage, split, work)
 
@@ -187,8 +198,8 @@ def two_face_composites(stage: SyncStage, split: dict[str, list[Path]], work: Pa
             else:  # the sound of `a`, which stands on the right
                 media.ffmpeg("-i", scaled[1], "-i", scaled[0], "-filter_complex", "[0:v][1:v]hstack=inputs=2,setsar=1[v]", "-map", "[v]",
                              "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", "-shortest", out)
-            for clip in clips(out, {}, with_faces=True):
-                outcome, synced_clip = synced(stage, clip, clip.audio_context)
+            faced = clips(out, {}, with_faces=True)
+            for clip, (outcome, synced_clip) in zip(faced, synced(stage, [(c, c.audio_context) for c in faced])):
                 centre = None
                 if outcome.kept:
                     boxes = synced_clip.face.track.boxes

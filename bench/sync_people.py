@@ -7,7 +7,7 @@ How the shipped lip-sync model (stages/models/lip_sync.npz) was made, from the r
     talkcurate run ../shared/media/talking demo/media/grid_*.mpg demo/media/latentsync_demo1_video.mp4 \\
         --out corpus-run --set sync.mode=measure
     python bench/sync_people.py corpus-run --split train --list train.json
-    talkcurate train-sync train.json --out stages/models/lip_sync.npz --seed 0
+    talkcurate train-sync train.json --out stages/models/lip_sync.npz
 
 `sync.mode=measure` keeps the corpus's audio as it was published (nothing shifted, nothing
 rejected for sync); the list keeps the split's single-face clips.

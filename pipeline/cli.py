@@ -137,11 +137,11 @@ def _cmd_train_sync(args) -> int:
     from train.sync_training import SyncTrainingConfig, train
 
     logging.getLogger("train").setLevel(logging.INFO)
-    given = {"steps": args.steps, "seed": args.seed, "version": args.version}
+    given = {"components": args.components, "context_steps": args.context_steps, "ridge": args.ridge, "version": args.version}
     config = SyncTrainingConfig(**{name: value for name, value in given.items() if value is not None})
     summary = train(args.shards, args.out, config)
     print(f"{args.out}: lip-sync model {summary['version']} from {summary['clips']} clips of {summary['sources']} sources "
-          f"({summary['frames'] / 25:.0f} s) in {summary['seconds']:.0f} s; loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}")
+          f"({summary['frames'] / 25:.0f} s) in {summary['seconds']:.0f} s; variance explained per component {summary['explained_variance']}")
     return 0
 
 
@@ -231,8 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_sync = commands.add_parser("train-sync", help="train the learned lip-sync model on runs' kept clips (landmarks and in-sync audio)")
     train_sync.add_argument("shards", nargs="+", metavar="SHARDS", help="a run's output folder, or a sample list (FILE.json from `subset --list`)")
     train_sync.add_argument("--out", required=True, help="the weight file to write (the sync stage reads it from sync.lip_sync_model_path)")
-    train_sync.add_argument("--steps", type=int, help="optimizer steps (default: the shipped model's)")
-    train_sync.add_argument("--seed", type=int, help="seed of the weights, windows and augmentation (default 0)")
+    train_sync.add_argument("--components", type=int, help="mouth components the audio predicts (default: the shipped model's)")
+    train_sync.add_argument("--context-steps", type=int, help="20 ms audio steps read on each side of a frame (default: the shipped model's)")
+    train_sync.add_argument("--ridge", type=float, help="ridge penalty per frame (default: the shipped model's)")
     train_sync.add_argument("--version", help="version recorded in the file and the manifest's sync_backend (default: the shipped model's)")
     train_sync.set_defaults(func=_cmd_train_sync)
 

@@ -3,7 +3,9 @@
 The runner turns stage results into records: a `Rejected` becomes the input's rejected row, an
 exception becomes an `error` row naming the stage and the file (the run goes on), and after each
 chunk of a source it emits `ChunkDone` with the number of clips the chunk produced, so the writer
-knows when a source is complete. It also times each stage (wall and CPU seconds per item).
+knows when a source is complete. When a stage settles decisions over a whole chunk, the chunk's
+kept clips wait (without their frames) until the chunk is exhausted and the stage has settled
+them. It also times each stage (wall and CPU seconds per item).
 """
 
 from __future__ import annotations
@@ -166,14 +168,54 @@ class ChainRunner:
     def _apply(self, index: int, stage: Stage, item: object) -> Iterator[object]:
         outputs = self._apply_stage(index, stage, item)
         if isinstance(item, SourceChunk):
-            # The chunk ends here: tell the writer how many rows came out of it.
             emitted = 0
-            for out in outputs:
+            for out in self._settled(self.stages[index:], outputs):
                 emitted += isinstance(out, CandidateClip)
                 yield out
+            # The chunk ends here: tell the writer how many rows came out of it.
             yield ChunkDone(item.source, item.index, item.count, emitted)
         else:
             yield from outputs
+
+    def run_clips(self, clips: list[CandidateClip]) -> list[object]:
+        """Clips of one chunk through the stages, settled together as a chunk's are (benchmarks, tests)."""
+        self.setup()
+        return list(self._settled(self.stages, (out for clip in clips for out in self._run_from(0, clip))))
+
+    def _settled(self, stages: list[Stage], outputs: Iterator[object]) -> Iterator[object]:
+        """One chunk's `outputs`; when one of `stages` settles, its kept clips wait (without their
+        frames) until the chunk is exhausted, and come out settled."""
+        settling = [s for s in stages if s.settles()]
+        if not settling:
+            yield from outputs
+            return
+        held = []
+        for out in outputs:
+            if isinstance(out, CandidateClip) and out.status is not Status.REJECTED:
+                if not self.keep_frames:
+                    out.frames = None
+                held.append(out)
+            else:
+                yield out
+        for stage in settling:
+            held = self._settle(stage, held)
+        yield from held
+
+    def _settle(self, stage: Stage, clips: list[CandidateClip]) -> list[CandidateClip]:
+        """`stage.settle` on the chunk's kept clips; its rejections become rejected rows."""
+        kept = [c for c in clips if c.status is not Status.REJECTED]
+        if not kept:
+            return clips
+        try:
+            with _Timed(self.stats.stages[stage.name]):
+                results = stage.settle(kept)
+            if len(results) != len(kept):
+                raise RuntimeError(f"{len(results)} results for {len(kept)} clips")
+        except Exception as exc:
+            log.error("stage %s failed settling %s: %s", stage.name, _describe(kept[0]), exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            results = [Rejected("error", f"{stage.name}: {type(exc).__name__}: {exc}")] * len(kept)
+        settled = iter(self._record(stage, c, r) for c, r in zip(kept, results))
+        return [next(settled) if c.status is not Status.REJECTED else c for c in clips]
 
     def _reject(self, stage: Stage, item: object, reason: str, detail: str) -> Iterator[object]:
         yield item.reject(reason, detail, stage.name)

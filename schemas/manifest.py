@@ -14,7 +14,7 @@ from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status
 from schemas.sync import SyncResult
 from schemas.text import Transcript
 
-SCHEMA_VERSION = "1.5"
+SCHEMA_VERSION = "1.6"
 """Bumped whenever a manifest column or a sample member changes meaning."""
 
 # Shard member suffixes of one sample (the WebDataset key is everything before the first dot).
@@ -66,6 +66,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("sync_offset_ms", pa.float64()),
         pa.field("sync_confidence", pa.float64()),
         pa.field("sync_margin", pa.float64()),
+        pa.field("sync_pooled_clips", pa.int32()),
         pa.field("sync_backend", pa.string()),
         pa.field("speech_range_db", pa.float64()),
         pa.field("mouth_motion", pa.float64()),
@@ -166,6 +167,7 @@ def _sync_columns(sync: SyncResult | None) -> dict[str, Any]:
         "sync_offset_ms": None if sync is None else sync.offset_ms,
         "sync_confidence": None if sync is None else sync.confidence,
         "sync_margin": None if sync is None else sync.margin,
+        "sync_pooled_clips": None if sync is None else sync.pooled_clips,
         "sync_backend": None if sync is None else sync.backend,
         "speech_range_db": None if sync is None else sync.speech_range_db,
         "mouth_motion": None if sync is None else sync.mouth_motion,

@@ -4,7 +4,8 @@ A stage is a dataclass whose fields are its configuration (each with a `doc` in 
 which `talkcurate config` prints). It declares the record type it consumes, the resources one
 worker needs, loads models once in `setup()`, and turns one input into its output, a
 `Rejected(reason, detail)`, or, for stages that fan out (one source into many clips), an
-iterator of outputs and rejections. Model stages may also take a batch of inputs at once.
+iterator of outputs and rejections. Model stages may also take a batch of inputs at once, and a
+stage may settle some decisions once it has seen every clip of a chunk.
 """
 
 from __future__ import annotations
@@ -86,6 +87,16 @@ class Stage(Generic[In, Out]):
         whole batch at once (what a GPU needs); the default processes the items one by one.
         Only for stages that do not fan out."""
         return [self.process(item) for item in items]
+
+    def settles(self) -> bool:
+        """True when, with this configuration, the stage decides some clips in `settle`."""
+        return False
+
+    def settle(self, items: list[Out]) -> list[Out | Rejected]:
+        """Decisions that need every clip of a chunk (the sync stage pools a source's evidence):
+        called when a chunk is exhausted, with its clips still kept after the whole group ran on
+        them, when `settles()`. One result per item, in order."""
+        return items
 
     def worker_resources(self) -> Resources:
         """What one worker of this stage needs with this configuration (a stage whose `device`

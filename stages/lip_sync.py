@@ -1,20 +1,24 @@
 """The learned lip-sync model: the embedded default of the sync stage, shipped as a small weight
 file and retrained with `talkcurate train-sync` (train/sync_training.py) on any run's shards.
 
-It is SyncNet's idea on what the face stage already measures. Two small convolutional streams
-turn each 25 fps frame into a unit vector: one from the mouth's shape (lip and jaw landmarks,
-aligned to a canonical face so head pose, face size and the person's own mouth drop out), one from
-the 40 ms of log-mel audio that goes with the frame. Trained contrastively over offsets, the two
-agree where lips and sound belong together. A clip's offset curve is the mean agreement of every
-frame with the audio `o` frames later, for each `o` in the search range: one matrix product.
+An audio-to-mouth regressor, learned once across many people. The mouth's shape per 25 fps frame
+(lip and jaw landmarks, aligned to a canonical face so head pose, face size and the person's own
+mouth drop out) is reduced to its few main components of motion; a ridge regression predicts
+those components from the log-mel spectrum of the 140 ms of audio around the frame. A clip's offset
+curve is how well the observed mouth correlates with the mouth predicted from audio `o` frames
+later, for each `o` in the search range.
+
+Why a linear regressor and not a deep two-stream network: the development corpus holds minutes,
+not hours, of talking faces. A SyncNet-style network trained on it (this module's first version)
+learned its training people by heart and measured new people barely above chance; the regressor
+has a few thousand weights, fits in a second, and held-out people's offsets come out the same at
+every applied shift (the README gives the measurements).
 
 Why it can say when it is unsure (`SyncEvidence`): besides the curve's peak, it measures the best
 rival peak at least `RIVAL_FRAMES` away (rhythmic speech such as GRID's makes a comb of peaks one
-word apart), and what the same clip reaches with its audio rolled out of alignment (chance). The
-sync stage decides on those numbers; this module only measures.
-
-Inference is numpy (workers need not import torch); train/sync_training.py holds the same network
-in torch and writes it in this module's format.
+word apart), and what the same mouth reaches against other people's speech (chance: the mouth
+predicted from the training audio, stored with the weights). The sync stage decides on those
+numbers; this module only measures.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from schemas.face import LIPS_INNER, LIPS_OUTER
 from schemas.records import SAMPLE_RATE
 from stages.sync_models import SAMPLES_PER_FRAME, SyncEstimate
 
-FORMAT = "talkcurate-lip-sync-v1"
+FORMAT = "talkcurate-lip-sync-v2"
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "models" / "lip_sync.npz"
 
 # Points that move with the head but not with speech: forehead, nose bridge and tip, eye corners,
@@ -41,6 +45,9 @@ VIDEO_FEATURES = 2 * len(MOUTH_POINTS)
 
 MEL_BANDS = 40
 MEL_PER_FRAME = 4  # 10 ms steps per 25 fps frame
+POOLED_STEP = 2  # the regressor reads 20 ms steps...
+POOLED_BANDS = 2  # ...of bands pooled in pairs: 20 bands
+STEPS_PER_FRAME = MEL_PER_FRAME // POOLED_STEP
 _HOP = SAMPLES_PER_FRAME // MEL_PER_FRAME  # 160 samples
 _WINDOW = 400  # 25 ms
 _FFT = 512
@@ -115,28 +122,61 @@ def mouth_shape(landmarks: np.ndarray, width: int, height: int, template: np.nda
     return (aligned.reshape(len(aligned), -1) / scale).astype(np.float32)
 
 
-def _conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """Same-padded 1-D convolution of (T, Cin) by torch-layout (Cout, Cin, k) weights."""
-    k = weight.shape[2]
-    padded = np.pad(x, ((k // 2, k - 1 - k // 2), (0, 0)))
-    windows = np.lib.stride_tricks.sliding_window_view(padded, k, axis=0)  # (T, Cin, k)
-    return np.tensordot(windows, weight, axes=([1, 2], [1, 2])) + bias
+def audio_features(audio: np.ndarray, context_steps: int) -> np.ndarray:
+    """(len // 640, (2 * context_steps + STEPS_PER_FRAME) * 20) float32: per 25 fps frame of int16
+    16 kHz audio, the pooled log-mel steps of the frame and `context_steps` on each side."""
+    frames = len(audio) // SAMPLES_PER_FRAME
+    mel = log_mel(audio[: frames * SAMPLES_PER_FRAME])[: frames * MEL_PER_FRAME]
+    pooled = mel.reshape(-1, POOLED_STEP, MEL_BANDS // POOLED_BANDS, POOLED_BANDS).mean(axis=(1, 3))
+    padded = np.pad(pooled, ((context_steps, context_steps), (0, 0)))
+    span = 2 * context_steps + STEPS_PER_FRAME
+    windows = np.lib.stride_tricks.sliding_window_view(padded, span, axis=0)[::STEPS_PER_FRAME][:frames]  # (frames, bands, span)
+    return np.ascontiguousarray(windows.transpose(0, 2, 1)).reshape(frames, -1)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)
+def _standardized(x: np.ndarray, axis: int) -> np.ndarray:
+    x = x - x.mean(axis=axis, keepdims=True)
+    return x / np.maximum(x.std(axis=axis, keepdims=True), 1e-6)
 
 
 @dataclass
 class SyncEvidence:
-    """What the model measured on one face against one clip's audio context."""
+    """What the model measured on one face against one clip's audio context (or, pooled, on several
+    clips of one source)."""
 
     curve: np.ndarray  # mean agreement at each offset -max_offset..max_offset (frames); > 0: audio lags
-    offset_frames: float  # the peak, refined between frames
-    peak: float  # the curve's maximum
-    rival: float  # the curve's maximum at least RIVAL_FRAMES from the peak
-    chance_mean: float  # mean and spread of the peak with the audio rolled out of alignment
-    chance_std: float
+    chance_curves: np.ndarray  # (windows, offsets): the same search against other people's speech
+    frames: int  # the evidence's length: what pooling weighs it by
+
+    @functools.cached_property
+    def _best(self) -> int:
+        return int(np.argmax(self.curve))
+
+    @property
+    def max_offset(self) -> int:
+        return len(self.curve) // 2
+
+    @property
+    def peak(self) -> float:
+        return float(self.curve[self._best])
+
+    @property
+    def offset_frames(self) -> float:
+        """The peak, refined between frames by the parabola through it and its neighbours."""
+        best, values = self._best, self.curve
+        refined = float(best)
+        if 0 < best < len(values) - 1:
+            below, peak, above = values[best - 1 : best + 2]
+            curvature = below - 2 * peak + above
+            if curvature < 0:
+                refined += float(np.clip(0.5 * (below - above) / curvature, -0.5, 0.5))
+        return refined - self.max_offset
+
+    @property
+    def rival(self) -> float:
+        """The curve's maximum at least RIVAL_FRAMES from the peak."""
+        far = np.abs(np.arange(len(self.curve)) - self._best) >= RIVAL_FRAMES
+        return float(self.curve[far].max()) if far.any() else float(self.curve.min())
 
     @property
     def margin(self) -> float:
@@ -145,79 +185,90 @@ class SyncEvidence:
 
     @property
     def significance(self) -> float:
-        """How far the peak stands above chance, in units of chance's spread."""
-        return (self.peak - self.chance_mean) / max(self.chance_std, 1e-3)
+        """How far the peak stands above what other people's speech reaches, in units of its spread."""
+        return self.significance_of(self.peak)
+
+    def significance_of(self, value: float) -> float:
+        chance = self.chance_curves.max(axis=1)
+        return (value - float(chance.mean())) / max(float(chance.std()), 1e-3)
+
+    def at(self, offset_frames: float) -> float:
+        """The curve at an offset (the nearest whole frame)."""
+        return float(self.curve[int(np.clip(round(offset_frames) + self.max_offset, 0, len(self.curve) - 1))])
+
+
+def pooled(evidence: list[SyncEvidence]) -> SyncEvidence:
+    """The evidence of several clips of one source taken together, each weighed by its length (as if
+    their frames were one clip's): the weighted means of the curves, and of the chance curves window
+    by window (each clip's window r is its own stretch of other speech: wrong audio under every clip,
+    as a wrong file's would be)."""
+    weights = np.array([e.frames for e in evidence], np.float64)
+    windows = min(len(e.chance_curves) for e in evidence)
+    curve = np.average([e.curve for e in evidence], axis=0, weights=weights)
+    chance = np.average([e.chance_curves[:windows] for e in evidence], axis=0, weights=weights)
+    return SyncEvidence(curve, chance, int(weights.sum()))
 
 
 class LipSyncModel:
-    """The two-stream network, loaded from a FORMAT weight file."""
+    """The regressor, loaded from a FORMAT weight file."""
 
     def __init__(self, path: str | Path = DEFAULT_WEIGHTS):
         with np.load(path, allow_pickle=False) as npz:
             if str(npz["format"]) != FORMAT:
                 raise ValueError(f"{path}: not a {FORMAT} weight file (format {str(npz['format'])!r})")
-            self.params = {name: npz[name].astype(np.float32) for name in npz.files if name not in ("format", "version")}
             self.version = str(npz["version"])
-        self.template = self.params.pop("template").astype(np.float64)
-        self.video_layers = sorted({n.split(".")[1] for n in self.params if n.startswith("video.")}, key=int)
-        self.audio_layers = sorted({n.split(".")[1] for n in self.params if n.startswith("audio.")}, key=int)
+            self.template = npz["template"].astype(np.float64)
+            self.mouth_basis = npz["mouth_basis"].astype(np.float32)  # (components, VIDEO_FEATURES)
+            self.audio_mean = npz["audio_mean"].astype(np.float32)
+            self.audio_scale = npz["audio_scale"].astype(np.float32)
+            self.weights = npz["weights"].astype(np.float32)  # (audio features, components)
+            self.context_steps = int(npz["context_steps"])
+            self.null_bank = npz["null_bank"].astype(np.float32)  # (frames, components): the mouth predicted from the training audio
 
     @property
     def name(self) -> str:
         return f"lip-sync-{self.version}"
 
-    def _stream(self, prefix: str, layers: list[str], x: np.ndarray) -> np.ndarray:
-        for i, layer in enumerate(layers):
-            x = _conv(x, self.params[f"{prefix}.{layer}.weight"], self.params[f"{prefix}.{layer}.bias"])
-            if i < len(layers) - 1:
-                x = np.maximum(x, 0.0)
-        return x
-
     def embed_video(self, landmarks: np.ndarray, width: int, height: int) -> np.ndarray:
-        """(T, D) unit vectors, one per frame."""
-        return _unit(self._stream("video", self.video_layers, mouth_shape(landmarks, width, height, self.template)))
+        """(T, components): the mouth's main components of motion, one row per frame."""
+        return mouth_shape(landmarks, width, height, self.template) @ self.mouth_basis.T
 
     def embed_audio(self, audio: np.ndarray) -> np.ndarray:
-        """(len // 640, D) unit vectors, one per 25 fps frame of int16 16 kHz audio."""
-        frames = len(audio) // SAMPLES_PER_FRAME
-        mel = log_mel(audio[: frames * SAMPLES_PER_FRAME])
-        first, rest = self.audio_layers[0], self.audio_layers[1:]
-        x = np.maximum(_conv(mel, self.params[f"audio.{first}.weight"], self.params[f"audio.{first}.bias"]), 0.0)
-        x = x[: frames * MEL_PER_FRAME].reshape(frames, -1)  # a frame's four 10 ms steps side by side
-        return _unit(self._stream("audio", rest, x))
+        """(len // 640, components): the mouth components predicted from the audio, per 25 fps frame."""
+        return (audio_features(audio, self.context_steps) - self.audio_mean) / self.audio_scale @ self.weights
 
-    def evidence(self, video: np.ndarray, audio: np.ndarray, context_frames: int, max_offset: int, chance_rolls: int = 64) -> SyncEvidence:
-        """The offset curve of video embeddings (T, D) against audio embeddings of the clip with
-        `context_frames` on each side, over +-`max_offset` frames, with its rival and chance peaks."""
+    def evidence(self, video: np.ndarray, audio: np.ndarray, context_frames: int, max_offset: int, chance_windows: int = 64) -> SyncEvidence:
+        """The offset curve of the observed mouth (T, components) against the mouth predicted from the
+        clip's audio with `context_frames` on each side, over +-`max_offset` frames, with its rival and
+        chance peaks. The curve is the mean over components of their correlation."""
         if max_offset > context_frames:
             raise ValueError(f"an offset of {max_offset} frames needs at least that much audio context, not {context_frames}")
         frames = len(video)
         audio = np.pad(audio, ((0, max(0, frames + 2 * context_frames - len(audio))), (0, 0)))
+        start = context_frames - max_offset
+        values = _correlation_curve(video, audio[start : start + frames + 2 * max_offset])
+        # Chance: the same search against the mouth predicted from other people's speech (the
+        # training audio, stored with the weights), at up to `chance_windows` evenly spaced places.
+        span = frames + 2 * max_offset
+        bank = self.null_bank if len(self.null_bank) >= span else np.resize(self.null_bank, (span, self.null_bank.shape[1]))
+        starts = np.linspace(0, len(bank) - span, min(chance_windows, len(bank) - span + 1)).astype(int)
+        chance = np.array([_correlation_curve(video, bank[s : s + span]) for s in starts])
+        return SyncEvidence(values, chance, frames)
 
-        def curve(embedded: np.ndarray) -> np.ndarray:
-            start = context_frames - max_offset
-            # agreement[t, j]: frame t against audio frame t + j - max_offset
-            windows = np.lib.stride_tricks.sliding_window_view(embedded[start : start + frames + 2 * max_offset], frames, axis=0)
-            return np.einsum("td,jdt->j", video, windows) / frames
 
-        values = curve(audio)
-        best = int(np.argmax(values))
-        far = np.abs(np.arange(len(values)) - best) >= RIVAL_FRAMES
-        rival = float(values[far].max()) if far.any() else float(values.min())
-        refined = float(best)
-        if 0 < best < len(values) - 1:
-            below, peak, above = values[best - 1 : best + 2]
-            curvature = below - 2 * peak + above
-            if curvature < 0:
-                refined += float(np.clip(0.5 * (below - above) / curvature, -0.5, 0.5))
-        # Chance: the same search with the audio rolled whole frames past the search's reach, at up
-        # to `chance_rolls` evenly spaced rolls (the embeddings are computed once: each roll costs
-        # one product).
-        total = len(audio)
-        lowest = 2 * max_offset + RIVAL_FRAMES
-        rolls = range(lowest, total - lowest + 1, max(1, (total - 2 * lowest) // chance_rolls)) if total > 2 * lowest else [total // 2]
-        chance = np.array([curve(np.roll(audio, roll, axis=0)).max() for roll in rolls])
-        return SyncEvidence(values, refined - max_offset, float(values[best]), rival, float(chance.mean()), float(chance.std()))
+def _correlation_curve(observed: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """(len(predicted) - T + 1,): at each lag j, the correlation of the observed mouth (T, K) with
+    the predicted one from row j on, averaged over the K components."""
+    frames, components = observed.shape
+    y = _standardized(observed, axis=0)
+    windows = np.lib.stride_tricks.sliding_window_view(predicted, frames, axis=0)  # (lags, K, T), no copy
+    cross = np.einsum("tk,jkt->jk", y, windows)  # y has zero mean: the predicted windows' means drop out
+    total = np.concatenate([np.zeros((1, components)), np.cumsum(predicted, axis=0, dtype=np.float64)])
+    squares = np.concatenate([np.zeros((1, components)), np.cumsum(predicted.astype(np.float64) ** 2, axis=0)])
+    lags = len(predicted) - frames + 1
+    mean = (total[frames : frames + lags] - total[:lags]) / frames
+    spread = np.sqrt(np.maximum((squares[frames : frames + lags] - squares[:lags]) / frames - mean**2, 1e-12))
+    return (cross / (frames * spread)).mean(axis=1)
 
 
 @functools.cache
@@ -239,4 +290,4 @@ class LipSyncScorer:
         within +-`max_offset` frames. Positive: the audio lags the video."""
         video = self.model.embed_video(landmarks, width, height)
         found = self.model.evidence(video, self.model.embed_audio(audio_context), context_frames, max_offset)
-        return SyncEstimate(found.offset_frames, found.significance, 1.0 - found.curve, margin=found.margin, agreement=found.peak)
+        return SyncEstimate(found.offset_frames, found.significance, 1.0 - found.curve, margin=found.margin, agreement=found.peak, evidence=found)

@@ -31,7 +31,8 @@ from schemas.face import FaceResult
 from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Rejected
 from schemas.sync import SyncResult, TrackScore
 from stages.base import Resources, Stage, option
-from stages.lip_sync import LipSyncScorer
+from stages import lip_sync
+from stages.lip_sync import LipSyncScorer, SyncEvidence
 from stages.sync_embedded import MouthAudioScorer, mouth_motion, speech_range_db
 from stages.sync_models import SyncEstimate, SyncNetScorer, crop_for_syncnet
 
@@ -58,11 +59,12 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
     min_mouth_motion: float = option(0.005, "Standard deviation of the inner-lip gap over face height below which a face is not talking; when no face moves, `not_talking`.")
     min_confidence_embedded: float = option(0.35, "mouth-audio-cca backend: confidence (how far the mouth-audio fit stands above chance, in z-like units) below which a clip is `low_sync_confidence`; real speakers score about 0.45-1.1, other speech and music 0-0.25.")
     speaker_margin_embedded: float = option(0.15, "mouth-audio-cca backend, several faces: the speaker's confidence must beat every other face's by this much, else `multiple_faces`.")
-    min_significance: float = option(4.0, "lip-sync backend: how far the offset curve's peak must stand above the peaks the clip's audio reaches out of alignment, in units of their spread (the confidence), else `low_sync_confidence`.")
-    min_margin: float = option(0.06, "lip-sync backend: how far the peak must stand above the best rival peak 3 or more frames away (the margin), else `low_sync_confidence` (evenly paced speech has rivals one syllable away).")
+    min_significance: float = option(3.0, "lip-sync backend: how far the offset curve's peak must stand above the peaks the same mouth reaches against other people's speech, in units of their spread (the confidence), else `low_sync_confidence`.")
+    min_margin: float = option(0.04, "lip-sync backend: how far the peak must stand above the best rival peak 3 or more frames away (the margin), else `low_sync_confidence` (evenly paced speech has rivals one syllable away).")
     speaker_margin_lip_sync: float = option(0.03, "lip-sync backend, several faces: the speaker's agreement with the audio at its best offset (the curve's peak) must beat every other face's by this much, else `multiple_faces` (people saying sentences of one pattern, as GRID's, fit each other's sound almost as well).")
     min_confidence_syncnet: float = option(3.0, "SyncNet backend: confidence (median minus minimum distance) below which a clip is `low_sync_confidence` (LatentSync's threshold).")
     speaker_margin_syncnet: float = option(2.0, "SyncNet backend, several faces: the speaker's confidence must beat every other face's by this much, else `multiple_faces`.")
+    pool_chunk: bool = option(True, "lip-sync backend: decide each clip with the evidence of every clip of its chunk (a source, or chunk.chunk_s of a long one): an offset is usually one number per file, so clips too short to be sure alone are kept when the pooled evidence is sure and their own agrees, and a clip differs from its source only when its own evidence is the stronger.")
     mode: str = option("filter", "`filter`: reject clips that are out of sync or unsure and correct the rest; `measure`: record every talking clip's offset and confidence but keep its audio as it is and reject nothing for sync (footage known to be in sync, such as a corpus to train the sync model on).")
 
     def validate(self) -> None:
@@ -85,7 +87,11 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
         if context is not None and context < self.max_offset_frames:
             raise ValueError(_context_error(self.max_offset_frames, context))
 
+    def settles(self) -> bool:
+        return self.pool_chunk and self.mode == "filter" and self.backend == "lip-sync" and not self.syncnet_model_path
+
     def setup(self) -> None:
+        self._pending: dict[str, _Pending] = {}  # clips of the chunk awaiting `settle`, by key
         if self.syncnet_model_path:
             self._scorer = SyncNetScorer(self.syncnet_model_path)
         elif self.backend == "lip-sync":
@@ -146,14 +152,67 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
             scores = ", ".join(f"{fit(i):.2f} (face at x {_centre(faces[i])[0]:.2f})" for i in ranked)
             return Rejected("multiple_faces", f"no face clearly speaks: fits to the audio {scores}; the speaker needs confidence "
                                               f"{threshold:g} and a lead of {margin:g} ({self._scorer.name})")
+        unsure = self._unsure(estimate, threshold)
+        if self.settles():  # every clip's evidence counts for its chunk's `settle`
+            self._pending[item.key] = _Pending(estimate.evidence, unsure)
+            if unsure is not None and unsure.reason != "out_of_sync":
+                return item  # unsure alone: goes on uncorrected, and `settle` decides
+        if unsure is not None:
+            return unsure
+        result.audio_shift = round(result.offset_ms * SAMPLE_RATE / 1000)  # audio lagging: the in-sync sound starts later
+        return item
+
+    def _unsure(self, estimate: SyncEstimate, threshold: float) -> Rejected | None:
+        """Why the clip's own estimate cannot be kept, or None."""
+        offset_ms = estimate.offset_frames * MS_PER_FRAME
         if estimate.confidence < threshold:
             return Rejected("low_sync_confidence", f"sync confidence {estimate.confidence:.2f}, minimum {threshold:g} ({self._scorer.name})")
         if estimate.margin is not None and estimate.margin < self.min_margin:
-            return Rejected("low_sync_confidence", f"the best offset ({result.offset_ms:+.0f} ms) leads its best rival by {estimate.margin:.3f}, "
+            return Rejected("low_sync_confidence", f"the best offset ({offset_ms:+.0f} ms) leads its best rival by {estimate.margin:.3f}, "
                                                    f"minimum {self.min_margin:g} ({self._scorer.name})")
+        if abs(offset_ms) > self.max_correction_ms:
+            return Rejected("out_of_sync", f"audio offset {offset_ms:+.0f} ms, at most {self.max_correction_ms:g} ms is corrected")
+        return None
+
+    def settle(self, items: list[CandidateClip]) -> list[CandidateClip | Rejected]:
+        """The chunk's clips decided together: the evidence of all its scored clips (also those a later
+        stage rejected) pooled into one offset curve for the source. A clip sure alone keeps its own
+        offset, unless the source is surer and disagrees: then it is rejected; a clip unsure alone is
+        kept at the source's offset when the source is sure and the clip's own curve there stands
+        above chance and near its own peak; anything else is `low_sync_confidence`."""
+        pending, self._pending = self._pending, {}
+        source = lip_sync.pooled([p.evidence for p in pending.values()]) if len(pending) > 1 else None
+        return [self._settled(item, pending.get(item.key), source, len(pending)) for item in items]
+
+    def _settled(self, item: CandidateClip, own: _Pending | None, source: SyncEvidence | None, clips: int) -> CandidateClip | Rejected:
+        if own is None:  # not scored here (the sync stage rejected nothing it did not score)
+            return item
+        evidence = own.evidence
+        sure = source is not None and source.significance >= self.min_significance and source.margin >= self.min_margin
+        pooled = f"the {clips} clips of its chunk"
+        if own.unsure is None:
+            if not sure or abs(source.offset_frames - evidence.offset_frames) < lip_sync.RIVAL_FRAMES:
+                decided = source if sure else evidence  # the same peak: the source's curve is the finer estimate
+            elif evidence.significance >= source.significance:
+                decided = evidence  # differs from its source, on stronger evidence of its own
+            else:
+                return Rejected("low_sync_confidence", f"its offset {evidence.offset_frames * MS_PER_FRAME:+.0f} ms disagrees with {pooled} "
+                                                       f"({source.offset_frames * MS_PER_FRAME:+.0f} ms), which are surer ({self._scorer.name})")
+        elif sure and evidence.significance_of(evidence.at(source.offset_frames)) >= 1.0 \
+                and evidence.at(source.offset_frames) >= evidence.peak - self.min_margin:
+            decided = source  # unsure alone, but its own curve there stands above chance and near its peak
+        elif source is None:
+            return Rejected(own.unsure.reason, f"{own.unsure.detail}; no other clip of its chunk to pool with")
+        else:
+            return Rejected(own.unsure.reason, f"{own.unsure.detail}; {pooled}: offset {source.offset_frames * MS_PER_FRAME:+.0f} ms, "
+                                               f"confidence {source.significance:.2f}, margin {source.margin:.3f}: not sure, or not this clip's")
+        result = item.sync
+        result.offset_ms = float(decided.offset_frames * MS_PER_FRAME)
+        result.confidence, result.margin = float(decided.significance), float(decided.margin)
+        result.pooled_clips = clips if decided is source else 1
         if abs(result.offset_ms) > self.max_correction_ms:
-            return Rejected("out_of_sync", f"audio offset {result.offset_ms:+.0f} ms, at most {self.max_correction_ms:g} ms is corrected")
-        result.audio_shift = round(result.offset_ms * SAMPLE_RATE / 1000)  # audio lagging: the in-sync sound starts later
+            return Rejected("out_of_sync", f"audio offset {result.offset_ms:+.0f} ms (from {pooled}), at most {self.max_correction_ms:g} ms is corrected")
+        result.audio_shift = round(result.offset_ms * SAMPLE_RATE / 1000)
         return item
 
     def _estimate(self, item: CandidateClip, face: FaceResult) -> SyncEstimate:
@@ -161,6 +220,12 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
             return self._scorer.score(crop_for_syncnet(item.frames, face.track.boxes), item.audio, self.max_offset_frames)
         return self._scorer.score(face.track.landmarks, item.video.width, item.video.height, item.audio_context,
                                   item.audio_context_frames, self.max_offset_frames)
+
+
+@dataclass
+class _Pending:
+    evidence: SyncEvidence
+    unsure: Rejected | None  # why the clip's own estimate is not enough, or None
 
 
 def _context_error(max_offset_frames: int, context_frames: int) -> str:

@@ -52,6 +52,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import cv2
 import numpy as np
@@ -80,7 +81,8 @@ class SyncEstimate:
     (length `2 * max_offset + 1`); `confidence` is in the backend's units (SyncNet: median(distances)
     - min(distances)). `margin`, where the backend measures it, is how far the best offset stands
     above its best rival at least a few frames away, and `agreement` how well the two streams agree
-    at the best offset.
+    at the best offset. `evidence` is the backend's own record of the measurement, where the stage
+    can pool it over a source's clips (the learned model's `SyncEvidence`).
     """
 
     offset_frames: float
@@ -88,6 +90,7 @@ class SyncEstimate:
     distances: np.ndarray
     margin: float | None = None
     agreement: float | None = None
+    evidence: Any = None
 
 
 def syncnet_model_file() -> Path:

@@ -3,6 +3,7 @@ as rows, and per-stage timing."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -56,6 +57,26 @@ class DrainFrames(Stage[NormalizedChunk, CandidateClip]):
             pass
         return
         yield
+
+
+@dataclass
+class KeepsTheLongest(Stage[CandidateClip, CandidateClip]):
+    """Settles a chunk: keeps its longest clip, rejects the others; records what it was given."""
+
+    name: ClassVar[str] = "longest"
+    input_type: ClassVar[type] = CandidateClip
+    seen: list = dataclasses.field(default_factory=list)
+
+    def process(self, item: CandidateClip) -> CandidateClip:
+        return item
+
+    def settles(self) -> bool:
+        return True
+
+    def settle(self, items: list[CandidateClip]) -> list[CandidateClip | Rejected]:
+        self.seen.append([(c.start_frame, c.frames) for c in items])
+        longest = max(items, key=lambda c: c.num_frames)
+        return [c if c is longest else Rejected("not_longest", f"{c.num_frames} frames") for c in items]
 
 
 def ingest(chunk_s: float = 120.0) -> list[Stage]:
@@ -236,3 +257,22 @@ def test_a_failing_item_in_a_batch_becomes_one_error_row():
     assert [o.status for o in out] == [Status.PENDING, Status.REJECTED, Status.PENDING]
     assert out[1].reason == "error" and "boom" in out[1].reason_detail and out[1].rejected_by == "batch_lengths"
     assert runner.stats.stages["batch_lengths"].items == 3
+
+
+def test_a_settling_stage_decides_each_chunk_once_its_clips_are_through(shots_video):
+    """The clips wait until their chunk is exhausted, reach `settle` without their frames, and its
+    rejections are rows that the chunk's ChunkDone counts."""
+    settler = KeepsTheLongest()
+    runner = ChainRunner([*clips(), settler])
+    out = [o for chunk in ChainRunner(ingest(chunk_s=5.0)).run(SourceVideo.from_uri(str(shots_video.path))) for o in runner.run(chunk)]
+    assert_chunks_accounted(out)
+    assert len(settler.seen) == 2  # one settle per chunk
+    assert all(frames is None for chunk in settler.seen for _, frames in chunk)
+    rows = [o for o in out if isinstance(o, CandidateClip)]
+    for index in (0, 1):
+        chunk = [r for r in rows if r.chunk_index == index]
+        kept = [r for r in chunk if r.status is not Status.REJECTED]
+        assert len(kept) == 1 and kept[0].num_frames == max(r.num_frames for r in chunk)
+        assert all((r.reason, r.rejected_by) == ("not_longest", "longest") for r in chunk if r not in kept)
+    assert len(rows) == sum(len(chunk) for chunk in settler.seen) >= 3
+    assert runner.stats.stages["longest"].items == len(rows)
