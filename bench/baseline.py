@@ -23,8 +23,13 @@ def run_staged_baseline(input_dir: str, out: Path, workers: int) -> dict:
     # Its stages call the `scenedetect` command, which lives next to this interpreter.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, str(STAGED_BASELINE), input_dir, str(out), "--workers", str(workers)],
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+    done = subprocess.run(
+        [sys.executable, str(STAGED_BASELINE), input_dir, str(out), "--workers", str(workers)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
     wall = time.perf_counter() - started
     if done.returncode:
         tail = done.stdout.decode(errors="replace").strip().splitlines()[-5:]

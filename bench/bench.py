@@ -46,6 +46,7 @@ from baseline import run_staged_baseline  # noqa: E402
 from compute_floor import combine_floors, measure_floor  # noqa: E402
 from long_inputs import build_long_input  # noqa: E402
 from process_sampler import ProcessSampler  # noqa: E402
+
 from schemas.records import FPS  # noqa: E402
 
 RAY_WORKER_ENV = {"OMP_NUM_THREADS": "1"}  # what Ray gives a 1-CPU task: the floor's model calls run the same way
@@ -94,7 +95,9 @@ def run_pipeline(input_dir: str, out: str, overrides: list[str]) -> dict:
         result = run([input_dir], out, config)
         wall = time.perf_counter() - started
     order = [cls.name for cls in ALL_STAGES]
-    stages = dict(sorted(result.stage_stats.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+    stages = dict(
+        sorted(result.stage_stats.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    )
     rows = pq.read_table(Path(out) / "manifest.parquet", columns=["source", "source_duration_s"]).to_pylist()
     durations = {row["source"]: row["source_duration_s"] or 0.0 for row in rows}
     summary = result.summary
@@ -178,8 +181,13 @@ def ratios(case: Case) -> dict:
     """End-to-end, floor and baseline walls of a case, and their ratios."""
     e2e, floor = case.pipeline["wall_s"], case.floor.get("wall_s")
     base = case.baseline.get("wall_s") if "error" not in case.baseline else None
-    return {"e2e_wall_s": e2e, "floor_wall_s": floor, "baseline_wall_s": base,
-            "e2e_over_floor": _ratio(e2e, floor), "baseline_over_e2e": _ratio(base, e2e)}
+    return {
+        "e2e_wall_s": e2e,
+        "floor_wall_s": floor,
+        "baseline_wall_s": base,
+        "e2e_over_floor": _ratio(e2e, floor),
+        "baseline_over_e2e": _ratio(base, e2e),
+    }
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -190,48 +198,72 @@ def _num(value: float | None, digits: int = 2) -> str:
 
 
 def render_stages(cases: list[Case]) -> list[str]:
-    lines = ["Stages (wall and CPU s summed over parallel workers; % e2e = stage wall / end-to-end wall, so parallel",
-             "stages may add up past 100%; floor CPU s: the floor parts that stand for the stage's essential work)",
-             f"{'case':<8} {'stage':<11} {'items':>6} {'wall s':>8} {'CPU s':>8} {'frames/s':>9} {'% e2e':>7} {'floor CPU s':>12}"]
+    lines = [
+        "Stages (wall and CPU s summed over parallel workers; % e2e = stage wall / end-to-end wall, so parallel",
+        "stages may add up past 100%; floor CPU s: the floor parts that stand for the stage's essential work)",
+        f"{'case':<8} {'stage':<11} {'items':>6} {'wall s':>8} {'CPU s':>8} {'frames/s':>9} {'% e2e':>7} "
+        f"{'floor CPU s':>12}",
+    ]
     for case in cases:
         e2e = case.pipeline["wall_s"]
         parts = {"decode": case.floor["decode"], **case.floor["models"]} if case.floor else {}
         for name, s in case.pipeline["stages"].items():
             fps = s["video_s"] * FPS / s["wall_s"] if s["wall_s"] and s["video_s"] else None
             floor = [parts[p]["cpu_s"] for p in STAGE_FLOOR.get(name, []) if p in parts]
-            lines.append(f"{case.name:<8} {name:<11} {s['items']:>6} {s['wall_s']:>8.2f} {s['cpu_s']:>8.2f} {_num(fps, 0):>9} "
-                         f"{s['wall_s'] / e2e:>7.1%} {_num(sum(floor) if floor else None):>12}")
-        lines.append(f"{case.name:<8} {'(end to end)':<11} {'':>6} {e2e:>8.2f} {'':>8} {_num(case.pipeline['source_s'] * FPS / e2e, 0):>9} "
-                     f"{'':>7} {'':>12}")
+            lines.append(
+                f"{case.name:<8} {name:<11} {s['items']:>6} {s['wall_s']:>8.2f} {s['cpu_s']:>8.2f} {_num(fps, 0):>9} "
+                f"{s['wall_s'] / e2e:>7.1%} {_num(sum(floor) if floor else None):>12}"
+            )
+        lines.append(
+            f"{case.name:<8} {'(end to end)':<11} {'':>6} {e2e:>8.2f} {'':>8} "
+            f"{_num(case.pipeline['source_s'] * FPS / e2e, 0):>9} "
+            f"{'':>7} {'':>12}"
+        )
         cores, cpu = case.pipeline["cores"], case.pipeline["processes"]["cpu_s"]
         in_stages = sum(s["cpu_s"] for s in case.pipeline["stages"].values())
-        lines.append(f"{case.name:<8} core-seconds of the run: {cores} x {e2e:.1f} = {cores * e2e:.1f}; CPU in stages {in_stages:.1f}, "
-                     f"in workers outside stages {cpu['workers'] - in_stages:.1f}, driver {cpu['driver']:.1f}, "
-                     f"Ray services {cpu['ray services']:.1f}, other processes {cpu['other processes']:.1f}; "
-                     f"idle {cores * e2e - sum(cpu.values()):.1f}")
-    lines.append("(workers outside stages: start-up, imports, model loading, Ray Data's task code; other processes:\n"
-                 " the rest of the machine's CPU use meanwhile, when cores are more than the run's)")
+        lines.append(
+            f"{case.name:<8} core-seconds of the run: {cores} x {e2e:.1f} = {cores * e2e:.1f}; CPU in stages "
+            f"{in_stages:.1f}, "
+            f"in workers outside stages {cpu['workers'] - in_stages:.1f}, driver {cpu['driver']:.1f}, "
+            f"Ray services {cpu['ray services']:.1f}, other processes {cpu['other processes']:.1f}; "
+            f"idle {cores * e2e - sum(cpu.values()):.1f}"
+        )
+    lines.append(
+        "(workers outside stages: start-up, imports, model loading, Ray Data's task code; other processes:\n"
+        " the rest of the machine's CPU use meanwhile, when cores are more than the run's)"
+    )
     return lines
 
 
 def render_floor(cases: list[Case]) -> list[str]:
-    lines = ["Compute floor (each part timed alone, one process, OMP_NUM_THREADS=1 as in a Ray worker)",
-             f"{'case':<8} {'part':<36} {'items':>14} {'wall s':>8} {'CPU s':>8} {'ms/item':>8}"]
+    lines = [
+        "Compute floor (each part timed alone, one process, OMP_NUM_THREADS=1 as in a Ray worker)",
+        f"{'case':<8} {'part':<36} {'items':>14} {'wall s':>8} {'CPU s':>8} {'ms/item':>8}",
+    ]
     for case in cases:
         if not case.floor:
             continue
         f = case.floor
         decode = f["decode"]
-        lines.append(f"{case.name:<8} {'decode (threaded PyAV, each input once)':<36} {str(decode['video_frames']) + ' frames':>14} "
-                     f"{decode['wall_s']:>8.2f} {decode['cpu_s']:>8.2f} {_num(1000 * decode['cpu_s'] / max(decode['video_frames'], 1)):>8}")
+        lines.append(
+            f"{case.name:<8} {'decode (threaded PyAV, each input once)':<36} "
+            f"{str(decode['video_frames']) + ' frames':>14} "
+            f"{decode['wall_s']:>8.2f} {decode['cpu_s']:>8.2f} "
+            f"{_num(1000 * decode['cpu_s'] / max(decode['video_frames'], 1)):>8}"
+        )
         for name, part in f["models"].items():
             per = 1000 * part["cpu_s"] / part["items"] if part["items"] else None
             amount = f"{part['items']:.0f} {part['unit']}"
-            lines.append(f"{case.name:<8} {name:<36} {amount:>14} {part['wall_s']:>8.2f} {part['cpu_s']:>8.2f} {_num(per):>8}")
-        lines.append(f"{case.name:<8} {'floor: max(decode wall, CPU s / %d)' % f['cores']:<36} {'':>14} {f['wall_s']:>8.2f} {f['cpu_s']:>8.2f}")
+            lines.append(
+                f"{case.name:<8} {name:<36} {amount:>14} {part['wall_s']:>8.2f} {part['cpu_s']:>8.2f} {_num(per):>8}"
+            )
+        floor_name = f"floor: max(decode wall, CPU s / {f['cores']})"
+        lines.append(f"{case.name:<8} {floor_name:<36} {'':>14} {f['wall_s']:>8.2f} {f['cpu_s']:>8.2f}")
         clips = f["clips"]
-        lines.append(f"{case.name:<8} (clips: {clips['faces']} reached the face stage, {clips['speech']} transcription, "
-                     f"{clips['encode']} kept)")
+        lines.append(
+            f"{case.name:<8} (clips: {clips['faces']} reached the face stage, {clips['speech']} transcription, "
+            f"{clips['encode']} kept)"
+        )
     return lines
 
 
@@ -242,15 +274,21 @@ def render_summary(cases: list[Case]) -> list[str]:
     rows = [
         ("input files", lambda c: str(len(c.files))),
         ("source video s", lambda c: f"{c.pipeline['source_s']:.1f}"),
-        ("load average before (%d CPUs)" % os.cpu_count(), lambda c: f"{c.load_before:.2f}"),
+        (f"load average before ({os.cpu_count()} CPUs)", lambda c: f"{c.load_before:.2f}"),
         ("end-to-end wall s", lambda c: _num(ratios(c)["e2e_wall_s"])),
         ("compute floor wall s", lambda c: _num(ratios(c)["floor_wall_s"])),
         ("staged baseline wall s", lambda c: _num(ratios(c)["baseline_wall_s"])),
         ("end-to-end / floor", lambda c: _num(ratios(c)["e2e_over_floor"])),
         ("staged baseline / end-to-end", lambda c: _num(ratios(c)["baseline_over_e2e"])),
         ("peak RSS driver MB", mem("driver_mb")),
-        ("peak RSS per Ray worker MB (top 3)", lambda c: " ".join(f"{w['peak_mb']:.0f}" for w in c.pipeline["processes"]["workers"][:3])),
-        ("  of it RssAnon (own heap) MB", lambda c: " ".join(f"{w['anon_peak_mb']:.0f}" for w in c.pipeline["processes"]["workers"][:3])),
+        (
+            "peak RSS per Ray worker MB (top 3)",
+            lambda c: " ".join(f"{w['peak_mb']:.0f}" for w in c.pipeline["processes"]["workers"][:3]),
+        ),
+        (
+            "  of it RssAnon (own heap) MB",
+            lambda c: " ".join(f"{w['anon_peak_mb']:.0f}" for w in c.pipeline["processes"]["workers"][:3]),
+        ),
         ("peak RSS sum, Ray session MB", mem("session_mb")),
         ("kept / rejected clips", lambda c: f"{c.pipeline['kept']} / {c.pipeline['rejected']}"),
         ("staged baseline kept clips", lambda c: str(c.baseline.get("clips_kept", "-"))),
@@ -263,23 +301,31 @@ def render_summary(cases: list[Case]) -> list[str]:
             lines.append(f"[{case.name}] staged baseline failed: {case.baseline['error']}")
         rejected = ", ".join(f"{k} {v}" for k, v in case.pipeline["rejected_by_reason"].items())
         lines.append(f"[{case.name}] rejected: {rejected or 'none'}")
-    lines.append("(session sum counts the driver, raylet, GCS and all workers; shared object-store pages count in each)")
+    lines.append(
+        "(session sum counts the driver, raylet, GCS and all workers; shared object-store pages count in each)"
+    )
     return lines
 
 
 def render_memory(cases: list[Case]) -> list[str]:
-    lines = ["Memory check (peak per Ray worker process, MB: RSS, and in brackets RssAnon, its own heap without the",
-             "object store's shared pages and mapped libraries)",
-             f"{'input':<10} {'source s':>9} {'wall s':>8} {'driver':>7} {'largest worker':>15}  all workers"]
+    lines = [
+        "Memory check (peak per Ray worker process, MB: RSS, and in brackets RssAnon, its own heap without the",
+        "object store's shared pages and mapped libraries)",
+        f"{'input':<10} {'source s':>9} {'wall s':>8} {'driver':>7} {'largest worker':>15}  all workers",
+    ]
     for case in cases:
         m = case.pipeline["processes"]
-        lines.append(f"{case.name:<10} {case.pipeline['source_s']:>9.1f} {case.pipeline['wall_s']:>8.1f} {m['driver_mb']:>7.0f} "
-                     f"{m['worker_mb']:>7.0f} ({m['worker_anon_mb']:>4.0f})  "
-                     + " ".join(f"{w['peak_mb']:.0f} ({w['anon_peak_mb']:.0f})" for w in m["workers"]))
+        lines.append(
+            f"{case.name:<10} {case.pipeline['source_s']:>9.1f} {case.pipeline['wall_s']:>8.1f} {m['driver_mb']:>7.0f} "
+            f"{m['worker_mb']:>7.0f} ({m['worker_anon_mb']:>4.0f})  "
+            + " ".join(f"{w['peak_mb']:.0f} ({w['anon_peak_mb']:.0f})" for w in m["workers"])
+        )
     if len(cases) > 1:
         first, last = cases[0].pipeline["processes"], cases[-1].pipeline["processes"]
-        lines.append(f"largest worker, {cases[-1].name} / {cases[0].name}: RSS {last['worker_mb'] / first['worker_mb']:.2f}x, "
-                     f"RssAnon {last['worker_anon_mb'] / first['worker_anon_mb']:.2f}x")
+        lines.append(
+            f"largest worker, {cases[-1].name} / {cases[0].name}: RSS {last['worker_mb'] / first['worker_mb']:.2f}x, "
+            f"RssAnon {last['worker_anon_mb'] / first['worker_anon_mb']:.2f}x"
+        )
     return lines
 
 
@@ -288,15 +334,25 @@ def render_memory(cases: list[Case]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("input_dir", nargs="?", help="a folder of inputs (e.g. demo/media); optional with --memory-check")
+    parser.add_argument(
+        "input_dir", nargs="?", help="a folder of inputs (e.g. demo/media); optional with --memory-check"
+    )
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/<timestamp>.json)")
     parser.add_argument("--work", type=Path, help="work folder for outputs and built inputs (default: a temporary one)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="pipeline option, as for talkcurate run")
-    parser.add_argument("--long-minutes", type=float, default=0, help="also benchmark a long input of this many minutes (0: off)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="pipeline option, as for talkcurate run"
+    )
+    parser.add_argument(
+        "--long-minutes", type=float, default=0, help="also benchmark a long input of this many minutes (0: off)"
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip the staged baseline")
     parser.add_argument("--no-floor", action="store_true", help="skip the compute floor")
-    parser.add_argument("--memory-check", action="store_true", help="peak worker memory on a short and a long 1080p input")
-    parser.add_argument("--memory-minutes", default="1,10", help="lengths of the memory check's inputs, comma-separated (default 1,10)")
+    parser.add_argument(
+        "--memory-check", action="store_true", help="peak worker memory on a short and a long 1080p input"
+    )
+    parser.add_argument(
+        "--memory-minutes", default="1,10", help="lengths of the memory check's inputs, comma-separated (default 1,10)"
+    )
     args = parser.parse_args(argv)
     if not args.input_dir and not args.memory_check:
         parser.error("give INPUT_DIR, --memory-check, or both")
@@ -342,8 +398,15 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     out = args.out or RESULTS / f"{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = {"created": stamp, "input_dir": args.input_dir, "overrides": overrides, "cpus": os.cpu_count(), "cores": cores,
-               "cases": [{**asdict(c), "ratios": ratios(c)} for c in cases], "memory_check": [asdict(c) for c in memory_cases]}
+    results = {
+        "created": stamp,
+        "input_dir": args.input_dir,
+        "overrides": overrides,
+        "cpus": os.cpu_count(),
+        "cores": cores,
+        "cases": [{**asdict(c), "ratios": ratios(c)} for c in cases],
+        "memory_check": [asdict(c) for c in memory_cases],
+    }
     out.write_text(json.dumps(results, indent=1))
     print(f"\nresults: {out}")
     return 0

@@ -56,7 +56,11 @@ def decode_inputs(files: list[str]) -> dict:
                         frames += isinstance(frame, av.VideoFrame)
         except (av.error.FFmpegError, OSError) as exc:
             failed[path] = f"{type(exc).__name__}: {exc}"  # still timed: the pipeline meets the same file
-        per_file[path] = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu, "video_frames": frames}
+        per_file[path] = {
+            "wall_s": time.perf_counter() - wall,
+            "cpu_s": time.process_time() - cpu,
+            "video_frames": frames,
+        }
     return {
         "wall_s": sum(f["wall_s"] for f in per_file.values()),
         "cpu_s": sum(f["cpu_s"] for f in per_file.values()),
@@ -132,11 +136,16 @@ def plan_clips(manifest: Path) -> dict[str, list[ClipPlan]]:
         reached = len(ALL_STAGES) if kept else _stage_order(row["rejected_by"])
         if reached < _stage_order(FaceStage.name) or not row["num_frames"]:
             continue
-        plans[row["source"]].append(ClipPlan(
-            start_frame=round(row["start_s"] * FPS), num_frames=row["num_frames"], faces=True,
-            speech=reached >= _stage_order(TranscribeStage.name), encode=kept,
-            audio_shift=round((row["sync_offset_ms"] or 0.0) * SAMPLE_RATE / 1000),  # as the sync stage rounds it
-        ))
+        plans[row["source"]].append(
+            ClipPlan(
+                start_frame=round(row["start_s"] * FPS),
+                num_frames=row["num_frames"],
+                faces=True,
+                speech=reached >= _stage_order(TranscribeStage.name),
+                encode=kept,
+                audio_shift=round((row["sync_offset_ms"] or 0.0) * SAMPLE_RATE / 1000),  # as the sync stage rounds it
+            )
+        )
     for clips in plans.values():
         clips.sort(key=lambda c: c.start_frame)
     return plans
@@ -152,9 +161,14 @@ class ModelFloor:
         self.timer = CallTimer()
         self.load_s: dict[str, float] = {}
         started = time.perf_counter()
-        self.mediapipe = _Timed(MediapipeDetector(self.face.min_detection_confidence), self.timer, "face detection: mediapipe")
-        self.retinaface = _Timed(RetinaFaceDetector(self.face.min_detection_confidence, self.face.retinaface_max_side),
-                                 self.timer, "face detection: retinaface")
+        self.mediapipe = _Timed(
+            MediapipeDetector(self.face.min_detection_confidence), self.timer, "face detection: mediapipe"
+        )
+        self.retinaface = _Timed(
+            RetinaFaceDetector(self.face.min_detection_confidence, self.face.retinaface_max_side),
+            self.timer,
+            "face detection: retinaface",
+        )
         self.load_s["face"] = time.perf_counter() - started
         started = time.perf_counter()
         self.whisper = self.transcribe.load_model()
@@ -194,7 +208,11 @@ class ModelFloor:
     def _faces(self, clip: ClipPlan) -> None:
         frames = clip.frames
         detections = self.face.detect_faces(frames, self.mediapipe, self.retinaface)
-        crops = [self.face.mesh_crop(frame, box)[0] for frame, box in zip(frames, _largest_face_boxes(detections)) if box is not None]
+        crops = [
+            self.face.mesh_crop(frame, box)[0]
+            for frame, box in zip(frames, _largest_face_boxes(detections))
+            if box is not None
+        ]
         with quiet_stderr():
             mesh = FaceMesh(self.face.min_detection_confidence)
             try:
@@ -229,7 +247,10 @@ class ModelFloor:
 def _largest_face_boxes(detections) -> list[np.ndarray | None]:
     """Per frame, the largest detected face's box; frames without one take the nearest earlier
     frame's (or the first later one's), as the face stage bridges gaps in a track."""
-    boxes = [max(faces, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1])).box if faces else None for faces in detections]
+    boxes = [
+        max(faces, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1])).box if faces else None
+        for faces in detections
+    ]
     known = [i for i, b in enumerate(boxes) if b is not None]
     if not known:
         return boxes

@@ -30,8 +30,13 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
-    config = DataConfig(shards=args.run_dir, resolution=tuple(args.resolution), num_frames=args.num_frames,
-                        frame_stride=args.stride, num_workers=args.num_workers)
+    config = DataConfig(
+        shards=args.run_dir,
+        resolution=tuple(args.resolution),
+        num_frames=args.num_frames,
+        frame_stride=args.stride,
+        num_workers=args.num_workers,
+    )
     loader = ClipLoader(config, args.batch_size)
     start = time.perf_counter()
     first = None
@@ -42,9 +47,11 @@ def main() -> None:
             samples, batches = samples + len(batch.key), batches + 1
     end = time.perf_counter()
     steady = (samples - args.batch_size) / (end - first) if batches > 1 else float("nan")
-    print(f"{samples} samples in {batches} batches of {tuple(batch.video.shape)} over {args.epochs} epochs, "
-          f"{args.num_workers} workers: {samples / (end - start):.1f} samples/s overall, "
-          f"{steady:.1f} after the first batch ({(first - start):.2f} s to the first)")
+    print(
+        f"{samples} samples in {batches} batches of {tuple(batch.video.shape)} over {args.epochs} epochs, "
+        f"{args.num_workers} workers: {samples / (end - start):.1f} samples/s overall, "
+        f"{steady:.1f} after the first batch ({(first - start):.2f} s to the first)"
+    )
 
 
 if __name__ == "__main__":

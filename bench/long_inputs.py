@@ -39,8 +39,25 @@ def build_long_input(folder: Path, minutes: float, size: tuple[int, int] = (640,
     playlist = cycle.with_suffix(".txt")
     playlist.write_text("\n".join(entries) + "\n")
     out = folder / f"long-{minutes:g}min-{size[1]}p.mp4"
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(playlist),
-                    "-c", "copy", str(out)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "concat",
+            "-safe",
+            "0",
+            "-i",
+            str(playlist),
+            "-c",
+            "copy",
+            str(out),
+        ],
+        check=True,
+    )
     cycle.unlink()
     playlist.unlink()
     return out

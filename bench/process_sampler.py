@@ -1,8 +1,9 @@
 """What a run's processes use: peak RSS of the driver, of every Ray worker process (max per
 process; also its anonymous part alone, RssAnon: a worker's own heap, without the pages of Ray's
-shared-memory object store it wrote into or of the libraries it maps) and of the whole Ray session, and CPU seconds by kind of process (driver, Ray workers,
-Ray's own services), sampled from a background thread; and the CPU seconds other processes of
-the machine took meanwhile, which on a shared machine explain a slow wall time."""
+shared-memory object store it wrote into or of the libraries it maps) and of the whole Ray session,
+and CPU seconds by kind of process (driver, Ray workers, Ray's own services), sampled from a
+background thread; and the CPU seconds other processes of the machine took meanwhile, which on a
+shared machine explain a slow wall time."""
 
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ class ProcessSampler:
     """Samples this process and its descendants (raylet, GCS, workers) every `interval` s."""
 
     def __init__(self, interval: float = 0.2):
-        import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
         import psutil
+        import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
 
         self._psutil = psutil
         self.root = psutil.Process()
@@ -66,7 +67,9 @@ class ProcessSampler:
             if kind == "driver":
                 self.driver_mb = max(self.driver_mb, rss)
             elif kind == "workers":
-                peak = self.workers.setdefault(proc.pid, {"pid": proc.pid, "peak_mb": 0.0, "anon_peak_mb": 0.0, "title": ""})
+                peak = self.workers.setdefault(
+                    proc.pid, {"pid": proc.pid, "peak_mb": 0.0, "anon_peak_mb": 0.0, "title": ""}
+                )
                 if rss > peak["peak_mb"]:
                     peak.update(peak_mb=rss, title=" ".join(cmdline).strip()[:120])
                 peak["anon_peak_mb"] = max(peak["anon_peak_mb"], anonymous_mb(proc.pid) or 0.0)

@@ -1,7 +1,8 @@
 """Generation speed of `talkcurate sample`: seconds of video per wall second, by window count.
 
     python bench/sample_bench.py [--checkpoint RUN] [--config configs/train-tiny.toml] [--windows 1 2 4 8]
-                                 [--steps 30] [--order 1] [--window 16] [--overlap 5] [--device cpu] [--out RESULTS.json]
+                                 [--steps 30] [--order 1] [--window 16] [--overlap 5] [--device cpu]
+                                 [--out RESULTS.json]
 
 For each window count n, speech long enough for exactly n windows (JFK's 10 s, repeated and cut)
 goes through `train.generate.generate` with guidance on (three predictions per evaluation), and
@@ -59,7 +60,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / f"sample-{time.strftime('%Y%m%d-%H%M%S')}.json")
     args = parser.parse_args()
 
-    trained = load_trained(args.checkpoint, device=args.device) if args.checkpoint else build(load_config(args.config), args.device)
+    trained = (
+        load_trained(args.checkpoint, device=args.device)
+        if args.checkpoint
+        else build(load_config(args.config), args.device)
+    )
     window = WindowConfig(args.window, args.overlap)
     sampler = SamplerConfig(steps=args.steps, order=args.order)
     speech = decode_audio(str(SPEECH))
@@ -73,21 +78,48 @@ def main() -> int:
             path = Path(work) / f"speech-{windows}.wav"
             soundfile.write(path, np.resize(speech, samples), SAMPLE_RATE, subtype="PCM_16")
             started = time.perf_counter()
-            written = generate(trained, portrait, path, Path(work) / f"out-{windows}.mp4", "a person speaking", sampler, window)
+            written = generate(
+                trained, portrait, path, Path(work) / f"out-{windows}.mp4", "a person speaking", sampler, window
+            )
             wall = time.perf_counter() - started
-            rows.append({"windows": windows, "frames": written, "video_s": written / 25, "wall_s": wall,
-                         "video_s_per_wall_s": written / 25 / wall, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+            rows.append(
+                {
+                    "windows": windows,
+                    "frames": written,
+                    "video_s": written / 25,
+                    "wall_s": wall,
+                    "video_s_per_wall_s": written / 25 / wall,
+                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                }
+            )
     height, width = trained.config.data.resolution
-    print(f"preset {trained.config.model.preset}, {height}x{width}, {args.steps} steps, order {args.order}, "
-          f"window {args.window} overlap {args.overlap}, {args.device}")
+    print(
+        f"preset {trained.config.model.preset}, {height}x{width}, {args.steps} steps, order {args.order}, "
+        f"window {args.window} overlap {args.overlap}, {args.device}"
+    )
     print(f"{'windows':>7} {'frames':>6} {'video s':>8} {'wall s':>8} {'video s / wall s':>17} {'peak RSS MB':>12}")
     for row in rows:
-        print(f"{row['windows']:>7} {row['frames']:>6} {row['video_s']:>8.2f} {row['wall_s']:>8.2f} "
-              f"{row['video_s_per_wall_s']:>17.3f} {row['peak_rss_mb']:>12.0f}")
+        print(
+            f"{row['windows']:>7} {row['frames']:>6} {row['video_s']:>8.2f} {row['wall_s']:>8.2f} "
+            f"{row['video_s_per_wall_s']:>17.3f} {row['peak_rss_mb']:>12.0f}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"preset": trained.config.model.preset, "resolution": [height, width], "steps": args.steps,
-                                    "order": args.order, "window": args.window, "overlap": args.overlap, "device": args.device,
-                                    "checkpoint": args.checkpoint, "rows": rows}, indent=1))
+    args.out.write_text(
+        json.dumps(
+            {
+                "preset": trained.config.model.preset,
+                "resolution": [height, width],
+                "steps": args.steps,
+                "order": args.order,
+                "window": args.window,
+                "overlap": args.overlap,
+                "device": args.device,
+                "checkpoint": args.checkpoint,
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
     print(f"written {args.out}")
     return 0
 

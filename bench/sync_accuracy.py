@@ -38,8 +38,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import RESULTS  # noqa: E402  (bench/bench.py: this folder is first on sys.path)
 from long_inputs import test_media  # noqa: E402
+
+from bench import RESULTS  # noqa: E402  (bench/bench.py: this folder is first on sys.path)
 from pipeline.config import RunConfig  # noqa: E402
 from pipeline.runner import ChainRunner, run_in_process  # noqa: E402
 from schemas.records import CandidateClip, Status  # noqa: E402
@@ -61,7 +62,10 @@ RIGHT_MS, WRONG_MS = 40.0, 80.0
 def people(split: str, corpus: Path) -> dict[str, list[Path]]:
     """Person -> files of `split` (demo media by name from demo/media, the rest from `corpus`)."""
     listing = json.loads(PEOPLE.read_text())[split]
-    return {person: [media.DEMO / f if (media.DEMO / f).exists() else corpus / f for f in files] for person, files in listing.items()}
+    return {
+        person: [media.DEMO / f if (media.DEMO / f).exists() else corpus / f for f in files]
+        for person, files in listing.items()
+    }
 
 
 def clips(path: Path, scene_cut: dict, with_faces: bool) -> list[CandidateClip]:
@@ -85,8 +89,10 @@ class Outcome:
 def synced(stage: SyncStage, clips: list[tuple[CandidateClip, np.ndarray]]) -> list[tuple[Outcome, CandidateClip]]:
     """What the sync stage makes of copies of `clips` (the clips of one file) under their audio
     contexts, taken as one chunk's (settled together when the stage pools a chunk's evidence)."""
-    trials = [dataclasses.replace(clip, backends=dict(clip.backends), face=copy.copy(clip.face), audio_context=context)
-              for clip, context in clips]
+    trials = [
+        dataclasses.replace(clip, backends=dict(clip.backends), face=copy.copy(clip.face), audio_context=context)
+        for clip, context in clips
+    ]
     started = time.process_time()
     outs = {out.start_frame: out for out in ChainRunner([stage], keep_frames=True).run_clips(trials)}
     cpu = (time.process_time() - started) / max(1, len(trials))
@@ -94,9 +100,20 @@ def synced(stage: SyncStage, clips: list[tuple[CandidateClip, np.ndarray]]) -> l
     for trial in trials:
         out = outs[trial.start_frame]
         sync = out.sync
-        results.append((Outcome(out.status is not Status.REJECTED, None if sync is None else sync.offset_ms,
-                                None if sync is None else sync.confidence, None if sync is None else sync.margin, out.reason, cpu,
-                                None if sync is None else sync.pooled_clips), out))
+        results.append(
+            (
+                Outcome(
+                    out.status is not Status.REJECTED,
+                    None if sync is None else sync.offset_ms,
+                    None if sync is None else sync.confidence,
+                    None if sync is None else sync.margin,
+                    out.reason,
+                    cpu,
+                    None if sync is None else sync.pooled_clips,
+                ),
+                out,
+            )
+        )
     return results
 
 
@@ -118,7 +135,9 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=CORPUS)
     parser.add_argument("--shifts", default=",".join(map(str, SHIFTS_MS)), help="applied shifts in ms, comma-separated")
     parser.add_argument("--set", action="append", default=[], metavar="sync.KEY=VALUE", help="sync stage option")
-    parser.add_argument("--no-foreign", action="store_true", help="skip the foreign-audio, still-face and two-face checks")
+    parser.add_argument(
+        "--no-foreign", action="store_true", help="skip the foreign-audio, still-face and two-face checks"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / f"sync-{time.strftime('%Y%m%d-%H%M%S')}.json")
     args = parser.parse_args()
     shifts = [int(s) for s in args.shifts.split(",")]
@@ -132,7 +151,10 @@ def main() -> None:
         work = Path(work)
         media.synthesized_speech(work / "flite.wav")
         media.music(work / "music.wav")
-        others = {"music": media.decoded_audio(work / "music.wav"), "flite voice": media.decoded_audio(work / "flite.wav")}
+        others = {
+            "music": media.decoded_audio(work / "music.wav"),
+            "flite voice": media.decoded_audio(work / "flite.wav"),
+        }
         faced_by_person: dict[str, list[CandidateClip]] = defaultdict(list)
         for person, files in split.items():
             for path in files:
@@ -144,35 +166,79 @@ def main() -> None:
                     for shift in shifts:
                         shifted = work / f"shifted {shift}.mkv"
                         media.audio_shifted(path, shifted, shift)
-                        contexts[shift] = {c.start_frame: c.audio_context for c in clips(shifted, scene_cut, with_faces=False)}
+                        contexts[shift] = {
+                            c.start_frame: c.audio_context for c in clips(shifted, scene_cut, with_faces=False)
+                        }
                     for shift in shifts:
-                        trials = [(clip, contexts[shift][clip.start_frame]) for clip in faced if clip.start_frame in contexts[shift]]
+                        trials = [
+                            (clip, contexts[shift][clip.start_frame])
+                            for clip in faced
+                            if clip.start_frame in contexts[shift]
+                        ]
                         truth = shift + reference_ms.get(path.name, 0.0)
                         for (clip, _), (outcome, _) in zip(trials, synced(stage, trials)):
-                            rows.append({"person": person, "file": path.name, "start_s": clip.start_s, "seconds": clip.num_frames / 25,
-                                         "lengths": length_class(clip, lengths), "shift_ms": shift, "truth_ms": truth,
-                                         "verdict": verdict(outcome, truth), **dataclasses.asdict(outcome)})
+                            rows.append(
+                                {
+                                    "person": person,
+                                    "file": path.name,
+                                    "start_s": clip.start_s,
+                                    "seconds": clip.num_frames / 25,
+                                    "lengths": length_class(clip, lengths),
+                                    "shift_ms": shift,
+                                    "truth_ms": truth,
+                                    "verdict": verdict(outcome, truth),
+                                    **dataclasses.asdict(outcome),
+                                }
+                            )
                 print(f"{person}: {path.name} done", file=sys.stderr, flush=True)
         if not args.no_foreign:
             names = sorted(person for person, faced in faced_by_person.items() if faced)
             for i, person in enumerate(names):
                 other = names[(i + 1) % len(names)]
-                foreign = {**others, "another person": np.concatenate([c.audio_context for c in faced_by_person[other]])}
+                foreign = {
+                    **others,
+                    "another person": np.concatenate([c.audio_context for c in faced_by_person[other]]),
+                }
                 faced = faced_by_person[person]
                 for kind, audio in foreign.items():  # the whole file dubbed: every clip under the foreign sound
                     trials = [(clip, np.resize(audio, clip.audio_context.shape)) for clip in faced]
                     for clip, (outcome, _) in zip(faced, synced(stage, trials)):
-                        rejections.append({"person": person, "start_s": clip.start_s, "audio": kind, **dataclasses.asdict(outcome)})
-                stills = [(dataclasses.replace(clip, face=dataclasses.replace(clip.face, track=_still(clip.face.track))), clip.audio_context)
-                          for clip in faced]
+                        rejections.append(
+                            {"person": person, "start_s": clip.start_s, "audio": kind, **dataclasses.asdict(outcome)}
+                        )
+                stills = [
+                    (
+                        dataclasses.replace(clip, face=dataclasses.replace(clip.face, track=_still(clip.face.track))),
+                        clip.audio_context,
+                    )
+                    for clip in faced
+                ]
                 for clip, (outcome, _) in zip(faced, synced(stage, stills)):
-                    rejections.append({"person": person, "start_s": clip.start_s, "audio": "still face", **dataclasses.asdict(outcome)})
+                    rejections.append(
+                        {
+                            "person": person,
+                            "start_s": clip.start_s,
+                            "audio": "still face",
+                            **dataclasses.asdict(outcome),
+                        }
+                    )
             speakers = two_face_composites(stage, split, work)
 
     report(rows, rejections, speakers, shifts)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"split": args.split, "options": args.set, "rows": rows, "rejections": rejections,
-                                    "speakers": speakers, "summary": summary(rows, rejections, speakers)}, indent=1))
+    args.out.write_text(
+        json.dumps(
+            {
+                "split": args.split,
+                "options": args.set,
+                "rows": rows,
+                "rejections": rejections,
+                "speakers": speakers,
+                "summary": summary(rows, rejections, speakers),
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {args.out}")
 
 
@@ -192,12 +258,44 @@ def two_face_composites(stage: SyncStage, split: dict[str, list[Path]], work: Pa
             out = work / f"pair {i} {speaker}.mp4"
             scaled = [work / f"scaled {j}.mp4" for j in range(2)]
             for src, dst in zip((a, b), scaled):
-                media.ffmpeg("-i", src, "-vf", "scale=-2:360,fps=25,setsar=1", "-t", "6", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", dst)
+                media.ffmpeg(
+                    "-i",
+                    src,
+                    "-vf",
+                    "scale=-2:360,fps=25,setsar=1",
+                    "-t",
+                    "6",
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "veryfast",
+                    "-c:a",
+                    "aac",
+                    dst,
+                )
             if speaker == "left":
                 media.side_by_side(scaled[0], scaled[1], out)
             else:  # the sound of `a`, which stands on the right
-                media.ffmpeg("-i", scaled[1], "-i", scaled[0], "-filter_complex", "[0:v][1:v]hstack=inputs=2,setsar=1[v]", "-map", "[v]",
-                             "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", "-shortest", out)
+                media.ffmpeg(
+                    "-i",
+                    scaled[1],
+                    "-i",
+                    scaled[0],
+                    "-filter_complex",
+                    "[0:v][1:v]hstack=inputs=2,setsar=1[v]",
+                    "-map",
+                    "[v]",
+                    "-map",
+                    "1:a",
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "veryfast",
+                    "-c:a",
+                    "aac",
+                    "-shortest",
+                    out,
+                )
             faced = clips(out, {}, with_faces=True)
             for clip, (outcome, synced_clip) in zip(faced, synced(stage, [(c, c.audio_context) for c in faced])):
                 centre = None
@@ -205,8 +303,16 @@ def two_face_composites(stage: SyncStage, split: dict[str, list[Path]], work: Pa
                     boxes = synced_clip.face.track.boxes
                     centre = float(np.nanmedian(boxes[:, [0, 2]].mean(axis=1)))
                 kept_side = None if centre is None else "left" if centre < 0.5 else "right"
-                rows.append({"speaker": a.name, "other": b.name, "side": speaker, "kept_side": kept_side, "num_faces": clip.face.num_faces,
-                             **dataclasses.asdict(outcome)})
+                rows.append(
+                    {
+                        "speaker": a.name,
+                        "other": b.name,
+                        "side": speaker,
+                        "kept_side": kept_side,
+                        "num_faces": clip.face.num_faces,
+                        **dataclasses.asdict(outcome),
+                    }
+                )
     return rows
 
 
@@ -240,7 +346,9 @@ def report(rows: list[dict], rejections: list[dict], speakers: list[dict], shift
         for s in shifts:
             verdicts = per_shift.get(s, [])
             wrong = "!" if "WRONG" in verdicts else ""
-            cells.append(f"{verdicts.count('right')}/{sum(v != 'rejected' for v in verdicts)}/{len(verdicts)}{wrong}".rjust(8))
+            cells.append(
+                f"{verdicts.count('right')}/{sum(v != 'rejected' for v in verdicts)}/{len(verdicts)}{wrong}".rjust(8)
+            )
         print(f"{person:<22} {lengths:<6}" + "".join(cells))
     reasons = defaultdict(int)
     for r in rows:
@@ -251,9 +359,15 @@ def report(rows: list[dict], rejections: list[dict], speakers: list[dict], shift
         kinds = defaultdict(list)
         for r in rejections:
             kinds[r["audio"]].append(r["kept"])
-        print("foreign audio and still faces, kept of clips: " + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in kinds.items()))
+        print(
+            "foreign audio and still faces, kept of clips: "
+            + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in kinds.items())
+        )
     if speakers:
-        print("two-face composites: " + ", ".join(f"{r['side']} speaks -> {r['kept_side'] or r['reason']}" for r in speakers))
+        print(
+            "two-face composites: "
+            + ", ".join(f"{r['side']} speaks -> {r['kept_side'] or r['reason']}" for r in speakers)
+        )
     s = summary(rows, rejections, speakers)
     print("\n" + "\n".join(f"{k:<24} {v:.3g}" if isinstance(v, float) else f"{k:<24} {v}" for k, v in s.items()))
 

@@ -65,7 +65,16 @@ BROWSED_MEMBERS = (MEMBER_VIDEO, MEMBER_AUDIO, MEMBER_META, MEMBER_CAPTION, MEMB
 
 # What a damaged or incomplete sample raises while its media is made: it gets a message on its
 # card instead of stopping the page.
-MEDIA_ERRORS = (av.error.FFmpegError, OSError, ValueError, KeyError, IndexError, EOFError, tarfile.TarError, zipfile.BadZipFile)
+MEDIA_ERRORS = (
+    av.error.FFmpegError,
+    OSError,
+    ValueError,
+    KeyError,
+    IndexError,
+    EOFError,
+    tarfile.TarError,
+    zipfile.BadZipFile,
+)
 
 
 class BrowseError(ValueError):
@@ -94,7 +103,9 @@ def build_site(run_dir: str, page_dir: str | Path, limit: int | None = None) -> 
     table, _ = load(out)
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
-        raise BrowseError(f"{out.uri}/manifest.parquet lacks the column(s) {', '.join(missing)}: not a talkcurate manifest")
+        raise BrowseError(
+            f"{out.uri}/manifest.parquet lacks the column(s) {', '.join(missing)}: not a talkcurate manifest"
+        )
     folder = _page_folder(Path(page_dir))
 
     kept = pc.equal(table["status"], "kept")
@@ -147,7 +158,9 @@ def render_page(data: dict[str, Any]) -> str:
 def script_json(data: Any) -> str:
     """JSON that can sit inside a <script> element: no `</script>`, `<!--` or `]]>` can form,
     because every `<`, `>` and `&` is written as a JSON escape."""
-    text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=str)  # str: dates and the like
+    text = json.dumps(
+        data, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=str
+    )  # str: dates and the like
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 

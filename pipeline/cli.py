@@ -25,8 +25,10 @@ def _cmd_run(args) -> int:
         config.execution.progress = False
     result = run(args.inputs, args.out, config, address=args.address)
     print(render(result.summary))
-    print(f"\n{result.sources_processed} sources processed in {result.wall_s:.1f} s; "
-          f"manifest, index and report.html in {args.out}")
+    print(
+        f"\n{result.sources_processed} sources processed in {result.wall_s:.1f} s; "
+        f"manifest, index and report.html in {args.out}"
+    )
     return 0
 
 
@@ -60,7 +62,10 @@ def _cmd_subset(args) -> int:
     shards = ShardWriterStage(**{name: value for name, value in sizes.items() if value is not None})
     shards.validate()
     result = copy_subset(source, args.where, OutputDir(args.out, create=True), shards)
-    print(f"{args.out}: {result.samples} samples in {result.shards} shards ({result.bytes / 1e6:.1f} MB), {result.rows} manifest rows")
+    print(
+        f"{args.out}: {result.samples} samples in {result.shards} shards ({result.bytes / 1e6:.1f} MB), {result.rows} "
+        "manifest rows"
+    )
     return 0
 
 
@@ -84,13 +89,18 @@ def _cmd_browse(args) -> int:
     try:
         if args.out:
             site = build_site(args.dir, args.out, args.limit)
-            print(f"{site.folder}/index.html: {site.kept_shown} of {site.kept_total} kept samples, "
-                  f"{site.rejected_shown} of {site.rejected_total} rejected rows")
+            print(
+                f"{site.folder}/index.html: {site.kept_shown} of {site.kept_total} kept samples, "
+                f"{site.rejected_shown} of {site.rejected_total} rejected rows"
+            )
             return 0
         with tempfile.TemporaryDirectory(prefix="talkcurate-browse-") as folder:
             build_site(args.dir, folder, args.limit)
             with serve(folder, args.port) as server:
-                print(f"serving {args.dir} at http://127.0.0.1:{server.server_address[1]}/ from {folder} (Ctrl-C stops)", flush=True)
+                print(
+                    f"serving {args.dir} at http://127.0.0.1:{server.server_address[1]}/ from {folder} (Ctrl-C stops)",
+                    flush=True,
+                )
                 server.serve_forever()
     except KeyboardInterrupt:  # how serving ends; the temporary page is gone by now
         return 0
@@ -126,9 +136,21 @@ def _cmd_sample(args) -> int:
 
     warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
     trained = load_trained(args.checkpoint, args.step, args.device)
-    sampler = SamplerConfig(steps=args.steps, order=args.order, text_scale=args.text_scale, audio_scale=args.audio_scale)
-    frames = generate(trained, args.image, args.audio, args.out, args.text, sampler, WindowConfig(args.window, args.overlap),
-                      args.seed, progress=not args.no_progress, reference_video=args.video)
+    sampler = SamplerConfig(
+        steps=args.steps, order=args.order, text_scale=args.text_scale, audio_scale=args.audio_scale
+    )
+    frames = generate(
+        trained,
+        args.image,
+        args.audio,
+        args.out,
+        args.text,
+        sampler,
+        WindowConfig(args.window, args.overlap),
+        args.seed,
+        progress=not args.no_progress,
+        reference_video=args.video,
+    )
     print(f"{args.out}: {frames} frames ({frames / 25:.2f} s)")
     return 0
 
@@ -137,16 +159,27 @@ def _cmd_train_sync(args) -> int:
     from train.sync_training import SyncTrainingConfig, train
 
     logging.getLogger("train").setLevel(logging.INFO)
-    given = {"components": args.components, "context_steps": args.context_steps, "ridge": args.ridge, "version": args.version}
+    given = {
+        "components": args.components,
+        "context_steps": args.context_steps,
+        "ridge": args.ridge,
+        "version": args.version,
+    }
     config = SyncTrainingConfig(**{name: value for name, value in given.items() if value is not None})
     summary = train(args.shards, args.out, config)
-    print(f"{args.out}: lip-sync model {summary['version']} from {summary['clips']} clips of {summary['sources']} sources "
-          f"({summary['frames'] / 25:.0f} s) in {summary['seconds']:.0f} s; variance explained per component {summary['explained_variance']}")
+    print(
+        f"{args.out}: lip-sync model {summary['version']} from {summary['clips']} clips of {summary['sources']} "
+        "sources "
+        f"({summary['frames'] / 25:.0f} s) in {summary['seconds']:.0f} s; variance explained per component "
+        f"{summary['explained_variance']}"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="talkcurate", description="Curate talking-portrait video into WebDataset shards.")
+    parser = argparse.ArgumentParser(
+        prog="talkcurate", description="Curate talking-portrait video into WebDataset shards."
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -154,18 +187,32 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("inputs", nargs="+", metavar="INPUT", help="video file, folder, list file or URI")
     run.add_argument("--out", required=True, help="output folder or URI; the same --out resumes a run")
     run.add_argument("--config", help="TOML configuration file (see `talkcurate config`)")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one option, e.g. scene_cut.max_clip_s=8")
+    run.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override one option, e.g. scene_cut.max_clip_s=8"
+    )
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
 
-    inspect = commands.add_parser("inspect", help="funnel, totals, shards and score distributions of a run; queries over its manifest")
+    inspect = commands.add_parser(
+        "inspect", help="funnel, totals, shards and score distributions of a run; queries over its manifest"
+    )
     inspect.add_argument("dir")
-    inspect.add_argument("--where", metavar="PREDICATE", help="only the manifest rows it selects, e.g. \"sync_confidence > 0.5 and language = 'en'\"")
-    inspect.add_argument("--by", metavar="COLUMN[,COLUMN]", help="rows, kept, rejected and kept seconds per value of these columns")
+    inspect.add_argument(
+        "--where",
+        metavar="PREDICATE",
+        help="only the manifest rows it selects, e.g. \"sync_confidence > 0.5 and language = 'en'\"",
+    )
+    inspect.add_argument(
+        "--by", metavar="COLUMN[,COLUMN]", help="rows, kept, rejected and kept seconds per value of these columns"
+    )
     inspect.add_argument("--hist", action="append", metavar="COLUMN", help="histogram of a numeric column (repeatable)")
     inspect.add_argument("--bins", type=int, default=20, metavar="N", help="histogram bins (default 20)")
-    inspect.add_argument("--rows", action="store_true", help="list the selected rows (key, status, reason, shard, duration_s and the --where columns)")
+    inspect.add_argument(
+        "--rows",
+        action="store_true",
+        help="list the selected rows (key, status, reason, shard, duration_s and the --where columns)",
+    )
     inspect.add_argument("--columns", metavar="COLUMN[,COLUMN]", help="list the selected rows with these columns")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(func=_cmd_inspect)
@@ -174,39 +221,86 @@ def build_parser() -> argparse.ArgumentParser:
     subset.add_argument("dir", help="a run's (or a subset's) output folder")
     subset.add_argument("--where", metavar="PREDICATE", help="the manifest rows to keep (default: all)")
     target = subset.add_mutually_exclusive_group(required=True)
-    target.add_argument("--out", metavar="DIR2", help="new output folder: the selected samples copied into new shards, with manifest and index")
-    target.add_argument("--list", metavar="FILE.json", help="a sample list naming the selected samples in place (no bytes copied)")
-    subset.add_argument("--target-shard-mb", type=float, metavar="MB", help="with --out: close a shard once it holds this many MB (default: shards.target_shard_mb's)")
-    subset.add_argument("--max-samples-per-shard", type=int, metavar="N", help="with --out: also close a shard at this many samples (default: shards.max_samples_per_shard's)")
+    target.add_argument(
+        "--out",
+        metavar="DIR2",
+        help="new output folder: the selected samples copied into new shards, with manifest and index",
+    )
+    target.add_argument(
+        "--list", metavar="FILE.json", help="a sample list naming the selected samples in place (no bytes copied)"
+    )
+    subset.add_argument(
+        "--target-shard-mb",
+        type=float,
+        metavar="MB",
+        help="with --out: close a shard once it holds this many MB (default: shards.target_shard_mb's)",
+    )
+    subset.add_argument(
+        "--max-samples-per-shard",
+        type=int,
+        metavar="N",
+        help="with --out: also close a shard at this many samples (default: shards.max_samples_per_shard's)",
+    )
     subset.set_defaults(func=_cmd_subset)
 
     verify = commands.add_parser("verify", help="re-read every shard against the index; non-zero exit on mismatch")
     verify.add_argument("dir", help="an output folder, or a sample list (FILE.json from `subset --list`)")
     verify.set_defaults(func=_cmd_verify)
 
-    browse = commands.add_parser("browse", help="a page to browse a run's samples: served on 127.0.0.1, or written with --out")
+    browse = commands.add_parser(
+        "browse", help="a page to browse a run's samples: served on 127.0.0.1, or written with --out"
+    )
     browse.add_argument("dir", help="a run's output folder or URI")
     browse.add_argument("--out", metavar="PAGE_DIR", help="write the static page here instead of serving it")
-    browse.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 to serve on (0: any free one; default 8000)")
-    browse.add_argument("--limit", type=int, help="at most this many kept samples and this many rejected rows (default 200)")
+    browse.add_argument(
+        "--port", type=int, default=8000, help="port on 127.0.0.1 to serve on (0: any free one; default 8000)"
+    )
+    browse.add_argument(
+        "--limit", type=int, help="at most this many kept samples and this many rejected rows (default 200)"
+    )
     browse.set_defaults(func=_cmd_browse)
 
     from pipeline.dedup import DedupThresholds
     from pipeline.split import DEFAULT_IDENTITY_THRESHOLD, DEFAULT_VAL
 
     near = DedupThresholds()
-    dedup = commands.add_parser("dedup", help="mark near-duplicate kept clips (same footage or same audio) in the manifest's duplicate_of")
+    dedup = commands.add_parser(
+        "dedup", help="mark near-duplicate kept clips (same footage or same audio) in the manifest's duplicate_of"
+    )
     dedup.add_argument("dir", help="a run's output folder or URI")
-    dedup.add_argument("--max-audio-ber", type=float, default=near.max_audio_ber, help="audio matches at this bit error rate or less (default %(default)s)")
-    dedup.add_argument("--max-phash-bits", type=int, default=near.max_phash_bits, help="video: frames look alike within this many of 64 hash bits (default %(default)s)")
-    dedup.add_argument("--min-motion-corr", type=float, default=near.min_motion_corr, help="video: mouth motion correlates at least this much (default %(default)s)")
+    dedup.add_argument(
+        "--max-audio-ber",
+        type=float,
+        default=near.max_audio_ber,
+        help="audio matches at this bit error rate or less (default %(default)s)",
+    )
+    dedup.add_argument(
+        "--max-phash-bits",
+        type=int,
+        default=near.max_phash_bits,
+        help="video: frames look alike within this many of 64 hash bits (default %(default)s)",
+    )
+    dedup.add_argument(
+        "--min-motion-corr",
+        type=float,
+        default=near.min_motion_corr,
+        help="video: mouth motion correlates at least this much (default %(default)s)",
+    )
     dedup.set_defaults(func=_cmd_dedup)
 
-    split = commands.add_parser("split", help="assign kept clips to train/val by identity (or source) in the manifest's split")
+    split = commands.add_parser(
+        "split", help="assign kept clips to train/val by identity (or source) in the manifest's split"
+    )
     split.add_argument("dir", help="a run's output folder or URI")
-    split.add_argument("--val", type=float, default=DEFAULT_VAL, help="expected share of clusters for validation (default %(default)s)")
-    split.add_argument("--identity-threshold", type=float, default=DEFAULT_IDENTITY_THRESHOLD,
-                       help="ArcFace cosine similarity from which two clips are one person (default %(default)s)")
+    split.add_argument(
+        "--val", type=float, default=DEFAULT_VAL, help="expected share of clusters for validation (default %(default)s)"
+    )
+    split.add_argument(
+        "--identity-threshold",
+        type=float,
+        default=DEFAULT_IDENTITY_THRESHOLD,
+        help="ArcFace cosine similarity from which two clips are one person (default %(default)s)",
+    )
     split.set_defaults(func=_cmd_split)
 
     sample = commands.add_parser("sample", help="generate a talking portrait from a training run's checkpoint")
@@ -228,13 +322,30 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--no-progress", action="store_true", help="no progress bars")
     sample.set_defaults(func=_cmd_sample)
 
-    train_sync = commands.add_parser("train-sync", help="train the learned lip-sync model on runs' kept clips (landmarks and in-sync audio)")
-    train_sync.add_argument("shards", nargs="+", metavar="SHARDS", help="a run's output folder, or a sample list (FILE.json from `subset --list`)")
-    train_sync.add_argument("--out", required=True, help="the weight file to write (the sync stage reads it from sync.lip_sync_model_path)")
-    train_sync.add_argument("--components", type=int, help="mouth components the audio predicts (default: the shipped model's)")
-    train_sync.add_argument("--context-steps", type=int, help="20 ms audio steps read on each side of a frame (default: the shipped model's)")
+    train_sync = commands.add_parser(
+        "train-sync", help="train the learned lip-sync model on runs' kept clips (landmarks and in-sync audio)"
+    )
+    train_sync.add_argument(
+        "shards",
+        nargs="+",
+        metavar="SHARDS",
+        help="a run's output folder, or a sample list (FILE.json from `subset --list`)",
+    )
+    train_sync.add_argument(
+        "--out", required=True, help="the weight file to write (the sync stage reads it from sync.lip_sync_model_path)"
+    )
+    train_sync.add_argument(
+        "--components", type=int, help="mouth components the audio predicts (default: the shipped model's)"
+    )
+    train_sync.add_argument(
+        "--context-steps",
+        type=int,
+        help="20 ms audio steps read on each side of a frame (default: the shipped model's)",
+    )
     train_sync.add_argument("--ridge", type=float, help="ridge penalty per frame (default: the shipped model's)")
-    train_sync.add_argument("--version", help="version recorded in the file and the manifest's sync_backend (default: the shipped model's)")
+    train_sync.add_argument(
+        "--version", help="version recorded in the file and the manifest's sync_backend (default: the shipped model's)"
+    )
     train_sync.set_defaults(func=_cmd_train_sync)
 
     config = commands.add_parser("config", help="print the documented default configuration")

@@ -27,10 +27,24 @@ class ExecutionConfig:
 
     num_cpus: int = option(0, "CPUs of the local Ray instance started for the run (0: all of this machine's).")
     object_store_mb: int = option(0, "Object store of the local Ray instance, in MB (0: Ray's default).")
-    max_workers: int = option(0, "Upper bound on the workers of each CPU stage group (0: as many as the cluster's CPUs allow when the run starts).")
-    gpu_workers: int = option(0, "Actors of a stage group that asks for GPUs (0: one per GPU of the cluster when the run starts).")
-    model_batch_size: int = option(8, "Clips handed at once to a batched group's model stages (transcription, captioning) on a GPU worker, which runs them together (on CPUs: one at a time).")
-    task_retries: int = option(3, "Times a task runs again after its worker process or node died (a stage's own exception is an `error` row, not a retry); GPU actors are replaced without limit.")
+    max_workers: int = option(
+        0,
+        "Upper bound on the workers of each CPU stage group (0: as many as the cluster's CPUs allow when the run "
+        "starts).",
+    )
+    gpu_workers: int = option(
+        0, "Actors of a stage group that asks for GPUs (0: one per GPU of the cluster when the run starts)."
+    )
+    model_batch_size: int = option(
+        8,
+        "Clips handed at once to a batched group's model stages (transcription, captioning) on a GPU worker, which "
+        "runs them together (on CPUs: one at a time).",
+    )
+    task_retries: int = option(
+        3,
+        "Times a task runs again after its worker process or node died (a stage's own exception is an `error` row, "
+        "not a retry); GPU actors are replaced without limit.",
+    )
     block_mb: int = option(64, "Ray Data's target block size in MB: smaller blocks stream sooner and bound memory.")
     progress: bool = option(True, "Show Ray Data's progress bars.")
 
@@ -121,7 +135,11 @@ def _coerce(spec: dataclasses.Field, value: Any, dotted: str) -> Any:
 def render_defaults() -> str:
     """The documented default configuration, as TOML."""
     config = RunConfig()
-    lines = ["# talkcurate configuration: every key with its default.", "# Override with --config FILE or --set section.key=value.", ""]
+    lines = [
+        "# talkcurate configuration: every key with its default.",
+        "# Override with --config FILE or --set section.key=value.",
+        "",
+    ]
     for name in config.section_names():
         section = config.section(name)
         doc = (type(section).__doc__ or "").strip().splitlines()[0]

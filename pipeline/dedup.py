@@ -16,9 +16,11 @@ Measured through the pipeline's stages (tests/test_fingerprint.py):
 | pair of clips | frame hash bits | audio bit error rate | mouth motion correlation |
 |---|---|---|---|
 | GRID clip and a copy: centre 90%, 320 px wide, CRF 26, AAC | 8 | 0.044 | 0.90 |
-| GRID clip and a copy cut 0.6 s later: centre 92%, 300 px, CRF 28, Opus 48 kb/s | 8 | 0.109 (at 15 frames) | 0.93 (at 15 frames) |
+| GRID clip and a copy cut 0.6 s later: centre 92%, 300 px, CRF 28, Opus 48 kb/s | 8 | 0.109 (*) | 0.93 (*) |
 | the two halves of one GRID clip (one speaker, other words) | 0 | 0.46-0.48 | 0.05-0.39 |
 | two GRID speakers (same studio and framing) | 20-40 | 0.44-0.47 | 0.39-0.60 |
+
+(*) at the best offset, 15 frames.
 
 The frame hash alone cannot decide: two takes of one speaker in one room look more alike (0 bits)
 than the same take cropped (8). Unrelated audio measures about 0.5 (Haitsma and Kalker's own
@@ -57,8 +59,19 @@ from stages.storage import OutputDir
 MAX_SHARED_CLIPS = 50
 _BLOCK_ELEMENTS = 1 << 22  # clip pairs per numpy block of frame hash comparisons (about 40 MB of temporaries)
 _MOTION_BATCH = 64  # pairs per batch of motion correlations: small arrays stay in the CPU's caches
-_COLUMNS = ("key", "source", "source_id", "status", "width", "height", "duration_s", "sync_confidence",
-            "video_phash", "video_motion", "audio_fingerprint")
+_COLUMNS = (
+    "key",
+    "source",
+    "source_id",
+    "status",
+    "width",
+    "height",
+    "duration_s",
+    "sync_confidence",
+    "video_phash",
+    "video_motion",
+    "audio_fingerprint",
+)
 
 
 @dataclass(frozen=True)
@@ -69,7 +82,10 @@ class DedupThresholds:
 
     def validate(self) -> None:
         if not 0 <= self.max_audio_ber < 0.5:
-            raise ValueError(f"the audio bit error rate threshold must be in [0, 0.5) (unrelated audio measures about 0.5), not {self.max_audio_ber}")
+            raise ValueError(
+                "the audio bit error rate threshold must be in [0, 0.5) (unrelated audio measures about 0.5), not "
+                f"{self.max_audio_ber}"
+            )
         if not 0 <= self.max_phash_bits <= 64:
             raise ValueError(f"the frame hash threshold must be 0-64 bits, not {self.max_phash_bits}")
         if not -1 <= self.min_motion_corr <= 1:
@@ -106,12 +122,16 @@ def find_duplicates(table: pa.Table, thresholds: DedupThresholds) -> DedupResult
     """Near-duplicate groups among the kept rows of a manifest table."""
     missing = [name for name in _COLUMNS if name not in table.column_names]
     if missing:
-        raise ValueError(f"the manifest has no {', '.join(missing)} column: it was written before near-duplicate "
-                         "fingerprints; curate the inputs again into a new --out")
+        raise ValueError(
+            f"the manifest has no {', '.join(missing)} column: it was written before near-duplicate "
+            "fingerprints; curate the inputs again into a new --out"
+        )
     rows = [row for row in table.select(_COLUMNS).to_pylist() if row["status"] == Status.KEPT.value]
     unprinted = [row["key"] for row in rows if row["audio_fingerprint"] is None or row["video_phash"] is None]
     if unprinted:
-        raise ValueError(f"{len(unprinted)} kept clips have no fingerprints (video_phash, audio_fingerprint), e.g. {unprinted[0]}")
+        raise ValueError(
+            f"{len(unprinted)} kept clips have no fingerprints (video_phash, audio_fingerprint), e.g. {unprinted[0]}"
+        )
     clips = [_clip(row) for row in rows]
     matches = _audio_matches(clips, thresholds) + _video_matches(clips, thresholds)
     return DedupResult(clips, matches, _groups(clips, matches), thresholds)
@@ -182,7 +202,9 @@ def _video_matches(clips: list[Clip], thresholds: DedupThresholds) -> list[Match
     if len(moving) < 2:
         return []
     width = max(len(clips[i].fingerprint.video_phash) for i in moving)
-    hashes = np.stack([np.resize(clips[i].fingerprint.video_phash, width) for i in moving])  # repeated hashes change no minimum
+    hashes = np.stack(
+        [np.resize(clips[i].fingerprint.video_phash, width) for i in moving]
+    )  # repeated hashes change no minimum
     sources = np.array([clips[i].source_id for i in moving])
     rows = max(1, _BLOCK_ELEMENTS // len(moving))
     alike = []  # (first, second, frame hash distance) of clips from different sources that look alike
@@ -195,12 +217,20 @@ def _video_matches(clips: list[Clip], thresholds: DedupThresholds) -> list[Match
     matches = []
     for start in range(0, len(alike), _MOTION_BATCH):
         batch = alike[start : start + _MOTION_BATCH]
-        correlations, offsets = motion_correlations([clips[i].fingerprint.video_motion for i, _, _ in batch],
-                                                    [clips[j].fingerprint.video_motion for _, j, _ in batch])
+        correlations, offsets = motion_correlations(
+            [clips[i].fingerprint.video_motion for i, _, _ in batch],
+            [clips[j].fingerprint.video_motion for _, j, _ in batch],
+        )
         for (i, j, bits), correlation, offset in zip(batch, correlations, offsets):
             if correlation >= thresholds.min_motion_corr:
-                matches.append(Match(i, j, f"video: frame hashes {bits} bits apart, mouth motion correlation "
-                                           f"{correlation:.3f} at offset {offset} frames"))
+                matches.append(
+                    Match(
+                        i,
+                        j,
+                        f"video: frame hashes {bits} bits apart, mouth motion correlation "
+                        f"{correlation:.3f} at offset {offset} frames",
+                    )
+                )
     return matches
 
 
@@ -221,7 +251,9 @@ def _groups(clips: list[Clip], matches: list[Match]) -> dict[int, int]:
         members[root(i)].append(i)
     kept_of = {}
     for group in members.values():
-        best = min(group, key=lambda i: (-clips[i].pixels, -clips[i].duration_s, -clips[i].sync_confidence, clips[i].key))
+        best = min(
+            group, key=lambda i: (-clips[i].pixels, -clips[i].duration_s, -clips[i].sync_confidence, clips[i].key)
+        )
         kept_of.update((i, best) for i in group if i != best)
     return kept_of
 
@@ -230,8 +262,10 @@ def _notes(result: DedupResult) -> pa.Table:
     """The annotation: every compared clip's key, with `duplicate_of` null for the clips kept."""
     keys = [clip.key for clip in result.clips]
     kept = [None if i not in result.kept_of else keys[result.kept_of[i]] for i in range(len(keys))]
-    schema = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("duplicate_of", pa.string())],
-                       metadata={b"thresholds": json.dumps(asdict(result.thresholds)).encode()})
+    schema = pa.schema(
+        [pa.field("key", pa.string(), nullable=False), pa.field("duplicate_of", pa.string())],
+        metadata={b"thresholds": json.dumps(asdict(result.thresholds)).encode()},
+    )
     return pa.Table.from_pydict({"key": keys, "duplicate_of": kept}, schema=schema)
 
 
@@ -255,5 +289,7 @@ def render(result: DedupResult) -> str:
             lines.append(f"  duplicate {result.clips[i].key}  {result.clips[i].source}")
         for match in result.matches:
             if group_of.get(match.first) == kept:
-                lines.append(f"    {result.clips[match.first].key} ~ {result.clips[match.second].key}: {match.evidence}")
+                lines.append(
+                    f"    {result.clips[match.first].key} ~ {result.clips[match.second].key}: {match.evidence}"
+                )
     return "\n".join(lines)

@@ -31,12 +31,16 @@ from stages.transcribe import TranscribeStage
 class Group:
     name: str
     stages: tuple[type[Stage], ...]
-    batched: bool = False  # on GPU workers, stages get `execution.model_batch_size` clips at once (model stages; no fan-out)
+    batched: bool = (
+        False  # on GPU workers, stages get `execution.model_batch_size` clips at once (model stages; no fan-out)
+    )
 
 
 PIPELINE: tuple[Group, ...] = (
     Group("ingest", (ProbeStage, ChunkStage)),
-    Group("clips", (NormalizeStage, SceneCutStage, FaceStage, SyncStage, KeyframesStage, FingerprintStage, EncodeStage)),
+    Group(
+        "clips", (NormalizeStage, SceneCutStage, FaceStage, SyncStage, KeyframesStage, FingerprintStage, EncodeStage)
+    ),
     Group("text", (TranscribeStage, CaptionStage), batched=True),
 )
 

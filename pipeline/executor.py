@@ -98,8 +98,9 @@ def _group_task(name: str, stages: list[Stage], keep_frames: bool, batched: bool
     return run
 
 
-def _add_group(ds: ray.data.Dataset, group: Group, keep_frames: bool, config: RunConfig,
-               max_inputs: int | None = None) -> ray.data.Dataset:
+def _add_group(
+    ds: ray.data.Dataset, group: Group, keep_frames: bool, config: RunConfig, max_inputs: int | None = None
+) -> ray.data.Dataset:
     stages = [config.stages[cls.name] for cls in group.stages]
     where = place(group, stages, config.execution, ray.cluster_resources())
     # A pool larger than its inputs only earns a warning from Ray Data.

@@ -18,7 +18,28 @@ from schemas.records import SourceVideo
 from stages.storage import filesystem
 
 VIDEO_SUFFIXES = frozenset(
-    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .mpe .ts .mts .m2ts .flv .wmv .3gp .3g2 .ogv .vob .mxf .dv".split()
+    [
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".mpg",
+        ".mpeg",
+        ".mpe",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".flv",
+        ".wmv",
+        ".3gp",
+        ".3g2",
+        ".ogv",
+        ".vob",
+        ".mxf",
+        ".dv",
+    ]
 )
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 
@@ -60,7 +81,11 @@ def _expand_uri(uri: str) -> list[tuple[str, int]]:
         scheme, query = uri.split("://", 1)[0], urlsplit(uri).query
         suffix = f"?{query}" if query else ""  # options such as endpoint_override apply to every file
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-        return [(f"{scheme}://{i.path}{suffix}", i.size or 0) for i in infos if i.type == pafs.FileType.File and _is_video_name(i.path)]
+        return [
+            (f"{scheme}://{i.path}{suffix}", i.size or 0)
+            for i in infos
+            if i.type == pafs.FileType.File and _is_video_name(i.path)
+        ]
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"input not found: {uri}")
     return [(uri, info.size or 0)]

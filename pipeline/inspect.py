@@ -35,8 +35,15 @@ def _distribution(values: np.ndarray) -> dict[str, float] | None:
     if len(values) == 0:
         return None
     p = np.percentile(values, [0, 10, 50, 90, 100])
-    return {"count": int(len(values)), "mean": float(values.mean()), "min": float(p[0]), "p10": float(p[1]),
-            "p50": float(p[2]), "p90": float(p[3]), "max": float(p[4])}
+    return {
+        "count": int(len(values)),
+        "mean": float(values.mean()),
+        "min": float(p[0]),
+        "p10": float(p[1]),
+        "p50": float(p[2]),
+        "p90": float(p[3]),
+        "max": float(p[4]),
+    }
 
 
 def summarize(table: pa.Table, index: dict) -> dict[str, Any]:
@@ -59,7 +66,12 @@ def summarize(table: pa.Table, index: dict) -> dict[str, Any]:
         "hours_kept": sum(r["duration_s"] for r in kept) / 3600,
         "hours_rejected": sum(r["duration_s"] for r in rejected) / 3600,
         "shards": [
-            {"url": e["url"], "nsamples": e["nsamples"], "filesize": e["filesize"], "manifest_rows": per_shard.get(e["url"], 0)}
+            {
+                "url": e["url"],
+                "nsamples": e["nsamples"],
+                "filesize": e["filesize"],
+                "manifest_rows": per_shard.get(e["url"], 0),
+            }
             for e in index.get("shardlist", [])
         ],
         "scores": scores,
@@ -78,7 +90,8 @@ def render(summary: dict[str, Any]) -> str:
     lines = [
         f"sources            {summary['sources']:>8}   ({summary['sources_with_kept_clips']} with kept clips)",
         f"candidate clips    {summary['candidate_clips']:>8}",
-        f"kept               {summary['kept']:>8}   {summary['hours_kept'] * 3600:10.1f} s  ({summary['hours_kept']:.3f} h)",
+        f"kept               {summary['kept']:>8}   {summary['hours_kept'] * 3600:10.1f} s  "
+        f"({summary['hours_kept']:.3f} h)",
         f"rejected           {summary['rejected']:>8}   {summary['hours_rejected'] * 3600:10.1f} s",
     ]
     for reason, count in summary["rejected_by_reason"].items():
@@ -93,7 +106,8 @@ def render(summary: dict[str, Any]) -> str:
         lines.append(f"{'kept clips':<18} {'count':>6} {'min':>9} {'p10':>9} {'p50':>9} {'p90':>9} {'max':>9}")
         for name, d in scores.items():
             lines.append(
-                f"{name:<18} {d['count']:>6} {d['min']:>9.2f} {d['p10']:>9.2f} {d['p50']:>9.2f} {d['p90']:>9.2f} {d['max']:>9.2f}"
+                f"{name:<18} {d['count']:>6} {d['min']:>9.2f} {d['p10']:>9.2f} {d['p50']:>9.2f} {d['p90']:>9.2f} "
+                f"{d['max']:>9.2f}"
             )
     return "\n".join(lines)
 
@@ -121,10 +135,17 @@ def groups(table: pa.Table, columns: Sequence[str]) -> list[dict[str, Any]]:
     kept = pc.equal(table["status"], "kept")
     counted = table.select(list(columns)).append_column("_kept", pc.cast(kept, pa.int64()))
     counted = counted.append_column("_kept_s", pc.if_else(kept, table["duration_s"], 0.0))
-    totals = counted.group_by(list(columns), use_threads=False).aggregate([("_kept", "count"), ("_kept", "sum"), ("_kept_s", "sum")])
+    totals = counted.group_by(list(columns), use_threads=False).aggregate(
+        [("_kept", "count"), ("_kept", "sum"), ("_kept_s", "sum")]
+    )
     result = [
-        {**{c: row[c] for c in columns}, "rows": row["_kept_count"], "kept": row["_kept_sum"],
-         "rejected": row["_kept_count"] - row["_kept_sum"], "kept_s": row["_kept_s_sum"]}
+        {
+            **{c: row[c] for c in columns},
+            "rows": row["_kept_count"],
+            "kept": row["_kept_sum"],
+            "rejected": row["_kept_count"] - row["_kept_sum"],
+            "kept_s": row["_kept_s_sum"],
+        }
         for row in totals.to_pylist()
     ]
     return sorted(result, key=lambda g: (-g["rows"], *((g[c] is None, str(g[c])) for c in columns)))
@@ -137,16 +158,30 @@ def histogram(table: pa.Table, column: str, bins: int) -> dict[str, Any]:
         raise ValueError(f"--bins must be at least 1, not {bins}")
     values = table[column].drop_null().to_numpy(zero_copy_only=False).astype(float)
     finite = values[np.isfinite(values)]
-    result: dict[str, Any] = {"column": column, "count": int(len(finite)), "missing": table.num_rows - int(len(finite)), "bins": []}
+    result: dict[str, Any] = {
+        "column": column,
+        "count": int(len(finite)),
+        "missing": table.num_rows - int(len(finite)),
+        "bins": [],
+    }
     if len(finite):
         counts, edges = np.histogram(finite, bins=bins)
         result.update(min=float(finite.min()), max=float(finite.max()), mean=float(finite.mean()))
-        result["bins"] = [{"low": float(lo), "high": float(hi), "count": int(n)} for lo, hi, n in zip(edges[:-1], edges[1:], counts)]
+        result["bins"] = [
+            {"low": float(lo), "high": float(hi), "count": int(n)} for lo, hi, n in zip(edges[:-1], edges[1:], counts)
+        ]
     return result
 
 
-def inspection(table: pa.Table, index: dict, where: str | None = None, by: Sequence[str] = (), hist: Sequence[str] = (),
-               bins: int = 20, columns: Sequence[str] | None = None) -> dict[str, Any]:
+def inspection(
+    table: pa.Table,
+    index: dict,
+    where: str | None = None,
+    by: Sequence[str] = (),
+    hist: Sequence[str] = (),
+    bins: int = 20,
+    columns: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """The summary of the rows `where` selects, with the asked-for groups, histograms and rows
     (`columns`; None: no rows, empty: the default columns and those the predicate names)."""
     selected = select(table, where)
@@ -159,7 +194,9 @@ def inspection(table: pa.Table, index: dict, where: str | None = None, by: Seque
     if hist:
         report["histograms"] = [histogram(selected, column, bins) for column in hist]
     if columns is not None:
-        columns = list(columns) or list(dict.fromkeys([*DEFAULT_ROW_COLUMNS, *(columns_of(where, table.schema) if where else [])]))
+        columns = list(columns) or list(
+            dict.fromkeys([*DEFAULT_ROW_COLUMNS, *(columns_of(where, table.schema) if where else [])])
+        )
         _check_columns(table, columns, "--columns")
         report["rows"] = selected.select(columns).to_pylist()
     return report
@@ -176,10 +213,14 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     """Aligned columns; numbers to the right."""
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(header)]
-    numeric = [bool(rows) and all(isinstance(r[i], (int, float)) and not isinstance(r[i], bool) or r[i] is None for r in rows)
-               for i in range(len(header))]
-    return ["  ".join(text.rjust(w) if right else text.ljust(w) for text, w, right in zip(line, widths, numeric)).rstrip()
-            for line in [list(header), *cells]]
+    numeric = [
+        bool(rows) and all(isinstance(r[i], (int, float)) and not isinstance(r[i], bool) or r[i] is None for r in rows)
+        for i in range(len(header))
+    ]
+    return [
+        "  ".join(text.rjust(w) if right else text.ljust(w) for text, w, right in zip(line, widths, numeric)).rstrip()
+        for line in [list(header), *cells]
+    ]
 
 
 def _render_histogram(h: dict[str, Any], width: int = 40) -> list[str]:
@@ -203,7 +244,10 @@ def render_inspection(report: dict[str, Any]) -> str:
         lines += ["", f"where {report['where']}: {report['selected_rows']} rows"]
     if "groups" in report:
         by = report["groups"]["by"]
-        rows = [[*(g[c] for c in by), g["rows"], g["kept"], g["rejected"], round(g["kept_s"], 1)] for g in report["groups"]["groups"]]
+        rows = [
+            [*(g[c] for c in by), g["rows"], g["kept"], g["rejected"], round(g["kept_s"], 1)]
+            for g in report["groups"]["groups"]
+        ]
         lines += ["", *_table([*by, "rows", "kept", "rejected", "kept_s"], rows)]
     for h in report.get("histograms", []):
         lines += ["", *_render_histogram(h)]

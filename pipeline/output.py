@@ -169,11 +169,16 @@ class RunOutput:
     # -- what a person and a trainer read ------------------------------------------------------
 
     def manifest(self) -> pa.Table:
-        tables = [pq.read_table(io.BytesIO(self.out.read(f"{SOURCE_RECORDS}/{sid}.parquet"))) for sid in sorted(self.done_sources)]
+        tables = [
+            pq.read_table(io.BytesIO(self.out.read(f"{SOURCE_RECORDS}/{sid}.parquet")))
+            for sid in sorted(self.done_sources)
+        ]
         if not tables:
             return MANIFEST_SCHEMA.empty_table()
         table = pa.concat_tables([t.cast(MANIFEST_SCHEMA) for t in tables])
-        return annotated(self.out, table.sort_by([("source", "ascending"), ("start_s", "ascending"), ("key", "ascending")]))
+        return annotated(
+            self.out, table.sort_by([("source", "ascending"), ("start_s", "ascending"), ("key", "ascending")])
+        )
 
     def index(self) -> dict:
         return index_document([self.shards[url] for url in sorted(self.shards)])
@@ -230,6 +235,7 @@ def annotated(out: OutputDir, table: pa.Table) -> pa.Table:
         table = table.set_column(table.schema.get_field_index(column), MANIFEST_SCHEMA.field(column), values)
         missing = pc.sum(pc.and_(pc.equal(table["status"], Status.KEPT.value), pc.is_null(position))).as_py()
         if missing:
-            log.warning("%d kept clips came after the last `talkcurate %s` and have no %s; run it again", missing, name, column)
+            log.warning(
+                "%d kept clips came after the last `talkcurate %s` and have no %s; run it again", missing, name, column
+            )
     return table
-

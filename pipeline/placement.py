@@ -57,7 +57,9 @@ def place(group: Group, stages: Sequence[Stage], execution: ExecutionConfig, clu
     if gpus:
         gpus_total = cluster.get("GPU", 0)
         if gpus_total < gpus:
-            raise PlacementError(f"the {group.name} stages ask for {gpus:g} GPU per worker; the cluster has {gpus_total:g}")
+            raise PlacementError(
+                f"the {group.name} stages ask for {gpus:g} GPU per worker; the cluster has {gpus_total:g}"
+            )
         workers = execution.gpu_workers or int(gpus_total / gpus)
         batch_size = execution.model_batch_size if group.batched else 1
         return Placement(group.name, cpus, gpus, workers, batch_size, actors=True)

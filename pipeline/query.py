@@ -44,8 +44,16 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 KEYWORDS = {"and", "or", "not", "in", "like", "is", "null", "true", "false"}
-_COMPARISONS = {"=": operator.eq, "==": operator.eq, "!=": operator.ne, "<>": operator.ne,
-                "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+_COMPARISONS = {
+    "=": operator.eq,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<>": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
 
 
 @dataclass(frozen=True)
@@ -204,7 +212,9 @@ class _Parser:
             elif self._accept("like"):
                 expression = self._like(left)
             else:
-                self._fail(f"expected 'in' or 'like' after 'not', found {self._describe(self._peek())}", self._peek().pos)
+                self._fail(
+                    f"expected 'in' or 'like' after 'not', found {self._describe(self._peek())}", self._peek().pos
+                )
             return ~expression if negated else expression
         if left.column is None or left.kind != "bool":
             what = f"{left.column!r} is a {left.kind} column" if left.column else f"{left.text} is not a column"
@@ -228,7 +238,9 @@ class _Parser:
         self._expect(")", "',' or ')'")
         value_set = pa.array(values)  # isin casts it to the column's type
         # isin says false for a null; SQL says unknown, so that `not in` skips nulls too.
-        return pc.if_else(left.expression.is_valid(), left.expression.isin(value_set), pc.scalar(pa.scalar(None, pa.bool_())))
+        return pc.if_else(
+            left.expression.is_valid(), left.expression.isin(value_set), pc.scalar(pa.scalar(None, pa.bool_()))
+        )
 
     def _like(self, left: _Operand) -> pc.Expression:
         pattern = self._peek()

@@ -68,15 +68,17 @@ def render_report(table: pa.Table, summary: dict[str, Any], stage_stats: dict[st
             f"<tr><td>{esc(name)}</td><td>{s['items']}</td><td>{s['wall_s']:.1f}</td>"
             f"<td>{s['cpu_s']:.1f}</td><td>{speed:.1f}</td></tr>"
         )
-    plots = "".join(f'<h2>{esc(title)}</h2><img alt="{esc(title)}" src="data:image/png;base64,{data}">' for title, data in images)
+    plots = "".join(
+        f'<h2>{esc(title)}</h2><img alt="{esc(title)}" src="data:image/png;base64,{data}">' for title, data in images
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>talkcurate report</title>
 <style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{padding:2px 10px;text-align:left}}</style>
 </head><body>
 <h1>talkcurate report</h1>
-<p>{summary['sources']} sources, {summary['candidate_clips']} candidate clips,
-<b>{summary['kept']} kept</b> ({summary['hours_kept'] * 3600:.1f} s of video),
-{summary['rejected']} rejected, in {len(summary['shards'])} shards.</p>
+<p>{summary["sources"]} sources, {summary["candidate_clips"]} candidate clips,
+<b>{summary["kept"]} kept</b> ({summary["hours_kept"] * 3600:.1f} s of video),
+{summary["rejected"]} rejected, in {len(summary["shards"])} shards.</p>
 <h2>Rejected by reason</h2><table><tr><th>reason</th><th>clips</th></tr>{rows}</table>
 {plots}
 <h2>Stages (last run)</h2><table><tr><th>stage</th><th>items</th><th>wall s</th><th>CPU s</th>

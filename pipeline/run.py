@@ -44,6 +44,9 @@ def run(inputs: list[str], out_uri: str, config: RunConfig, address: str | None 
     out.write_atomic(REPORT, render_report(table, summary, stage_stats).encode())
     out.write_atomic(
         SUMMARY,
-        json.dumps({"summary": summary, "last_run": {"sources_processed": todo, "wall_s": wall, "stages": stage_stats}}, indent=1).encode(),
+        json.dumps(
+            {"summary": summary, "last_run": {"sources_processed": todo, "wall_s": wall, "stages": stage_stats}},
+            indent=1,
+        ).encode(),
     )
     return RunResult(summary, stage_stats, todo, wall)

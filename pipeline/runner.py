@@ -118,8 +118,11 @@ class ChainRunner:
         self.setup()
         pending = list(items)
         for stage in self.stages:
-            chosen = [i for i, item in enumerate(pending)
-                      if stage.accepts(item) and not (isinstance(item, CandidateClip) and item.status is Status.REJECTED)]
+            chosen = [
+                i
+                for i, item in enumerate(pending)
+                if stage.accepts(item) and not (isinstance(item, CandidateClip) and item.status is Status.REJECTED)
+            ]
             if chosen:
                 results = self._apply_batch(stage, [pending[i] for i in chosen])
                 for i, result in zip(chosen, results):
@@ -146,7 +149,9 @@ class ChainRunner:
         try:
             return stage.process(item)
         except Exception as exc:
-            log.error("stage %s failed on %s: %s", stage.name, _describe(item), exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            log.error(
+                "stage %s failed on %s: %s", stage.name, _describe(item), exc, exc_info=log.isEnabledFor(logging.DEBUG)
+            )
             return Rejected("error", f"{stage.name}: {type(exc).__name__}: {exc}")
 
     def _record(self, stage: Stage, item: object, result: object) -> object:
@@ -212,7 +217,13 @@ class ChainRunner:
             if len(results) != len(kept):
                 raise RuntimeError(f"{len(results)} results for {len(kept)} clips")
         except Exception as exc:
-            log.error("stage %s failed settling %s: %s", stage.name, _describe(kept[0]), exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            log.error(
+                "stage %s failed settling %s: %s",
+                stage.name,
+                _describe(kept[0]),
+                exc,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
             results = [Rejected("error", f"{stage.name}: {type(exc).__name__}: {exc}")] * len(kept)
         settled = iter(self._record(stage, c, r) for c, r in zip(kept, results))
         return [next(settled) if c.status is not Status.REJECTED else c for c in clips]
@@ -237,7 +248,9 @@ class ChainRunner:
             else:
                 yield from self._run_from(index + 1, result)
         except Exception as exc:  # a bug or an input nobody foresaw: one row, never a dead run
-            log.error("stage %s failed on %s: %s", stage.name, _describe(item), exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            log.error(
+                "stage %s failed on %s: %s", stage.name, _describe(item), exc, exc_info=log.isEnabledFor(logging.DEBUG)
+            )
             yield from self._reject(stage, item, "error", f"{stage.name}: {type(exc).__name__}: {exc}")
 
     def _drain(self, index: int, stage: Stage, item: object, results: Iterator, stats: StageStats) -> Iterator[object]:
@@ -257,7 +270,9 @@ class ChainRunner:
                     covered = result.end_frame
                 yield from self._run_from(index + 1, result)
         except Exception as exc:
-            log.error("stage %s failed on %s: %s", stage.name, _describe(item), exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            log.error(
+                "stage %s failed on %s: %s", stage.name, _describe(item), exc, exc_info=log.isEnabledFor(logging.DEBUG)
+            )
             rest = item if covered is None else item.remainder(covered)
             yield from self._reject(stage, rest, "error", f"{stage.name}: {type(exc).__name__}: {exc}")
         finally:

@@ -53,7 +53,9 @@ class SplitResult:
 def assign(table: pa.Table, val: float, identity_threshold: float) -> tuple[dict[str, str], SplitResult]:
     """key -> 'train' or 'val' for every kept row of a manifest table, and the totals."""
     if not 0 < val < 1:
-        raise ValueError(f"--val is the expected share of clusters for validation, between 0 and 1 (exclusive), not {val}")
+        raise ValueError(
+            f"--val is the expected share of clusters for validation, between 0 and 1 (exclusive), not {val}"
+        )
     missing = [name for name in _COLUMNS if name not in table.column_names]
     if missing:
         raise ValueError(f"the manifest has no {', '.join(missing)} column; curate the inputs again into a new --out")
@@ -69,9 +71,13 @@ def assign(table: pa.Table, val: float, identity_threshold: float) -> tuple[dict
         clusters.join(a, b)
     side = {source: VAL if _unit_hash(clusters.stable_id(source)) < val else TRAIN for source in sources}
     split = {row["key"]: side[row["source_id"]] for row in rows}
-    result = SplitResult(by_identity=bool(embedded), clusters=len({clusters.stable_id(s) for s in sources}),
-                         without_embedding=len(rows) - len(embedded) if embedded else 0, val=val,
-                         identity_threshold=identity_threshold)
+    result = SplitResult(
+        by_identity=bool(embedded),
+        clusters=len({clusters.stable_id(s) for s in sources}),
+        without_embedding=len(rows) - len(embedded) if embedded else 0,
+        val=val,
+        identity_threshold=identity_threshold,
+    )
     for name in (TRAIN, VAL):
         chosen = [row for row in rows if split[row["key"]] == name]
         result.clips[name] = len(chosen)
@@ -86,10 +92,17 @@ def split(out: OutputDir, val: float, identity_threshold: float) -> SplitResult:
         sides, result = assign(table, val, identity_threshold)
     except ValueError as exc:
         raise ValueError(f"{out.uri}/{MANIFEST}: {exc}") from None
-    schema = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("split", pa.string())],
-                       metadata={b"settings": json.dumps({"val": val, "identity_threshold": identity_threshold,
-                                                          "by_identity": result.by_identity}).encode()})
-    write_annotation(out, "split", pa.Table.from_pydict({"key": list(sides), "split": list(sides.values())}, schema=schema))
+    schema = pa.schema(
+        [pa.field("key", pa.string(), nullable=False), pa.field("split", pa.string())],
+        metadata={
+            b"settings": json.dumps(
+                {"val": val, "identity_threshold": identity_threshold, "by_identity": result.by_identity}
+            ).encode()
+        },
+    )
+    write_annotation(
+        out, "split", pa.Table.from_pydict({"key": list(sides), "split": list(sides.values())}, schema=schema)
+    )
     write_manifest(out, annotated(out, table))
     return result
 
@@ -135,19 +148,25 @@ class _Clusters:
 def render(result: SplitResult) -> str:
     """What `talkcurate split` prints."""
     if result.by_identity:
-        rule = (f"by identity: clips whose ArcFace embeddings have cosine similarity >= {result.identity_threshold} "
-                "are one person, kept on one side with their sources and near-duplicates")
+        rule = (
+            f"by identity: clips whose ArcFace embeddings have cosine similarity >= {result.identity_threshold} "
+            "are one person, kept on one side with their sources and near-duplicates"
+        )
         if result.without_embedding:
             rule += f"; {result.without_embedding} kept clips have no embedding and follow their source"
     else:
-        rule = ("by source: the manifest has no identity embeddings (the insightface backend did not run; set "
-                "face.identity_model_path to split by person), so each source and its near-duplicates stays on one side")
+        rule = (
+            "by source: the manifest has no identity embeddings (the insightface backend did not run; set "
+            "face.identity_model_path to split by person), so each source and its near-duplicates stays on one side"
+        )
     total = sum(result.clips.values())
     lines = [f"split {rule}", f"{result.clusters} clusters, {total} kept clips"]
     for name in (TRAIN, VAL):
         share = result.clips[name] / total if total else 0.0
         lines.append(f"  {name:<6} {result.clips[name]:>7} clips  {result.seconds[name]:10.1f} s  ({share:.1%})")
     if total and min(result.clips.values()) == 0:
-        lines.append(f"warning: one side is empty: with {result.clusters} clusters and --val {result.val}, "
-                     f"about {result.clusters * result.val:.1f} clusters are expected in val")
+        lines.append(
+            f"warning: one side is empty: with {result.clusters} clusters and --val {result.val}, "
+            f"about {result.clusters * result.val:.1f} clusters are expected in val"
+        )
     return "\n".join(lines)

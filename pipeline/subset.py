@@ -42,11 +42,17 @@ def _selection(source: OutputDir, where: str | None) -> tuple[pa.Table, pa.Table
     selected = select(table, where)
     kept = selected.filter(pc.equal(selected["status"], "kept"))
     if kept.num_rows == 0:
-        raise ValueError(f"{source.uri}: {'--where ' + repr(where) if where else 'the manifest'} selects no kept clips; nothing to write")
+        raise ValueError(
+            f"{source.uri}: {'--where ' + repr(where) if where else 'the manifest'} selects no kept clips; nothing to "
+            "write"
+        )
     listed = {entry["url"] for entry in index["shardlist"]}
     unlisted = sorted(set(kept["shard"].to_pylist()) - listed)
     if unlisted:
-        raise ValueError(f"{source.uri}: kept clips in shards its index does not list ({', '.join(unlisted[:3])}); run `talkcurate verify`")
+        raise ValueError(
+            f"{source.uri}: kept clips in shards its index does not list ({', '.join(unlisted[:3])}); run `talkcurate "
+            "verify`"
+        )
     return selected, kept, index
 
 
@@ -71,7 +77,9 @@ def copy_subset(source: OutputDir, where: str | None, out: OutputDir, shards: Sh
     """Write the selected rows and samples into `out`, which must not hold an output yet."""
     if out.root == source.root and out.fs.type_name == source.fs.type_name:
         raise ValueError(f"--out {out.uri} is the source folder; choose a new one")
-    existing = [name for name in (MANIFEST, INDEX) if out.exists(name)] + [f"{SHARD_FOLDER}/{n}" for n in out.list(SHARD_FOLDER)]
+    existing = [name for name in (MANIFEST, INDEX) if out.exists(name)] + [
+        f"{SHARD_FOLDER}/{n}" for n in out.list(SHARD_FOLDER)
+    ]
     if existing:
         raise FileExistsError(f"{out.uri} already holds {existing[0]}; a subset goes into a new folder")
     selected, kept, index = _selection(source, where)
@@ -88,17 +96,29 @@ def copy_subset(source: OutputDir, where: str | None, out: OutputDir, shards: Sh
     writer.flush()
     missing = sorted(set(kept["key"].to_pylist()) - set(new_shard))
     if missing:
-        raise ValueError(f"{source.uri}: {len(missing)} selected samples are not in their shards (e.g. {missing[0]}); run `talkcurate verify` on it")
-    shard_column = pa.array([new_shard.get(key) for key in selected["key"].to_pylist()], selected.schema.field("shard").type)
-    manifest = selected.set_column(selected.schema.get_field_index("shard"), selected.schema.field("shard"), shard_column)
-    write_manifest_and_index(out, manifest, index_document(records, talkcurate_subset={"source": source.uri, "where": where}))
+        raise ValueError(
+            f"{source.uri}: {len(missing)} selected samples are not in their shards (e.g. {missing[0]}); run "
+            "`talkcurate verify` on it"
+        )
+    shard_column = pa.array(
+        [new_shard.get(key) for key in selected["key"].to_pylist()], selected.schema.field("shard").type
+    )
+    manifest = selected.set_column(
+        selected.schema.get_field_index("shard"), selected.schema.field("shard"), shard_column
+    )
+    write_manifest_and_index(
+        out, manifest, index_document(records, talkcurate_subset={"source": source.uri, "where": where})
+    )
     return SubsetResult(manifest.num_rows, len(new_shard), len(records), sum(r.filesize for r in records))
 
 
 def write_sample_list(source: OutputDir, where: str | None, path: str) -> int:
     """Write the sample list of the selected kept clips to `path`; returns how many it names."""
     if not is_sample_list(path):
-        raise ValueError(f"--list {path}: a sample list's name ends in {SAMPLE_LIST_SUFFIX} (that is how the trainer tells it from a folder)")
+        raise ValueError(
+            f"--list {path}: a sample list's name ends in {SAMPLE_LIST_SUFFIX} (that is how the trainer tells it from "
+            "a folder)"
+        )
     _, kept, index = _selection(source, where)
     order = {entry["url"]: i for i, entry in enumerate(index["shardlist"])}
     samples = sorted(zip(kept["key"].to_pylist(), kept["shard"].to_pylist()), key=lambda ks: (order[ks[1]], ks[0]))

@@ -112,8 +112,11 @@ def verify_sample_list(path: str) -> tuple[int, list[str]]:
     table, index = load(source)
     kept = _kept_by_shard(table)
     entries = {entry["url"]: entry for entry in index["shardlist"]}
-    problems = [f"{path}: {key} is not a kept clip of {source.uri} in {shard}"
-                for key, shard in listing.samples if key not in kept.get(shard, set())]
+    problems = [
+        f"{path}: {key} is not a kept clip of {source.uri} in {shard}"
+        for key, shard in listing.samples
+        if key not in kept.get(shard, set())
+    ]
     shards = sorted({shard for _, shard in listing.samples})
     for shard in shards:
         if shard in entries:

@@ -18,8 +18,44 @@ import numpy as np
 NUM_LANDMARKS = 478  # 468 mesh points plus 10 iris points (refine_landmarks)
 
 # Closed contours of the face mesh topology (mediapipe face_mesh_connections), in order.
-FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148,
-             176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
+FACE_OVAL = (
+    10,
+    338,
+    297,
+    332,
+    284,
+    251,
+    389,
+    356,
+    454,
+    323,
+    361,
+    288,
+    397,
+    365,
+    379,
+    378,
+    400,
+    377,
+    152,
+    148,
+    176,
+    149,
+    150,
+    136,
+    172,
+    58,
+    132,
+    93,
+    234,
+    127,
+    162,
+    21,
+    54,
+    103,
+    67,
+    109,
+)
 LIPS_OUTER = (0, 37, 39, 40, 185, 61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267)
 LIPS_INNER = (13, 82, 81, 80, 191, 78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312)
 UPPER_LIP_INNER, LOWER_LIP_INNER = 13, 14
@@ -56,7 +92,9 @@ def encode_face_npz(data: FaceTrackData) -> bytes:
 
 def decode_face_npz(data: bytes) -> FaceTrackData:
     with np.load(io.BytesIO(data)) as npz:
-        return FaceTrackData(**{name: npz[name] for name in ("landmarks", "boxes", "detected", "mouth_opening", "crop_box")})
+        return FaceTrackData(
+            **{name: npz[name] for name in ("landmarks", "boxes", "detected", "mouth_opening", "crop_box")}
+        )
 
 
 def mouth_opening(landmarks: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -24,7 +24,9 @@ MEMBER_META = "json"
 MEMBER_CAPTION = "txt"
 MEMBER_FACE = "face.npz"  # per-frame landmarks, boxes, mouth opening: schemas/face.py
 SAMPLE_MEMBERS = (MEMBER_VIDEO, MEMBER_AUDIO, MEMBER_META, MEMBER_CAPTION, MEMBER_FACE)
-MEMBER_WHISPER_FEATURES = "whisper.npy"  # optional: Whisper encoder features, schemas/text.py (transcribe.store_features)
+MEMBER_WHISPER_FEATURES = (
+    "whisper.npy"  # optional: Whisper encoder features, schemas/text.py (transcribe.store_features)
+)
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -176,7 +178,17 @@ def _sync_columns(sync: SyncResult | None) -> dict[str, Any]:
 
 def _transcript_columns(transcript: Transcript | None) -> dict[str, Any]:
     if transcript is None:
-        return dict.fromkeys(("transcript", "language", "transcript_backend", "speech_ratio", "voiced_ratio", "no_speech_prob", "avg_logprob"))
+        return dict.fromkeys(
+            (
+                "transcript",
+                "language",
+                "transcript_backend",
+                "speech_ratio",
+                "voiced_ratio",
+                "no_speech_prob",
+                "avg_logprob",
+            )
+        )
     return {
         "transcript": transcript.text,
         "language": transcript.language or None,
@@ -191,8 +203,10 @@ def _transcript_columns(transcript: Transcript | None) -> dict[str, Any]:
 def _transcript_metadata(transcript: Transcript | None) -> dict[str, Any] | None:
     if transcript is None:
         return None
-    meta = {name.removeprefix("transcript_") if name != "transcript" else "text": value
-            for name, value in _transcript_columns(transcript).items()}
+    meta = {
+        name.removeprefix("transcript_") if name != "transcript" else "text": value
+        for name, value in _transcript_columns(transcript).items()
+    }
     meta["words"] = [dataclasses.asdict(word) for word in transcript.words]
     meta["features_member"] = None if transcript.features is None else MEMBER_WHISPER_FEATURES
     return meta

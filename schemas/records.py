@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
@@ -27,7 +27,7 @@ SAMPLE_RATE = 16_000
 """Sample rate of every normalized clip's mono audio."""
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     PENDING = "pending"  # still moving through the stages
     KEPT = "kept"
     REJECTED = "rejected"
@@ -163,7 +163,9 @@ class CandidateClip:
     reason_detail: str | None = None
     rejected_by: str | None = None  # stage name
     video: EncodedVideo | None = None
-    audio_context: np.ndarray | None = None  # int16 mono at SAMPLE_RATE, from `audio_context_frames` before the clip to as many after
+    audio_context: np.ndarray | None = (
+        None  # int16 mono at SAMPLE_RATE, from `audio_context_frames` before the clip to as many after
+    )
     audio_context_frames: int = 0
     probe: ProbeInfo | None = None
     frames: np.ndarray | None = None  # (T, h, w, 3) RGB analysis frames; never leaves the worker group that uses them
@@ -207,7 +209,9 @@ class CandidateClip:
         start = self.audio_context_frames * SAMPLE_RATE // FPS + shift
         length = self.num_frames * SAMPLE_RATE // FPS
         if not 0 <= start <= len(self.audio_context) - length:
-            raise ValueError(f"an audio shift of {shift} samples leaves the audio context of {self.audio_context_frames} frames")
+            raise ValueError(
+                f"an audio shift of {shift} samples leaves the audio context of {self.audio_context_frames} frames"
+            )
         return self.audio_context[start : start + length]
 
     def reject(self, reason: str, detail: str, stage: str) -> CandidateClip:

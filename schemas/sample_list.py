@@ -40,7 +40,9 @@ class SampleList:
 
     def encode(self) -> bytes:
         samples = [{"key": key, "shard": shard} for key, shard in self.samples]
-        return json.dumps({"__kind__": KIND, "source": self.source, "where": self.where, "samples": samples}, indent=1).encode()
+        return json.dumps(
+            {"__kind__": KIND, "source": self.source, "where": self.where, "samples": samples}, indent=1
+        ).encode()
 
     @classmethod
     def decode(cls, data: bytes, name: str) -> SampleList:

@@ -28,9 +28,9 @@ class SyncResult:
     speech_range_db: float  # loud-to-quiet spread of the clip's audio (speech alternates, silence does not)
     mouth_motion: float | None = None  # of the tracked face: std of the inner-lip gap over face height
     offset_ms: float | None = None  # estimated before correction; > 0: the audio lags the video
-    confidence: float | None = None  # in the backend's own units (embedded: significance of the fit above chance; SyncNet: median - min distance)
+    # in the backend's own units (embedded: significance of the fit above chance; SyncNet: median - min distance)
+    confidence: float | None = None
     margin: float | None = None  # learned model: the best offset's lead over its best rival 3+ frames away
-    pooled_clips: int | None = None  # lip-sync backend with sync.pool_chunk: how many clips' evidence gave the offset (1: the clip's own)
+    pooled_clips: int | None = None  # lip-sync backend, sync.pool_chunk: how many clips' evidence gave the offset
     audio_shift: int = 0  # samples the in-sync audio starts after the clip's own start in the audio context
     tracks: list[TrackScore] = field(default_factory=list)  # every candidate face, when there were several
-

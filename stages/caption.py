@@ -23,7 +23,7 @@ from schemas.records import CandidateClip, Rejected
 from schemas.text import Caption
 from stages.base import Resources, Stage, option
 from stages.caption_embedded import EmbeddedCaptioner
-from stages.caption_models import DEFAULT_PROMPT, CaptionInput, Captioner, VlmCaptioner
+from stages.caption_models import DEFAULT_PROMPT, Captioner, CaptionInput, VlmCaptioner
 
 
 @dataclass
@@ -34,8 +34,14 @@ class CaptionStage(Stage[CandidateClip, CandidateClip]):
     input_type: ClassVar[type] = CandidateClip
     resources: ClassVar[Resources] = Resources(cpus=1)
 
-    vlm_path: str = option("", "Local folder of a Qwen2-VL or Qwen2.5-VL model (Hugging Face layout); empty: the embedded captioner, from the pipeline's measurements.")
-    device: str = option("cpu", "Where the VLM runs: cpu, cuda or cuda:N (a GPU per worker is then requested from the scheduler).")
+    vlm_path: str = option(
+        "",
+        "Local folder of a Qwen2-VL or Qwen2.5-VL model (Hugging Face layout); empty: the embedded captioner, from "
+        "the pipeline's measurements.",
+    )
+    device: str = option(
+        "cpu", "Where the VLM runs: cpu, cuda or cuda:N (a GPU per worker is then requested from the scheduler)."
+    )
     max_new_tokens: int = option(160, "Longest VLM caption, in tokens.")
     prompt: str = option(DEFAULT_PROMPT, "What the VLM is asked after seeing the keyframes.")
 
@@ -50,7 +56,9 @@ class CaptionStage(Stage[CandidateClip, CandidateClip]):
 
     def setup(self) -> None:
         self._captioner: Captioner = (
-            VlmCaptioner(self.vlm_path, self.device, self.prompt, self.max_new_tokens) if self.vlm_path else EmbeddedCaptioner()
+            VlmCaptioner(self.vlm_path, self.device, self.prompt, self.max_new_tokens)
+            if self.vlm_path
+            else EmbeddedCaptioner()
         )
 
     def process(self, item: CandidateClip) -> CandidateClip | Rejected:
@@ -66,7 +74,9 @@ class CaptionStage(Stage[CandidateClip, CandidateClip]):
 
 def _caption_input(item: CandidateClip) -> CaptionInput:
     if not item.keyframes:
-        raise ValueError("the caption stage needs the clip's keyframes (the keyframes stage runs at the end of the clips group)")
+        raise ValueError(
+            "the caption stage needs the clip's keyframes (the keyframes stage runs at the end of the clips group)"
+        )
     return CaptionInput(
         keyframes=item.keyframes,
         height=item.video.height,

@@ -61,7 +61,13 @@ from schemas.records import FPS
 from stages.caption_models import CaptionInput
 from stages.keyframes import decode_keyframe
 
-SHOT_SIZES = ((0.42, "close-up"), (0.27, "medium close-up"), (0.16, "medium shot"), (0.09, "medium long shot"), (0.0, "wide shot"))
+SHOT_SIZES = (
+    (0.42, "close-up"),
+    (0.27, "medium close-up"),
+    (0.16, "medium shot"),
+    (0.09, "medium long shot"),
+    (0.0, "wide shot"),
+)
 FACING_YAW, TURNED_YAW, PITCHED, TILTED = 15.0, 30.0, 20.0, 10.0  # degrees
 HEAD_STILL, HEAD_SLIGHT = 0.05, 0.25  # face heights per second
 DIM, BRIGHT, SIDE_LIT = 70.0, 180.0, 0.15
@@ -71,7 +77,17 @@ MIN_TRACKED = 10
 NUMBERS = ("one", "two", "three", "four", "five", "six")
 
 # Hue ranges in degrees, upper bounds (red wraps around); sky blues count as blue.
-_HUES = ((15, "red"), (45, "orange"), (70, "yellow"), (160, "green"), (185, "cyan"), (255, "blue"), (290, "purple"), (345, "pink"), (361, "red"))
+_HUES = (
+    (15, "red"),
+    (45, "orange"),
+    (70, "yellow"),
+    (160, "green"),
+    (185, "cyan"),
+    (255, "blue"),
+    (290, "purple"),
+    (345, "pink"),
+    (361, "red"),
+)
 
 
 @dataclass(frozen=True)
@@ -102,7 +118,9 @@ class _Keyframes:
         height, width = frames[0].shape[:2]
         indices = np.array([min(round(k.time_s * FPS), track.num_frames - 1) for k in clip.keyframes])
         points = track.landmarks[indices, :, :2].astype(np.float32) * (width, height)
-        boxes = np.clip(np.concatenate([points.min(axis=1), points.max(axis=1)], axis=1), 0, (width, height, width, height))
+        boxes = np.clip(
+            np.concatenate([points.min(axis=1), points.max(axis=1)], axis=1), 0, (width, height, width, height)
+        )
         return cls(frames, np.diff(indices) / FPS, points.mean(axis=1), boxes)
 
 
@@ -177,8 +195,10 @@ def _side(x: float) -> str:
 def head_pose(yaw: float, pitch: float, roll: float) -> str:
     side = "right" if yaw < 0 else "left"
     parts = [
-        "facing the camera" if abs(yaw) < FACING_YAW
-        else f"turned slightly to the {side}" if abs(yaw) < TURNED_YAW
+        "facing the camera"
+        if abs(yaw) < FACING_YAW
+        else f"turned slightly to the {side}"
+        if abs(yaw) < TURNED_YAW
         else f"turned to the {side}"
     ]
     if abs(pitch) >= PITCHED:
@@ -279,7 +299,9 @@ def camera_motion(first: np.ndarray, second: np.ndarray, faces: np.ndarray, seco
     good = (found[:, 0] == 1) & (found_back[:, 0] == 1) & (np.linalg.norm(back - corners, axis=2)[:, 0] < 1.0)
     if good.sum() < MIN_TRACKED:
         return None
-    transform, inliers = cv2.estimateAffinePartial2D(corners[good], moved[good], method=cv2.RANSAC, ransacReprojThreshold=2.0)
+    transform, inliers = cv2.estimateAffinePartial2D(
+        corners[good], moved[good], method=cv2.RANSAC, ransacReprojThreshold=2.0
+    )
     if transform is None or inliers.sum() < MIN_TRACKED:
         return None
     centre = np.array([width / 2, height / 2])

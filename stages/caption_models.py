@@ -68,7 +68,13 @@ class VlmCaptioner:
     def __init__(self, model_path: str, device: str = "cpu", prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 160):
         import torch
         import transformers
-        from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer, GenerationConfig
+        from transformers import (
+            AutoConfig,
+            AutoImageProcessor,
+            AutoModelForImageTextToText,
+            AutoTokenizer,
+            GenerationConfig,
+        )
 
         transformers.logging.set_verbosity_error()  # weight-loading reports and progress bars, per worker
         transformers.logging.disable_progress_bar()
@@ -81,7 +87,9 @@ class VlmCaptioner:
         try:
             config = AutoConfig.from_pretrained(path, local_files_only=True)
         except ValueError as error:
-            raise ValueError(f"{MODEL_PATH_OPTION}={model_path!r}: config.json is not a model transformers knows: {error}") from error
+            raise ValueError(
+                f"{MODEL_PATH_OPTION}={model_path!r}: config.json is not a model transformers knows: {error}"
+            ) from error
         if config.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
                 f"{MODEL_PATH_OPTION}={model_path!r} holds a {config.model_type!r} model; the captioner builds prompts "
@@ -93,12 +101,20 @@ class VlmCaptioner:
         self._device = torch.device(device)
         self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, padding_side="left")
         self._images = AutoImageProcessor.from_pretrained(path, local_files_only=True, backend="pil")
-        self._model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype="auto").to(self._device).eval()
+        self._model = (
+            AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype="auto")
+            .to(self._device)
+            .eval()
+        )
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         tokens = self._tokenizer.convert_ids_to_tokens
         self._image_token_id = config.image_token_id
-        self._vision = tokens(config.vision_start_token_id), tokens(config.image_token_id), tokens(config.vision_end_token_id)
+        self._vision = (
+            tokens(config.vision_start_token_id),
+            tokens(config.image_token_id),
+            tokens(config.vision_end_token_id),
+        )
         self._generation = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=False,

@@ -19,7 +19,9 @@ class ChunkStage(Stage[ProbedSource, SourceChunk]):
     input_type: ClassVar[type] = ProbedSource
     resources: ClassVar[Resources] = Resources(cpus=0.25)
 
-    chunk_s: float = option(120.0, "Inputs longer than this are decoded in chunks of about this length (0: never split).")
+    chunk_s: float = option(
+        120.0, "Inputs longer than this are decoded in chunks of about this length (0: never split)."
+    )
 
     def process(self, item: ProbedSource) -> Iterator[SourceChunk]:
         total = max(1, item.num_frames)

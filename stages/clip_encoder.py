@@ -32,7 +32,11 @@ class ClipEncoder:
         self._stream.pix_fmt = "yuv420p"
         # x264 sized to the worker like the models: single-threaded, it spends 16% less CPU a frame
         # (veryfast, 360p: 2.5 against 3.0 ms) than with its default of a thread per core.
-        self._stream.options = {"crf": str(self._settings.crf), "preset": self._settings.preset, "threads": str(worker_threads())}
+        self._stream.options = {
+            "crf": str(self._settings.crf),
+            "preset": self._settings.preset,
+            "threads": str(worker_threads()),
+        }
         # A key frame every second: a trainer reading a window late in a clip seeks to the nearest
         # one instead of decoding the whole clip before it (x264's default is 250 frames).
         self._stream.codec_context.gop_size = FPS

@@ -26,8 +26,16 @@ import numpy as np
 from schemas.face import CHIN, FOREHEAD_TOP, FaceResult, FaceTrackData, mouth_opening
 from schemas.records import CandidateClip, Rejected
 from stages.base import Resources, Stage, option
-from stages.face_models import (ArcFaceOnnx, Detection, FaceDetector, FaceMesh, MediapipeDetector, NoIdentity,
-                                RetinaFaceDetector, quiet_stderr)
+from stages.face_models import (
+    ArcFaceOnnx,
+    Detection,
+    FaceDetector,
+    FaceMesh,
+    MediapipeDetector,
+    NoIdentity,
+    RetinaFaceDetector,
+    quiet_stderr,
+)
 from stages.face_track import link, merge_backends
 
 # ArcFace's 5-point template order: eye on the image's left, other eye, nose tip, mouth corners.
@@ -70,26 +78,61 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
     resources: ClassVar[Resources] = Resources(cpus=1)
     uses_frames: ClassVar[bool] = True
 
-    min_detection_confidence: float = option(0.5, "Detector score below which a face is ignored (mediapipe and RetinaFace).")
-    detect_every: int = option(2, "Faces are detected on every n-th frame and the clip's last; tracks are interpolated between, and the face mesh sees every frame.")
-    retinaface_every: int = option(6, "Also run RetinaFace on every n-th frame (a multiple of detect_every), to find faces mediapipe misses (0: only where mediapipe finds none).")
+    min_detection_confidence: float = option(
+        0.5, "Detector score below which a face is ignored (mediapipe and RetinaFace)."
+    )
+    detect_every: int = option(
+        2,
+        "Faces are detected on every n-th frame and the clip's last; tracks are interpolated between, and the face "
+        "mesh sees every frame.",
+    )
+    retinaface_every: int = option(
+        6,
+        "Also run RetinaFace on every n-th frame (a multiple of detect_every), to find faces mediapipe misses (0: "
+        "only where mediapipe finds none).",
+    )
     retinaface_max_side: int = option(320, "RetinaFace sees frames downscaled to this long side.")
     track_min_iou: float = option(0.3, "Detections on consecutive frames with at least this IoU belong to one track.")
     max_gap_frames: int = option(8, "Gaps of up to this many frames without a detection are bridged inside a track.")
-    min_track_share: float = option(0.3, "A track counts as a face in `num_faces` when present on this share of the frames.")
-    min_face_coverage: float = option(0.9, "The tracked face must be present (after bridging) on this share of frames, else `no_face`.")
-    min_face_px: float = option(96.0, "Median face box height, in pixels of the stored clip, below which a clip is `face_too_small`.")
-    max_cut_off_share: float = option(0.2, "Share of frames on which the face box may touch the frame's edge before the clip is `face_cut_off`.")
-    multiple_faces: str = option("keep", "When several faces count: `keep` every face the rules pass as a candidate (the sync stage picks the speaker) or `reject` the clip (reason multiple_faces).")
-    max_head_yaw: float = option(50.0, "Median |yaw| in degrees above which the face is `profile_face` (turned too far for lip training).")
-    min_face_sharpness: float = option(10.0, "Median variance of the Laplacian of the 128 px face crop below which a clip is `low_quality` (blurred).")
-    face_brightness_range: list = option([30.0, 230.0], "Median luma of the face crop outside this range makes a clip `low_quality` (too dark or blown out).")
+    min_track_share: float = option(
+        0.3, "A track counts as a face in `num_faces` when present on this share of the frames."
+    )
+    min_face_coverage: float = option(
+        0.9, "The tracked face must be present (after bridging) on this share of frames, else `no_face`."
+    )
+    min_face_px: float = option(
+        96.0, "Median face box height, in pixels of the stored clip, below which a clip is `face_too_small`."
+    )
+    max_cut_off_share: float = option(
+        0.2, "Share of frames on which the face box may touch the frame's edge before the clip is `face_cut_off`."
+    )
+    multiple_faces: str = option(
+        "keep",
+        "When several faces count: `keep` every face the rules pass as a candidate (the sync stage picks the speaker) "
+        "or `reject` the clip (reason multiple_faces).",
+    )
+    max_head_yaw: float = option(
+        50.0, "Median |yaw| in degrees above which the face is `profile_face` (turned too far for lip training)."
+    )
+    min_face_sharpness: float = option(
+        10.0, "Median variance of the Laplacian of the 128 px face crop below which a clip is `low_quality` (blurred)."
+    )
+    face_brightness_range: list = option(
+        [30.0, 230.0],
+        "Median luma of the face crop outside this range makes a clip `low_quality` (too dark or blown out).",
+    )
     crop_scale: float = option(1.6, "The face mesh sees a square crop this many times the face box.")
     mesh_size: int = option(256, "Side of the crop the face mesh sees, in pixels.")
     measure_every: int = option(5, "Head pose, sharpness and brightness are measured on every n-th frame.")
-    identity_model_path: str = option("", "ArcFace ONNX model (insightface format, e.g. w600k_r50.onnx); empty: no identity embedding.")
+    identity_model_path: str = option(
+        "", "ArcFace ONNX model (insightface format, e.g. w600k_r50.onnx); empty: no identity embedding."
+    )
     identity_samples: int = option(5, "Frames per clip embedded for identity.")
-    min_identity_consistency: float = option(0.5, "Lowest cosine similarity of a sampled frame to the clip's mean identity before the clip is `identity_changed`.")
+    min_identity_consistency: float = option(
+        0.5,
+        "Lowest cosine similarity of a sampled frame to the clip's mean identity before the clip is "
+        "`identity_changed`.",
+    )
 
     def validate(self) -> None:
         if self.multiple_faces not in ("reject", "keep"):
@@ -97,9 +140,15 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         if len(self.face_brightness_range) != 2 or self.face_brightness_range[0] > self.face_brightness_range[1]:
             raise ValueError("face.face_brightness_range must be [low, high]")
         if self.detect_every < 1 or self.detect_every > self.max_gap_frames + 1:
-            raise ValueError(f"face.detect_every must be between 1 and max_gap_frames + 1 ({self.max_gap_frames + 1}), or tracks could not span the frames between detections")
+            raise ValueError(
+                f"face.detect_every must be between 1 and max_gap_frames + 1 ({self.max_gap_frames + 1}), or tracks "
+                "could not span the frames between detections"
+            )
         if self.retinaface_every % self.detect_every:
-            raise ValueError("face.retinaface_every must be 0 or a multiple of face.detect_every (RetinaFace runs on detection frames)")
+            raise ValueError(
+                "face.retinaface_every must be 0 or a multiple of face.detect_every (RetinaFace runs on detection "
+                "frames)"
+            )
 
     def setup(self) -> None:
         self._mediapipe = MediapipeDetector(self.min_detection_confidence)
@@ -125,7 +174,9 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         several = len(counted) > 1
         rejected = self._covered(dense[main], present[main], clip_height, result)
         if rejected is None and several and self.multiple_faces == "reject":
-            rejected = Rejected("multiple_faces", f"{len(counted)} faces each on at least {self.min_track_share:.0%} of frames")
+            rejected = Rejected(
+                "multiple_faces", f"{len(counted)} faces each on at least {self.min_track_share:.0%} of frames"
+            )
         if rejected is None:
             rejected = self._examine(frames, tracks[main], dense[main], result)
         if several and self.multiple_faces == "keep":
@@ -134,7 +185,10 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
             candidates = [] if rejected else [result]
             for i in (i for i in counted if i != main):
                 face = FaceResult(backend=_BACKEND, num_faces=len(counted))
-                if not (self._covered(dense[i], present[i], clip_height, face) or self._examine(frames, tracks[i], dense[i], face)):
+                if not (
+                    self._covered(dense[i], present[i], clip_height, face)
+                    or self._examine(frames, tracks[i], dense[i], face)
+                ):
                     candidates.append(face)
             if candidates:
                 item.face = result = dataclasses.replace(candidates[0], candidates=candidates[1:])
@@ -160,14 +214,20 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         face.coverage = share
         face.size_px = float(np.nanmedian((boxes[:, 3] - boxes[:, 1]) * clip_height))
         if share < self.min_face_coverage:
-            return Rejected("no_face", f"the face is visible on {share:.0%} of frames, minimum {self.min_face_coverage:.0%}")
+            return Rejected(
+                "no_face", f"the face is visible on {share:.0%} of frames, minimum {self.min_face_coverage:.0%}"
+            )
         return None
 
     def _examine(self, frames: np.ndarray, track, boxes: np.ndarray, face: FaceResult) -> Rejected | None:
         """The rest of the face rules for a track that is present enough, measuring it into `face`."""
         if face.size_px < self.min_face_px:
-            return Rejected("face_too_small", f"median face height {face.size_px:.0f} px, minimum {self.min_face_px:.0f} px")
-        touching = np.nanmean((boxes[:, 0] < 0.005) | (boxes[:, 1] < 0.005) | (boxes[:, 2] > 0.995) | (boxes[:, 3] > 0.995))
+            return Rejected(
+                "face_too_small", f"median face height {face.size_px:.0f} px, minimum {self.min_face_px:.0f} px"
+            )
+        touching = np.nanmean(
+            (boxes[:, 0] < 0.005) | (boxes[:, 1] < 0.005) | (boxes[:, 2] > 0.995) | (boxes[:, 3] > 0.995)
+        )
         if touching > self.max_cut_off_share:
             return Rejected("face_cut_off", f"the face touches the frame's edge on {touching:.0%} of frames")
         meshed = self._landmarks(frames, boxes)
@@ -183,7 +243,10 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         if not low <= face.brightness <= high:
             return Rejected("low_quality", f"face brightness {face.brightness:.0f}, allowed {low:.0f}-{high:.0f}")
         if face.identity_consistency is not None and face.identity_consistency < self.min_identity_consistency:
-            return Rejected("identity_changed", f"identity consistency {face.identity_consistency:.2f}, minimum {self.min_identity_consistency}")
+            return Rejected(
+                "identity_changed",
+                f"identity consistency {face.identity_consistency:.2f}, minimum {self.min_identity_consistency}",
+            )
         return None
 
     def detection_frames(self, num_frames: int) -> list[int]:
@@ -192,7 +255,9 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         picks = list(range(0, num_frames, self.detect_every))
         return picks + [num_frames - 1] if picks and picks[-1] != num_frames - 1 else picks
 
-    def detect_faces(self, frames: Sequence[np.ndarray], mediapipe: FaceDetector, retinaface: FaceDetector) -> list[list[Detection]]:
+    def detect_faces(
+        self, frames: Sequence[np.ndarray], mediapipe: FaceDetector, retinaface: FaceDetector
+    ) -> list[list[Detection]]:
         """Per frame, the faces found; empty on the frames between detection frames. RetinaFace
         also looks at every `retinaface_every`-th frame and where mediapipe found nothing. The
         detectors are arguments so the benchmark's floor can time each one."""
@@ -250,9 +315,15 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         poses, sharpness, brightness = [], [], []
         for t in sampled:
             poses.append(_head_pose(landmarks[t], width, height))
-            box = boxes[t] if not np.isnan(boxes[t, 0]) else np.array([*pixels[t].min(0) / (width, height), *pixels[t].max(0) / (width, height)])
+            box = (
+                boxes[t]
+                if not np.isnan(boxes[t, 0])
+                else np.array([*pixels[t].min(0) / (width, height), *pixels[t].max(0) / (width, height)])
+            )
             x0, y0, x1, y1 = _square_crop(box, width, height, 1.0)
-            grey = cv2.cvtColor(cv2.resize(frames[t, y0:y1, x0:x1], (128, 128), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+            grey = cv2.cvtColor(
+                cv2.resize(frames[t, y0:y1, x0:x1], (128, 128), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY
+            )
             sharpness.append(float(cv2.Laplacian(grey, cv2.CV_64F).var()))
             brightness.append(float(grey.mean()))
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2
@@ -274,7 +345,9 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
 
     def _clip_crop_box(self, boxes: np.ndarray) -> np.ndarray:
         """One box around every position of the face in the clip, grown like the mesh crop."""
-        union = np.array([np.nanmin(boxes[:, 0]), np.nanmin(boxes[:, 1]), np.nanmax(boxes[:, 2]), np.nanmax(boxes[:, 3])])
+        union = np.array(
+            [np.nanmin(boxes[:, 0]), np.nanmin(boxes[:, 1]), np.nanmax(boxes[:, 2]), np.nanmax(boxes[:, 3])]
+        )
         centre, half = (union[:2] + union[2:]) / 2, (union[2:] - union[:2]) * self.crop_scale / 2
         return np.clip(np.concatenate([centre - half, centre + half]), 0.0, 1.0).astype(np.float32)
 

@@ -61,7 +61,11 @@ class MediapipeDetector:
             faces = []
             for detection in result.detections or []:
                 b = detection.location_data.relative_bounding_box
-                faces.append(Detection(np.array([b.xmin, b.ymin, b.xmin + b.width, b.ymin + b.height], np.float32), detection.score[0]))
+                faces.append(
+                    Detection(
+                        np.array([b.xmin, b.ymin, b.xmin + b.width, b.ymin + b.height], np.float32), detection.score[0]
+                    )
+                )
             out.append(faces)
         return out
 
@@ -103,10 +107,21 @@ class RetinaFaceDetector:
         for frame in frames:
             h, w = frame.shape[:2]
             scale = min(1.0, self._max_side / max(h, w))
-            small = cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else frame
+            small = (
+                cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+                if scale < 1
+                else frame
+            )
             sh, sw = small.shape[:2]
             faces = self._detect(small, score_threshold=self._min_confidence)
-            out.append([Detection(np.array([f.x / sw, f.y / sh, (f.x + f.width) / sw, (f.y + f.height) / sh], np.float32), f.score) for f in faces])
+            out.append(
+                [
+                    Detection(
+                        np.array([f.x / sw, f.y / sh, (f.x + f.width) / sw, (f.y + f.height) / sh], np.float32), f.score
+                    )
+                    for f in faces
+                ]
+            )
         return out
 
 
@@ -118,8 +133,11 @@ class FaceMesh:
         from mediapipe.python.solutions import face_mesh
 
         self._model = face_mesh.FaceMesh(
-            static_image_mode=False, max_num_faces=1, refine_landmarks=True,
-            min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence,
+            static_image_mode=False,
+            max_num_faces=1,
+            refine_landmarks=True,
+            min_detection_confidence=min_confidence,
+            min_tracking_confidence=min_confidence,
         )
 
     def landmarks(self, crop: np.ndarray) -> np.ndarray | None:
@@ -170,6 +188,8 @@ class ArcFaceOnnx:
         # deprecates (pinned below the release that removes it); the warning is not the user's concern.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            aligned = [self._align(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), landmark=keypoints) for frame, keypoints in faces]
+            aligned = [
+                self._align(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), landmark=keypoints) for frame, keypoints in faces
+            ]
         features = np.asarray(self._model.get_feat(aligned), np.float32).reshape(len(aligned), -1)
         return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)

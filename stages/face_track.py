@@ -53,7 +53,11 @@ def link(detections: list[list[Detection]], min_iou: float, max_gap: int) -> lis
             active.remove(track)
             finished.append(track)
         pairs = sorted(
-            ((iou(track.boxes[-1], face.box), ti, fi) for ti, track in enumerate(active) for fi, face in enumerate(faces)),
+            (
+                (iou(track.boxes[-1], face.box), ti, fi)
+                for ti, track in enumerate(active)
+                for fi, face in enumerate(faces)
+            ),
             reverse=True,
         )
         used_tracks, used_faces = set(), set()

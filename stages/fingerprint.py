@@ -88,10 +88,14 @@ class FingerprintStage(Stage[CandidateClip, CandidateClip]):
     def process(self, item: CandidateClip) -> CandidateClip:
         frames = item.frames
         if frames is None or len(frames) == 0:
-            raise ValueError("the fingerprint stage needs the clip's analysis frames (normalize.analysis_long_side > 0)")
+            raise ValueError(
+                "the fingerprint stage needs the clip's analysis frames (normalize.analysis_long_side > 0)"
+            )
         track = item.face.track if item.face is not None else None
         item.fingerprint = Fingerprint(
-            video_phash=np.array([phash(frames[i]) for i in keyframe_indices(len(frames), FPS, self.video_frames)], np.uint64),
+            video_phash=np.array(
+                [phash(frames[i]) for i in keyframe_indices(len(frames), FPS, self.video_frames)], np.uint64
+            ),
             video_motion=None if track is None else motion_series(track.mouth_opening),
             audio=audio_fingerprint(item.audio),
         )

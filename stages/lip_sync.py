@@ -73,7 +73,9 @@ def log_mel(audio: np.ndarray) -> np.ndarray:
     x = audio.astype(np.float32) / 32768.0
     steps = len(x) // _HOP
     padded = np.pad(x, (_WINDOW // 2, _WINDOW))
-    frames = np.lib.stride_tricks.sliding_window_view(padded, _WINDOW)[::_HOP][:steps] * np.hanning(_WINDOW).astype(np.float32)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, _WINDOW)[::_HOP][:steps] * np.hanning(_WINDOW).astype(
+        np.float32
+    )
     power = np.abs(np.fft.rfft(frames, n=_FFT, axis=1)) ** 2
     mel = np.log(power @ _MEL.T + 1e-6)
     mel -= mel.mean(axis=0)
@@ -130,7 +132,9 @@ def audio_features(audio: np.ndarray, context_steps: int) -> np.ndarray:
     pooled = mel.reshape(-1, POOLED_STEP, MEL_BANDS // POOLED_BANDS, POOLED_BANDS).mean(axis=(1, 3))
     padded = np.pad(pooled, ((context_steps, context_steps), (0, 0)))
     span = 2 * context_steps + STEPS_PER_FRAME
-    windows = np.lib.stride_tricks.sliding_window_view(padded, span, axis=0)[::STEPS_PER_FRAME][:frames]  # (frames, bands, span)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, span, axis=0)[::STEPS_PER_FRAME][
+        :frames
+    ]  # (frames, bands, span)
     return np.ascontiguousarray(windows.transpose(0, 2, 1)).reshape(frames, -1)
 
 
@@ -223,7 +227,9 @@ class LipSyncModel:
             self.audio_scale = npz["audio_scale"].astype(np.float32)
             self.weights = npz["weights"].astype(np.float32)  # (audio features, components)
             self.context_steps = int(npz["context_steps"])
-            self.null_bank = npz["null_bank"].astype(np.float32)  # (frames, components): the mouth predicted from the training audio
+            self.null_bank = npz["null_bank"].astype(
+                np.float32
+            )  # (frames, components): the mouth predicted from the training audio
 
     @property
     def name(self) -> str:
@@ -237,12 +243,16 @@ class LipSyncModel:
         """(len // 640, components): the mouth components predicted from the audio, per 25 fps frame."""
         return (audio_features(audio, self.context_steps) - self.audio_mean) / self.audio_scale @ self.weights
 
-    def evidence(self, video: np.ndarray, audio: np.ndarray, context_frames: int, max_offset: int, chance_windows: int = 64) -> SyncEvidence:
+    def evidence(
+        self, video: np.ndarray, audio: np.ndarray, context_frames: int, max_offset: int, chance_windows: int = 64
+    ) -> SyncEvidence:
         """The offset curve of the observed mouth (T, components) against the mouth predicted from the
         clip's audio with `context_frames` on each side, over +-`max_offset` frames, with its rival and
         chance peaks. The curve is the mean over components of their correlation."""
         if max_offset > context_frames:
-            raise ValueError(f"an offset of {max_offset} frames needs at least that much audio context, not {context_frames}")
+            raise ValueError(
+                f"an offset of {max_offset} frames needs at least that much audio context, not {context_frames}"
+            )
         frames = len(video)
         audio = np.pad(audio, ((0, max(0, frames + 2 * context_frames - len(audio))), (0, 0)))
         start = context_frames - max_offset
@@ -250,7 +260,11 @@ class LipSyncModel:
         # Chance: the same search against the mouth predicted from other people's speech (the
         # training audio, stored with the weights), at up to `chance_windows` evenly spaced places.
         span = frames + 2 * max_offset
-        bank = self.null_bank if len(self.null_bank) >= span else np.resize(self.null_bank, (span, self.null_bank.shape[1]))
+        bank = (
+            self.null_bank
+            if len(self.null_bank) >= span
+            else np.resize(self.null_bank, (span, self.null_bank.shape[1]))
+        )
         starts = np.linspace(0, len(bank) - span, min(chance_windows, len(bank) - span + 1)).astype(int)
         chance = np.array([_correlation_curve(video, bank[s : s + span]) for s in starts])
         return SyncEvidence(values, chance, frames)
@@ -284,10 +298,24 @@ class LipSyncScorer:
         self.model = LipSyncModel(model_path) if model_path else shipped_model()
         self.name = self.model.name
 
-    def score(self, landmarks: np.ndarray, width: int, height: int, audio_context: np.ndarray,
-              context_frames: int, max_offset: int) -> SyncEstimate:
+    def score(
+        self,
+        landmarks: np.ndarray,
+        width: int,
+        height: int,
+        audio_context: np.ndarray,
+        context_frames: int,
+        max_offset: int,
+    ) -> SyncEstimate:
         """`audio_context` covers the clip plus `context_frames` on both sides; offsets are searched
         within +-`max_offset` frames. Positive: the audio lags the video."""
         video = self.model.embed_video(landmarks, width, height)
         found = self.model.evidence(video, self.model.embed_audio(audio_context), context_frames, max_offset)
-        return SyncEstimate(found.offset_frames, found.significance, 1.0 - found.curve, margin=found.margin, agreement=found.peak, evidence=found)
+        return SyncEstimate(
+            found.offset_frames,
+            found.significance,
+            1.0 - found.curve,
+            margin=found.margin,
+            agreement=found.peak,
+            evidence=found,
+        )

@@ -51,7 +51,11 @@ def decode_audio(uri: str) -> np.ndarray:
     with open_container(uri) as container:
         if not container.streams.audio:
             raise ValueError(f"{uri}: no audio stream")
-        chunks = [out.to_ndarray().reshape(-1) for frame in [*container.decode(audio=0), None] for out in resampler.resample(frame)]
+        chunks = [
+            out.to_ndarray().reshape(-1)
+            for frame in [*container.decode(audio=0), None]
+            for out in resampler.resample(frame)
+        ]
     return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
 
 

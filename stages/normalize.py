@@ -12,11 +12,12 @@ so full-resolution frames never leave the process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from fractions import Fraction
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import ClassVar
 
 import av
@@ -67,7 +68,9 @@ class EncoderSettings:
 class NormalizedChunk:
     """A chunk being decoded: iterate `frames()` once; audio accumulates alongside."""
 
-    def __init__(self, chunk: SourceChunk, max_short_side: int, encoder: EncoderSettings, strict: bool, analysis_long_side: int):
+    def __init__(
+        self, chunk: SourceChunk, max_short_side: int, encoder: EncoderSettings, strict: bool, analysis_long_side: int
+    ):
         self.chunk = chunk
         self.encoder = encoder
         self.width, self.height = output_size(chunk.probe.width, chunk.probe.height, max_short_side)
@@ -135,7 +138,9 @@ class NormalizedChunk:
             raise RuntimeError("a NormalizedChunk can be iterated once")
         self._consumed = True
         chunk, probe = self.chunk, self.chunk.probe
-        small_size = (small_width, max(2, round(small_width * self.height / self.width) // 2 * 2)) if small_width else None
+        small_size = (
+            (small_width, max(2, round(small_width * self.height / self.width) // 2 * 2)) if small_width else None
+        )
         origin = probe.video_start_s
         chunk_start_s = origin + chunk.start_frame / FPS
         origin_pts = round(origin * FPS)
@@ -157,12 +162,16 @@ class NormalizedChunk:
             # reformatter caches one scaling context, which alternating targets would rebuild every frame.
             to_small, to_analysis = av.video.reformatter.VideoReformatter(), av.video.reformatter.VideoReformatter()
 
-            def as_array(reformatter, picture: av.VideoFrame, size: tuple[int, int] | None, pixel_format: str) -> np.ndarray | None:
+            def as_array(
+                reformatter, picture: av.VideoFrame, size: tuple[int, int] | None, pixel_format: str
+            ) -> np.ndarray | None:
                 if size is None:
                     return None
                 # Area averaging: the right filter for shrinking, and half the cost of swscale's default
                 # bilinear (0.37 against 0.73 ms a frame, 640x360 to 512x288).
-                return reformatter.reformat(picture, width=size[0], height=size[1], format=pixel_format, interpolation="AREA").to_ndarray()
+                return reformatter.reformat(
+                    picture, width=size[0], height=size[1], format=pixel_format, interpolation="AREA"
+                ).to_ndarray()
 
             video_done = False
 
@@ -178,8 +187,12 @@ class NormalizedChunk:
                     picture.pts = index
                     picture.time_base = _FRAME_TIME_BASE
                     self.frames_out += 1
-                    yield NormalizedFrame(index, picture, as_array(to_small, picture, small_size, "bgr24"),
-                                          as_array(to_analysis, picture, self.analysis_size, "rgb24"))
+                    yield NormalizedFrame(
+                        index,
+                        picture,
+                        as_array(to_small, picture, small_size, "bgr24"),
+                        as_array(to_analysis, picture, self.analysis_size, "rgb24"),
+                    )
 
             for packet in container.demux(video, audio):
                 if packet.stream is audio:
@@ -206,10 +219,8 @@ class NormalizedChunk:
                         if out.index + 1 >= end_frame:
                             video_done = True
             if graph is not None and not video_done:
-                try:
+                with contextlib.suppress(ValueError):
                     graph.push(None)
-                except ValueError:
-                    pass
                 yield from pull(graph)
             self._decode_audio(None, origin)
 
@@ -240,7 +251,10 @@ class NormalizedChunk:
     def _resample(self, frame: av.AudioFrame | None) -> list[av.AudioFrame]:
         """`frame` as 16 kHz mono s16 (None flushes). A resampler only takes the format, layout and
         rate of its first frame, so a stream that changes them mid-way (spliced recordings) gets a new one."""
-        if frame is not None and (shape := (frame.format.name, frame.layout.name, frame.sample_rate)) != self._resampler_input:
+        if (
+            frame is not None
+            and (shape := (frame.format.name, frame.layout.name, frame.sample_rate)) != self._resampler_input
+        ):
             drained = self._resampler.resample(None) if self._resampler is not None else []
             self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
             self._resampler_input = shape
@@ -261,7 +275,9 @@ class NormalizedChunk:
         self._audio_end = max(self._audio_end, hi)
         self._audio_first = lo if self._audio_first is None else min(self._audio_first, lo)
 
-    def _build_graph(self, stream: av.video.stream.VideoStream, first: av.VideoFrame, start_s: float) -> av.filter.Graph:
+    def _build_graph(
+        self, stream: av.video.stream.VideoStream, first: av.VideoFrame, start_s: float
+    ) -> av.filter.Graph:
         graph = av.filter.Graph()
         chain = [graph.add_buffer(template=stream)]
         for name, args in _ROTATION_FILTERS.get(int(getattr(first, "rotation", 0) or 0) % 360, []):
@@ -284,7 +300,9 @@ class NormalizeStage(Stage[SourceChunk, NormalizedChunk]):
     input_type: ClassVar[type] = SourceChunk
     resources: ClassVar[Resources] = Resources(cpus=1)
 
-    max_short_side: int = option(720, "Clips are scaled down so their short side is at most this (0 keeps the input size).")
+    max_short_side: int = option(
+        720, "Clips are scaled down so their short side is at most this (0 keeps the input size)."
+    )
     crf: int = option(18, "x264 constant rate factor of the stored clips (lower is better quality).")
     preset: str = option("veryfast", "x264 preset of the stored clips.")
     strict_decoding: bool = option(

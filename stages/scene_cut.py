@@ -66,19 +66,26 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
 
     detector: str = option("adaptive", "PySceneDetect detector: adaptive, content, hash or histogram.")
     threshold: float | None = option(
-        None, "The detector's threshold (adaptive_threshold for adaptive); unset (or --set ...=null) keeps PySceneDetect's default."
+        None,
+        "The detector's threshold (adaptive_threshold for adaptive); unset (or --set ...=null) keeps PySceneDetect's "
+        "default.",
     )
     min_scene_len_frames: int = option(15, "No two cuts closer than this many frames.")
     detect_width: int = option(256, "Width of the frames the detector sees (PySceneDetect's auto-downscale size).")
     min_clip_s: float = option(2.0, "Shots and shot tails shorter than this become `too_short` rows.")
     max_clip_s: float = option(10.0, "Shots longer than this are split into clips of at most this length.")
     audio_context_frames: int = option(
-        15, "Audio kept on both sides of each clip, so the sync stage can shift a clip's audio by up to this many frames."
+        15,
+        "Audio kept on both sides of each clip, so the sync stage can shift a clip's audio by up to this many frames.",
     )
-    min_audio_coverage: float = option(0.9, "Clips whose span the audio stream covers less than this share of are `no_audio`.")
+    min_audio_coverage: float = option(
+        0.9, "Clips whose span the audio stream covers less than this share of are `no_audio`."
+    )
     hold_clip_mb: float = option(
-        160.0, "Clips whose pictures at the stored size fit in this many MB are encoded after the face and sync stages, "
-        "so the clips they reject are never encoded; larger ones are encoded as they stream (0: always as they stream)."
+        160.0,
+        "Clips whose pictures at the stored size fit in this many MB are encoded after the face and sync stages, "
+        "so the clips they reject are never encoded; larger ones are encoded as they stream (0: always as they "
+        "stream).",
     )
 
     def validate(self) -> None:
@@ -121,13 +128,17 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
             while finished and (final or finished[0].end_frame + self.audio_context_frames <= item.audio_end_frame):
                 done = finished.popleft()
                 yield self._attach_audio(item, done)
-                item.release_audio((finished[0].start_frame if finished else done.end_frame) - self.audio_context_frames)
+                item.release_audio(
+                    (finished[0].start_frame if finished else done.end_frame) - self.audio_context_frames
+                )
 
         last = None
         try:
             for frame in item.frames(small_width=self.detect_width):
                 last = frame.index
-                cuts.update(tc.frame_num for tc in detector.process_frame(FrameTimecode(frame.index, _RATE), frame.small))
+                cuts.update(
+                    tc.frame_num for tc in detector.process_frame(FrameTimecode(frame.index, _RATE), frame.small)
+                )
                 waiting.append(frame)
                 while len(waiting) > lag:
                     place(waiting.popleft())
@@ -143,20 +154,28 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
             # Corrupt data up to the end of the chunk decodes to no frames at all: that span still needs its row.
             decoded_to = item.chunk.start_frame if last is None else last + 1
             if decoded_to < item.chunk.end_frame and any(f >= decoded_to - 1 for f in item.error_frames):
-                yield item.remainder(decoded_to).reject("decode_error", f"no frame decodes from frame {decoded_to} on", "normalize")
+                yield item.remainder(decoded_to).reject(
+                    "decode_error", f"no frame decodes from frame {decoded_to} on", "normalize"
+                )
         finally:
             if clip is not None:
                 clip.encoder.abort()
 
     def _close(self, chunk: NormalizedChunk, clip: _OpenClip, min_frames: int) -> CandidateClip:
         record = CandidateClip(
-            source=chunk.source, chunk_index=chunk.chunk.index, start_frame=clip.start, end_frame=clip.end,
-            shot_index=clip.shot, probe=chunk.probe,
+            source=chunk.source,
+            chunk_index=chunk.chunk.index,
+            start_frame=clip.start,
+            end_frame=clip.end,
+            shot_index=clip.shot,
+            probe=chunk.probe,
         )
         length = clip.end - clip.start
         if length < min_frames:
             clip.encoder.abort()
-            return record.reject("too_short", f"{length / FPS:.2f} s between cuts, minimum {self.min_clip_s} s", self.name)
+            return record.reject(
+                "too_short", f"{length / FPS:.2f} s between cuts, minimum {self.min_clip_s} s", self.name
+            )
         record.video = clip.encoder.finish()
         record.frames = clip.analysis_frames()
         return record

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import soundfile
 
+from schemas.face import encode_face_npz
 from schemas.manifest import (
     MEMBER_AUDIO,
     MEMBER_CAPTION,
@@ -25,7 +26,6 @@ from schemas.manifest import (
     encode_metadata,
     sample_metadata,
 )
-from schemas.face import encode_face_npz
 from schemas.records import SAMPLE_RATE, CandidateClip
 from schemas.text import encode_features
 from stages.base import Resources, Stage, option
@@ -89,7 +89,7 @@ class _OpenShard:
         self.staged = out.staging_name(self.final)
         self.stream = out.open_write(self.staged)
         self.hashing = _HashingWriter(self.stream)
-        self.tar = tarfile.open(fileobj=self.hashing, mode="w|", format=tarfile.USTAR_FORMAT)
+        self.tar = tarfile.open(fileobj=self.hashing, mode="w|", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 (closed in close())
         self.keys: list[str] = []
 
     def add(self, key: str, members: dict[str, bytes]) -> None:
@@ -103,7 +103,9 @@ class _OpenShard:
     def close(self) -> ShardRecord:
         self.tar.close()
         self.stream.close()
-        return ShardRecord(self.final, self.hashing.md5.hexdigest(), len(self.keys), self.hashing.size, tuple(self.keys))
+        return ShardRecord(
+            self.final, self.hashing.md5.hexdigest(), len(self.keys), self.hashing.size, tuple(self.keys)
+        )
 
 
 @dataclass

@@ -14,6 +14,7 @@ manifest, the journal and the logs, so one carrying a secret is refused.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from typing import BinaryIO
@@ -23,7 +24,18 @@ import pyarrow.fs as pafs
 
 TMP_SUFFIX = ".partial"
 OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})  # pyarrow filesystem type names
-SECRET_QUERY_KEYS = frozenset({"access_key", "secret_key", "session_token", "access_token", "account_key", "sas_token", "client_secret", "password"})
+SECRET_QUERY_KEYS = frozenset(
+    {
+        "access_key",
+        "secret_key",
+        "session_token",
+        "access_token",
+        "account_key",
+        "sas_token",
+        "client_secret",
+        "password",
+    }
+)
 URI_PATH_SAFE = "/:@!$&'()*+,;=~"  # RFC 3986 path characters left as they are ("%" is not: names are literal)
 REMOTE_READ_BYTES = 4 << 20
 """Read size on remote filesystems, where every read is a request (tens of ms on an object store):
@@ -134,10 +146,8 @@ class OutputDir:
         self.fs.move(self.path(staged), self.path(relative))
 
     def delete(self, relative: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.delete_file(self.path(relative))
-        except FileNotFoundError:
-            pass
 
 
 def _fsync(path: str) -> None:

@@ -30,8 +30,8 @@ import numpy as np
 from schemas.face import FaceResult
 from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Rejected
 from schemas.sync import SyncResult, TrackScore
-from stages.base import Resources, Stage, option
 from stages import lip_sync
+from stages.base import Resources, Stage, option
 from stages.lip_sync import LipSyncScorer, SyncEvidence
 from stages.sync_embedded import MouthAudioScorer, mouth_motion, speech_range_db
 from stages.sync_models import SyncEstimate, SyncNetScorer, crop_for_syncnet
@@ -50,22 +50,90 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
     resources: ClassVar[Resources] = Resources(cpus=1)
     uses_frames: ClassVar[bool] = True  # SyncNet's face crops are cut from the analysis frames
 
-    syncnet_model_path: str = option("", "SyncNet weights (syncnet-python's syncnet_v2.model); when set, SyncNet is the backend whatever sync.backend says.")
-    backend: str = option("mouth-audio-cca", "Without SyncNet weights: `mouth-audio-cca`, the per-clip estimator on the face landmarks, or `lip-sync`, the learned model (stages/lip_sync.py; not yet the default: see the README's measurements).")
-    lip_sync_model_path: str = option("", "Weights of the learned lip-sync model (from `talkcurate train-sync`); empty: the ones shipped in stages/models/lip_sync.npz.")
-    max_offset_frames: int = option(15, "Offsets are searched within +-this many frames (SyncNet's evaluation uses 15); at most scene_cut.audio_context_frames.")
-    max_correction_ms: float = option(520.0, "Offsets up to this are corrected, larger ones are `out_of_sync` (520 ms = 13 frames: short of the search's edge, where an estimate may be cut off).")
-    min_speech_range_db: float = option(10.0, "Spread between loud and quiet 10 ms steps of the clip's audio below which it is `no_speech` (speech alternates syllables and pauses: 40-60 dB).")
-    min_mouth_motion: float = option(0.005, "Standard deviation of the inner-lip gap over face height below which a face is not talking; when no face moves, `not_talking`.")
-    min_confidence_embedded: float = option(0.35, "mouth-audio-cca backend: confidence (how far the mouth-audio fit stands above chance, in z-like units) below which a clip is `low_sync_confidence`; real speakers score about 0.45-1.1, other speech and music 0-0.25.")
-    speaker_margin_embedded: float = option(0.15, "mouth-audio-cca backend, several faces: the speaker's confidence must beat every other face's by this much, else `multiple_faces`.")
-    min_significance: float = option(3.0, "lip-sync backend: how far the offset curve's peak must stand above the peaks the same mouth reaches against other people's speech, in units of their spread (the confidence), else `low_sync_confidence`.")
-    min_margin: float = option(0.04, "lip-sync backend: how far the peak must stand above the best rival peak 3 or more frames away (the margin), else `low_sync_confidence` (evenly paced speech has rivals one syllable away).")
-    speaker_margin_lip_sync: float = option(0.03, "lip-sync backend, several faces: the speaker's agreement with the audio at its best offset (the curve's peak) must beat every other face's by this much, else `multiple_faces` (people saying sentences of one pattern, as GRID's, fit each other's sound almost as well).")
-    min_confidence_syncnet: float = option(3.0, "SyncNet backend: confidence (median minus minimum distance) below which a clip is `low_sync_confidence` (LatentSync's threshold).")
-    speaker_margin_syncnet: float = option(2.0, "SyncNet backend, several faces: the speaker's confidence must beat every other face's by this much, else `multiple_faces`.")
-    pool_chunk: bool = option(True, "lip-sync backend: decide each clip with the evidence of every clip of its chunk (a source, or chunk.chunk_s of a long one): an offset is usually one number per file, so clips too short to be sure alone are kept when the pooled evidence is sure and their own agrees, and a clip differs from its source only when its own evidence is the stronger.")
-    mode: str = option("filter", "`filter`: reject clips that are out of sync or unsure and correct the rest; `measure`: record every talking clip's offset and confidence but keep its audio as it is and reject nothing for sync (footage known to be in sync, such as a corpus to train the sync model on).")
+    syncnet_model_path: str = option(
+        "",
+        "SyncNet weights (syncnet-python's syncnet_v2.model); when set, SyncNet is the backend whatever sync.backend "
+        "says.",
+    )
+    backend: str = option(
+        "mouth-audio-cca",
+        "Without SyncNet weights: `mouth-audio-cca`, the per-clip estimator on the face landmarks, or `lip-sync`, the "
+        "learned model (stages/lip_sync.py; not yet the default: see the README's measurements).",
+    )
+    lip_sync_model_path: str = option(
+        "",
+        "Weights of the learned lip-sync model (from `talkcurate train-sync`); empty: the ones shipped in "
+        "stages/models/lip_sync.npz.",
+    )
+    max_offset_frames: int = option(
+        15,
+        "Offsets are searched within +-this many frames (SyncNet's evaluation uses 15); at most "
+        "scene_cut.audio_context_frames.",
+    )
+    max_correction_ms: float = option(
+        520.0,
+        "Offsets up to this are corrected, larger ones are `out_of_sync` (520 ms = 13 frames: short of the search's "
+        "edge, where an estimate may be cut off).",
+    )
+    min_speech_range_db: float = option(
+        10.0,
+        "Spread between loud and quiet 10 ms steps of the clip's audio below which it is `no_speech` (speech "
+        "alternates syllables and pauses: 40-60 dB).",
+    )
+    min_mouth_motion: float = option(
+        0.005,
+        "Standard deviation of the inner-lip gap over face height below which a face is not talking; when no face "
+        "moves, `not_talking`.",
+    )
+    min_confidence_embedded: float = option(
+        0.35,
+        "mouth-audio-cca backend: confidence (how far the mouth-audio fit stands above chance, in z-like units) below "
+        "which a clip is `low_sync_confidence`; real speakers score about 0.45-1.1, other speech and music 0-0.25.",
+    )
+    speaker_margin_embedded: float = option(
+        0.15,
+        "mouth-audio-cca backend, several faces: the speaker's confidence must beat every other face's by this much, "
+        "else `multiple_faces`.",
+    )
+    min_significance: float = option(
+        3.0,
+        "lip-sync backend: how far the offset curve's peak must stand above the peaks the same mouth reaches against "
+        "other people's speech, in units of their spread (the confidence), else `low_sync_confidence`.",
+    )
+    min_margin: float = option(
+        0.04,
+        "lip-sync backend: how far the peak must stand above the best rival peak 3 or more frames away (the margin), "
+        "else `low_sync_confidence` (evenly paced speech has rivals one syllable away).",
+    )
+    speaker_margin_lip_sync: float = option(
+        0.03,
+        "lip-sync backend, several faces: the speaker's agreement with the audio at its best offset (the curve's "
+        "peak) must beat every other face's by this much, else `multiple_faces` (people saying sentences of one "
+        "pattern, as GRID's, fit each other's sound almost as well).",
+    )
+    min_confidence_syncnet: float = option(
+        3.0,
+        "SyncNet backend: confidence (median minus minimum distance) below which a clip is `low_sync_confidence` "
+        "(LatentSync's threshold).",
+    )
+    speaker_margin_syncnet: float = option(
+        2.0,
+        "SyncNet backend, several faces: the speaker's confidence must beat every other face's by this much, else "
+        "`multiple_faces`.",
+    )
+    pool_chunk: bool = option(
+        True,
+        "lip-sync backend: decide each clip with the evidence of every clip of its chunk (a source, or chunk.chunk_s "
+        "of a long one): an offset is usually one number per file, so clips too short to be sure alone are kept when "
+        "the pooled evidence is sure and their own agrees, and a clip differs from its source only when its own "
+        "evidence is the stronger.",
+    )
+    mode: str = option(
+        "filter",
+        "`filter`: reject clips that are out of sync or unsure and correct the rest; `measure`: record every talking "
+        "clip's offset and confidence but keep its audio as it is and reject nothing for sync (footage known to be in "
+        "sync, such as a corpus to train the sync model on).",
+    )
 
     def validate(self) -> None:
         if self.mode not in SYNC_MODES:
@@ -80,7 +148,9 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
                 f"({self.max_offset_frames} frames = {self.max_offset_frames * MS_PER_FRAME:.0f} ms)"
             )
         if min(self.speaker_margin_embedded, self.speaker_margin_lip_sync, self.speaker_margin_syncnet) < 0:
-            raise ValueError("sync.speaker_margin_embedded, speaker_margin_lip_sync and speaker_margin_syncnet must not be negative")
+            raise ValueError(
+                "sync.speaker_margin_embedded, speaker_margin_lip_sync and speaker_margin_syncnet must not be negative"
+            )
 
     def validate_with(self, stages: Mapping[str, Stage]) -> None:
         context = getattr(stages.get("scene_cut"), "audio_context_frames", None)
@@ -97,7 +167,9 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
         elif self.backend == "lip-sync":
             self._scorer = LipSyncScorer(self.lip_sync_model_path)
         else:  # gates its confidence on the same speech and mouth thresholds as this stage's rules
-            self._scorer = MouthAudioScorer(min_mouth_motion=self.min_mouth_motion, min_speech_range_db=self.min_speech_range_db)
+            self._scorer = MouthAudioScorer(
+                min_mouth_motion=self.min_mouth_motion, min_speech_range_db=self.min_speech_range_db
+            )
 
     @property
     def _syncnet(self) -> bool:
@@ -116,7 +188,11 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
         item.sync = result = SyncResult(backend=self._scorer.name, speech_range_db=speech_range_db(item.audio))
         item.backends["sync"] = self._scorer.name
         if result.speech_range_db < self.min_speech_range_db:
-            return Rejected("no_speech", f"loud-to-quiet spread of the audio {result.speech_range_db:.1f} dB, minimum {self.min_speech_range_db:g} dB")
+            return Rejected(
+                "no_speech",
+                f"loud-to-quiet spread of the audio {result.speech_range_db:.1f} dB, minimum "
+                f"{self.min_speech_range_db:g} dB",
+            )
 
         width, height = item.video.width, item.video.height
         motions = [mouth_motion(f.track.landmarks, width, height) for f in faces]
@@ -126,7 +202,9 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
             return Rejected("not_talking", f"mouth motion {max(motions):.4f}, minimum {self.min_mouth_motion:g}")
         estimates = {i: self._estimate(item, faces[i]) for i in moving}
         if len(faces) > 1:
-            result.tracks = [_track_score(f, motion, estimates.get(i)) for i, (f, motion) in enumerate(zip(faces, motions))]
+            result.tracks = [
+                _track_score(f, motion, estimates.get(i)) for i, (f, motion) in enumerate(zip(faces, motions))
+            ]
         threshold, margin = {
             SyncNetScorer: (self.min_confidence_syncnet, self.speaker_margin_syncnet),
             LipSyncScorer: (self.min_significance, self.speaker_margin_lip_sync),
@@ -150,8 +228,11 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
             return item
         if len(ranked) > 1 and (estimate.confidence < threshold or fit(best) - fit(ranked[1]) < margin):
             scores = ", ".join(f"{fit(i):.2f} (face at x {_centre(faces[i])[0]:.2f})" for i in ranked)
-            return Rejected("multiple_faces", f"no face clearly speaks: fits to the audio {scores}; the speaker needs confidence "
-                                              f"{threshold:g} and a lead of {margin:g} ({self._scorer.name})")
+            return Rejected(
+                "multiple_faces",
+                f"no face clearly speaks: fits to the audio {scores}; the speaker needs confidence "
+                f"{threshold:g} and a lead of {margin:g} ({self._scorer.name})",
+            )
         unsure = self._unsure(estimate, threshold)
         if self.settles():  # every clip's evidence counts for its chunk's `settle`
             self._pending[item.key] = _Pending(estimate.evidence, unsure)
@@ -159,19 +240,29 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
                 return item  # unsure alone: goes on uncorrected, and `settle` decides
         if unsure is not None:
             return unsure
-        result.audio_shift = round(result.offset_ms * SAMPLE_RATE / 1000)  # audio lagging: the in-sync sound starts later
+        result.audio_shift = round(
+            result.offset_ms * SAMPLE_RATE / 1000
+        )  # audio lagging: the in-sync sound starts later
         return item
 
     def _unsure(self, estimate: SyncEstimate, threshold: float) -> Rejected | None:
         """Why the clip's own estimate cannot be kept, or None."""
         offset_ms = estimate.offset_frames * MS_PER_FRAME
         if estimate.confidence < threshold:
-            return Rejected("low_sync_confidence", f"sync confidence {estimate.confidence:.2f}, minimum {threshold:g} ({self._scorer.name})")
+            return Rejected(
+                "low_sync_confidence",
+                f"sync confidence {estimate.confidence:.2f}, minimum {threshold:g} ({self._scorer.name})",
+            )
         if estimate.margin is not None and estimate.margin < self.min_margin:
-            return Rejected("low_sync_confidence", f"the best offset ({offset_ms:+.0f} ms) leads its best rival by {estimate.margin:.3f}, "
-                                                   f"minimum {self.min_margin:g} ({self._scorer.name})")
+            return Rejected(
+                "low_sync_confidence",
+                f"the best offset ({offset_ms:+.0f} ms) leads its best rival by {estimate.margin:.3f}, "
+                f"minimum {self.min_margin:g} ({self._scorer.name})",
+            )
         if abs(offset_ms) > self.max_correction_ms:
-            return Rejected("out_of_sync", f"audio offset {offset_ms:+.0f} ms, at most {self.max_correction_ms:g} ms is corrected")
+            return Rejected(
+                "out_of_sync", f"audio offset {offset_ms:+.0f} ms, at most {self.max_correction_ms:g} ms is corrected"
+            )
         return None
 
     def settle(self, items: list[CandidateClip]) -> list[CandidateClip | Rejected]:
@@ -184,7 +275,9 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
         source = lip_sync.pooled([p.evidence for p in pending.values()]) if len(pending) > 1 else None
         return [self._settled(item, pending.get(item.key), source, len(pending)) for item in items]
 
-    def _settled(self, item: CandidateClip, own: _Pending | None, source: SyncEvidence | None, clips: int) -> CandidateClip | Rejected:
+    def _settled(
+        self, item: CandidateClip, own: _Pending | None, source: SyncEvidence | None, clips: int
+    ) -> CandidateClip | Rejected:
         if own is None:  # not scored here (the sync stage rejected nothing it did not score)
             return item
         evidence = own.evidence
@@ -196,30 +289,51 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
             elif evidence.significance >= source.significance:
                 decided = evidence  # differs from its source, on stronger evidence of its own
             else:
-                return Rejected("low_sync_confidence", f"its offset {evidence.offset_frames * MS_PER_FRAME:+.0f} ms disagrees with {pooled} "
-                                                       f"({source.offset_frames * MS_PER_FRAME:+.0f} ms), which are surer ({self._scorer.name})")
-        elif sure and evidence.significance_of(evidence.at(source.offset_frames)) >= 1.0 \
-                and evidence.at(source.offset_frames) >= evidence.peak - self.min_margin:
+                return Rejected(
+                    "low_sync_confidence",
+                    f"its offset {evidence.offset_frames * MS_PER_FRAME:+.0f} ms disagrees with {pooled} "
+                    f"({source.offset_frames * MS_PER_FRAME:+.0f} ms), which are surer ({self._scorer.name})",
+                )
+        elif (
+            sure
+            and evidence.significance_of(evidence.at(source.offset_frames)) >= 1.0
+            and evidence.at(source.offset_frames) >= evidence.peak - self.min_margin
+        ):
             decided = source  # unsure alone, but its own curve there stands above chance and near its peak
         elif source is None:
             return Rejected(own.unsure.reason, f"{own.unsure.detail}; no other clip of its chunk to pool with")
         else:
-            return Rejected(own.unsure.reason, f"{own.unsure.detail}; {pooled}: offset {source.offset_frames * MS_PER_FRAME:+.0f} ms, "
-                                               f"confidence {source.significance:.2f}, margin {source.margin:.3f}: not sure, or not this clip's")
+            return Rejected(
+                own.unsure.reason,
+                f"{own.unsure.detail}; {pooled}: offset {source.offset_frames * MS_PER_FRAME:+.0f} ms, "
+                f"confidence {source.significance:.2f}, margin {source.margin:.3f}: not sure, or not this clip's",
+            )
         result = item.sync
         result.offset_ms = float(decided.offset_frames * MS_PER_FRAME)
         result.confidence, result.margin = float(decided.significance), float(decided.margin)
         result.pooled_clips = clips if decided is source else 1
         if abs(result.offset_ms) > self.max_correction_ms:
-            return Rejected("out_of_sync", f"audio offset {result.offset_ms:+.0f} ms (from {pooled}), at most {self.max_correction_ms:g} ms is corrected")
+            return Rejected(
+                "out_of_sync",
+                f"audio offset {result.offset_ms:+.0f} ms (from {pooled}), at most {self.max_correction_ms:g} ms is "
+                "corrected",
+            )
         result.audio_shift = round(result.offset_ms * SAMPLE_RATE / 1000)
         return item
 
     def _estimate(self, item: CandidateClip, face: FaceResult) -> SyncEstimate:
         if self._syncnet:
-            return self._scorer.score(crop_for_syncnet(item.frames, face.track.boxes), item.audio, self.max_offset_frames)
-        return self._scorer.score(face.track.landmarks, item.video.width, item.video.height, item.audio_context,
-                                  item.audio_context_frames, self.max_offset_frames)
+            return self._scorer.score(
+                crop_for_syncnet(item.frames, face.track.boxes), item.audio, self.max_offset_frames
+            )
+        return self._scorer.score(
+            face.track.landmarks,
+            item.video.width,
+            item.video.height,
+            item.audio_context,
+            item.audio_context_frames,
+            self.max_offset_frames,
+        )
 
 
 @dataclass
@@ -229,8 +343,10 @@ class _Pending:
 
 
 def _context_error(max_offset_frames: int, context_frames: int) -> str:
-    return (f"sync.max_offset_frames is {max_offset_frames}, but clips carry {context_frames} frames of audio context "
-            f"(scene_cut.audio_context_frames): the search needs at least as many")
+    return (
+        f"sync.max_offset_frames is {max_offset_frames}, but clips carry {context_frames} frames of audio context "
+        f"(scene_cut.audio_context_frames): the search needs at least as many"
+    )
 
 
 def _centre(face: FaceResult) -> tuple[float, float]:

@@ -126,8 +126,16 @@ def canonical_correlations(video: np.ndarray, audio: np.ndarray, ridge: float) -
     caa = (products[steps:] - products[:count]) / steps - means[:, :, None] * means[:, None, :]
     caa += (ridge * np.trace(caa, axis1=1, axis2=2) / q + _EPSILON)[:, None, None] * np.eye(q)
     # The video is centred, so the windows' means drop out of the cross-covariance.
-    cva = np.stack([np.stack([np.correlate(audio[:, j], video[:, i], mode="valid") for j in range(q)], axis=1)
-                    for i in range(video.shape[1])], axis=1) / steps
+    cva = (
+        np.stack(
+            [
+                np.stack([np.correlate(audio[:, j], video[:, i], mode="valid") for j in range(q)], axis=1)
+                for i in range(video.shape[1])
+            ],
+            axis=1,
+        )
+        / steps
+    )
     whiten_video = np.linalg.inv(np.linalg.cholesky(cvv))
     whiten_audio = np.linalg.inv(np.linalg.cholesky(caa))
     return np.linalg.svd(whiten_video[None] @ cva @ np.swapaxes(whiten_audio, 1, 2), compute_uv=False)[:, 0]
@@ -138,20 +146,35 @@ class MouthAudioScorer:
 
     name = "mouth-audio-cca"
 
-    def __init__(self, ridge: float = 0.1, audio_smoothing_s: float = 0.13, chance_rolls: int = 24,
-                 min_mouth_motion: float = 0.005, min_speech_range_db: float = 10.0):
+    def __init__(
+        self,
+        ridge: float = 0.1,
+        audio_smoothing_s: float = 0.13,
+        chance_rolls: int = 24,
+        min_mouth_motion: float = 0.005,
+        min_speech_range_db: float = 10.0,
+    ):
         self.ridge = ridge
         self.smoothing = max(1, round(audio_smoothing_s * FEATURE_RATE))
         self.chance_rolls = chance_rolls
         self.min_mouth_motion = min_mouth_motion
         self.min_speech_range_db = min_speech_range_db
 
-    def score(self, landmarks: np.ndarray, width: int, height: int, audio_context: np.ndarray,
-              context_frames: int, max_offset: int) -> SyncEstimate:
+    def score(
+        self,
+        landmarks: np.ndarray,
+        width: int,
+        height: int,
+        audio_context: np.ndarray,
+        context_frames: int,
+        max_offset: int,
+    ) -> SyncEstimate:
         """`audio_context` covers the clip plus `context_frames` on both sides; offsets are searched
         within +-`max_offset` frames (at most `context_frames`). Positive: the audio lags the video."""
         if max_offset > context_frames:
-            raise ValueError(f"an offset of {max_offset} frames needs at least that much audio context, not {context_frames}")
+            raise ValueError(
+                f"an offset of {max_offset} frames needs at least that much audio context, not {context_frames}"
+            )
         steps = len(landmarks) * _STEPS_PER_FRAME
         video = np.gradient(_upsample(mouth_features(landmarks, width, height), steps), axis=0)
         audio = np.gradient(_smooth(_floor_silence(band_energies(audio_context)), self.smoothing), axis=0)
@@ -171,7 +194,10 @@ class MouthAudioScorer:
             if curvature < 0:
                 refined += 0.5 * (below - above) / curvature
         clip_audio = audio_context[context_frames * SAMPLE_RATE // FPS :][: len(landmarks) * SAMPLE_RATE // FPS]
-        gated = speech_range_db(clip_audio) < self.min_speech_range_db or mouth_motion(landmarks, width, height) < self.min_mouth_motion
+        gated = (
+            speech_range_db(clip_audio) < self.min_speech_range_db
+            or mouth_motion(landmarks, width, height) < self.min_mouth_motion
+        )
         confidence = 0.0 if gated else self._significance(correlations[best], audio, curve, reach, steps)
         per_frame = correlations[::_STEPS_PER_FRAME]  # one value per whole-frame offset, -max_offset..max_offset
         return SyncEstimate(offset_frames=refined / _STEPS_PER_FRAME, confidence=confidence, distances=1.0 - per_frame)
@@ -181,7 +207,11 @@ class MouthAudioScorer:
         past the search range, times the square root of the clip's seconds; at least 0."""
         total = len(audio)
         lowest = 2 * reach + FEATURE_RATE // 5  # a roll that leaves the true alignment out of reach
-        rolls = np.linspace(lowest, total - lowest, self.chance_rolls).round().astype(int) if total - lowest > lowest else [total // 2]
+        rolls = (
+            np.linspace(lowest, total - lowest, self.chance_rolls).round().astype(int)
+            if total - lowest > lowest
+            else [total // 2]
+        )
         chance = np.mean([curve(np.roll(audio, roll, axis=0)).max() for roll in rolls])
         clip = np.clip([peak, chance], 0.0, 0.999)
         return max(0.0, float((np.arctanh(clip[0]) - np.arctanh(clip[1])) * np.sqrt(steps / FEATURE_RATE)))

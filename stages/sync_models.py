@@ -142,17 +142,32 @@ def load_syncnet_state(model, path: str | Path) -> None:
             f"refusing to unpickle anything else: {error}"
         ) from error
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a dict of tensors keyed by parameter name (syncnet_v2.model format), got {type(state).__name__}")
+        raise ValueError(
+            f"{path}: expected a dict of tensors keyed by parameter name (syncnet_v2.model format), got "
+            f"{type(state).__name__}"
+        )
     own = model.state_dict()
     unknown = sorted(k for k in state if k not in own)
     missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
-    wrong_shape = [f"{k}: file {tuple(v.shape)}, network {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
+    wrong_shape = [
+        f"{k}: file {tuple(v.shape)}, network {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
     problems = []
     if unknown:
-        hint = " (a 'module.' prefix? the published file has none)" if any(k.startswith("module.") for k in unknown) else ""
-        problems.append(f"names the network does not have{hint}: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+        hint = (
+            " (a 'module.' prefix? the published file has none)"
+            if any(k.startswith("module.") for k in unknown)
+            else ""
+        )
+        problems.append(
+            f"names the network does not have{hint}: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
+        )
     if missing:
-        problems.append(f"network parameters missing from the file: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        problems.append(
+            f"network parameters missing from the file: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
     if wrong_shape:
         problems.append(f"wrong shapes: {'; '.join(wrong_shape[:5])}{' ...' if len(wrong_shape) > 5 else ''}")
     if problems:
@@ -171,7 +186,9 @@ def offset_distances(video_features, audio_features, max_offset: int) -> np.ndar
     video = torch.as_tensor(video_features, dtype=torch.float32)
     audio = torch.as_tensor(audio_features, dtype=torch.float32)
     if video.shape != audio.shape or video.ndim != 2:
-        raise ValueError(f"video and audio embeddings must be (N, D) alike, got {tuple(video.shape)} and {tuple(audio.shape)}")
+        raise ValueError(
+            f"video and audio embeddings must be (N, D) alike, got {tuple(video.shape)} and {tuple(audio.shape)}"
+        )
     width = 2 * max_offset + 1
     padded = F.pad(audio, (0, 0, max_offset, max_offset))
     index = torch.arange(len(video))[:, None] + torch.arange(width)[None, :]
@@ -217,7 +234,9 @@ class SyncNetScorer:
 
         crops = np.asarray(crops)
         if crops.ndim != 4 or crops.shape[1:] != (CROP_SIZE, CROP_SIZE, 3) or crops.dtype != np.uint8:
-            raise ValueError(f"crops must be (T, {CROP_SIZE}, {CROP_SIZE}, 3) uint8 RGB, got {crops.shape} {crops.dtype}")
+            raise ValueError(
+                f"crops must be (T, {CROP_SIZE}, {CROP_SIZE}, 3) uint8 RGB, got {crops.shape} {crops.dtype}"
+            )
         bgr = torch.from_numpy(np.ascontiguousarray(crops[..., ::-1]))  # the original reads BGR with cv2
         out = []
         with torch.inference_mode():
@@ -242,7 +261,12 @@ class SyncNetScorer:
         with torch.inference_mode():
             for start in range(0, num_windows, self.batch_size):
                 stop = min(num_windows, start + self.batch_size)
-                batch = torch.stack([coefficients[:, MFCC_PER_FRAME * i : MFCC_PER_FRAME * i + AUDIO_WINDOW] for i in range(start, stop)])
+                batch = torch.stack(
+                    [
+                        coefficients[:, MFCC_PER_FRAME * i : MFCC_PER_FRAME * i + AUDIO_WINDOW]
+                        for i in range(start, stop)
+                    ]
+                )
                 out.append(self.model.forward_aud(batch[:, None].to(self.device)).float().cpu())  # (B, 1, 13, 20)
         return torch.cat(out).numpy()
 
@@ -254,7 +278,8 @@ class SyncNetScorer:
         windows = self.num_windows(len(crops), len(audio))
         if windows < 1:
             raise ValueError(
-                f"too short for SyncNet: {len(crops)} frames and {len(audio)} samples; needs at least {VIDEO_WINDOW + 1} frames of both"
+                f"too short for SyncNet: {len(crops)} frames and {len(audio)} samples; needs at least "
+                f"{VIDEO_WINDOW + 1} frames of both"
             )
         video = self.video_features(crops, windows)
         sound = self.audio_features(audio, windows)

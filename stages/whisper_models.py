@@ -125,9 +125,18 @@ def _checked_language(language: str | None, multilingual: bool, name: str) -> st
     return language or None
 
 
-def _segment(text: str, start: float, end: float, words: Iterable[tuple[str, float, float, float]],
-             avg_logprob: float, no_speech_prob: float, num_tokens: int, duration: float) -> Segment:
+def _segment(
+    text: str,
+    start: float,
+    end: float,
+    words: Iterable[tuple[str, float, float, float]],
+    avg_logprob: float,
+    no_speech_prob: float,
+    num_tokens: int,
+    duration: float,
+) -> Segment:
     """A segment in clip time, word times clipped into [0, duration]."""
+
     def clip(t: float) -> float:
         return float(min(max(t, 0.0), duration))
 
@@ -157,7 +166,9 @@ class FasterWhisperModel:
     tokenizer.json); without a folder, the embedded tiny.en. int8 on CPU, float16 on CUDA. CPU
     threads follow OMP_NUM_THREADS (Ray sets it to a worker's CPUs), 4 when it is unset."""
 
-    def __init__(self, model_path: str | Path = "", device: str = "cpu", language: str | None = None, beam_size: int = 5):
+    def __init__(
+        self, model_path: str | Path = "", device: str = "cpu", language: str | None = None, beam_size: int = 5
+    ):
         from faster_whisper import WhisperModel
 
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # it logs every clip at INFO
@@ -198,11 +209,22 @@ class FasterWhisperModel:
             compression_ratio_threshold=None,
             clip_timestamps=_clip_timestamps(spans),
         )
-        return Transcription(info.language, [
-            _segment(s.text, s.start, s.end, ((w.word, w.start, w.end, w.probability) for w in s.words),
-                     s.avg_logprob, s.no_speech_prob, len(s.tokens), duration)
-            for s in segments
-        ])
+        return Transcription(
+            info.language,
+            [
+                _segment(
+                    s.text,
+                    s.start,
+                    s.end,
+                    ((w.word, w.start, w.end, w.probability) for w in s.words),
+                    s.avg_logprob,
+                    s.no_speech_prob,
+                    len(s.tokens),
+                    duration,
+                )
+                for s in segments
+            ],
+        )
 
     def encode(self, audio: np.ndarray) -> np.ndarray:
         import ctranslate2
@@ -210,7 +232,9 @@ class FasterWhisperModel:
         padded, windows = _windowed(audio)
         mel = self._model.feature_extractor(padded, padding=0)[:, : windows * MEL_FRAMES]  # (n_mels, windows * 3000)
         batch = np.ascontiguousarray(mel.reshape(len(mel), windows, MEL_FRAMES).transpose(1, 0, 2))
-        out = np.asarray(self._model.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=True), dtype=np.float32)
+        out = np.asarray(
+            self._model.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=True), dtype=np.float32
+        )
         return out.reshape(windows * WINDOW_ROWS, -1)[: _feature_rows(len(audio))]
 
 
@@ -235,13 +259,17 @@ class OpenAIWhisperModel:
     recognised by its hash and gets its heads; any other uses all heads of the upper decoder half,
     openai-whisper's default, for word timestamps."""
 
-    def __init__(self, checkpoint_path: str | Path, device: str = "cpu", language: str | None = None, beam_size: int = 5):
+    def __init__(
+        self, checkpoint_path: str | Path, device: str = "cpu", language: str | None = None, beam_size: int = 5
+    ):
         import torch
         import whisper
 
         path = Path(checkpoint_path) if checkpoint_path else None
         if path is None or not path.is_file():
-            raise FileNotFoundError(f"openai-whisper checkpoint not found at {checkpoint_path!r}: set {CHECKPOINT_OPTION} to a .pt file")
+            raise FileNotFoundError(
+                f"openai-whisper checkpoint not found at {checkpoint_path!r}: set {CHECKPOINT_OPTION} to a .pt file"
+            )
         self.name = f"openai-whisper:{path.name}"
         try:
             self._model = whisper.load_model(str(path), device=device)
@@ -250,7 +278,8 @@ class OpenAIWhisperModel:
             detail = "\n".join(lines[:4] + ["\t..."] * (len(lines) > 4))
             raise ValueError(
                 f"{path} is not an openai-whisper checkpoint whose tensors match its dims "
-                f"(expected {{'dims': ModelDimensions fields, 'model_state_dict': ...}}): {type(error).__name__}: {detail}"
+                f"(expected {{'dims': ModelDimensions fields, 'model_state_dict': ...}}): {type(error).__name__}: "
+                f"{detail}"
             ) from error
         official = _official_model_name(path)
         if official is not None:
@@ -280,12 +309,23 @@ class OpenAIWhisperModel:
             compression_ratio_threshold=None,
             clip_timestamps=_clip_timestamps(spans),
         )
-        return Transcription(result["language"], [
-            _segment(s["text"], s["start"], s["end"], ((w["word"], w["start"], w["end"], w["probability"]) for w in s["words"]),
-                     s["avg_logprob"], s["no_speech_prob"], len(s["tokens"]), duration)
-            for s in result["segments"]
-            if s["text"].strip()  # openai-whisper keeps windows that decoded to nothing as empty segments
-        ])
+        return Transcription(
+            result["language"],
+            [
+                _segment(
+                    s["text"],
+                    s["start"],
+                    s["end"],
+                    ((w["word"], w["start"], w["end"], w["probability"]) for w in s["words"]),
+                    s["avg_logprob"],
+                    s["no_speech_prob"],
+                    len(s["tokens"]),
+                    duration,
+                )
+                for s in result["segments"]
+                if s["text"].strip()  # openai-whisper keeps windows that decoded to nothing as empty segments
+            ],
+        )
 
     def encode(self, audio: np.ndarray) -> np.ndarray:
         import torch

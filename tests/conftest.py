@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import media
 import pytest
 
-import media
 from pipeline.runner import run_in_process
 from schemas.records import CandidateClip, ChunkDone
 from stages.base import Stage
@@ -232,6 +232,10 @@ def demo_shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo_shards") / "out"
     talkcurate = str(Path(sys.executable).with_name("talkcurate"))
     settings = ["transcribe.store_features=true", "execution.progress=false"]
-    subprocess.run([talkcurate, "run", str(media.DEMO), "--out", str(out), *(a for s in settings for a in ("--set", s))],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [talkcurate, "run", str(media.DEMO), "--out", str(out), *(a for s in settings for a in ("--set", s))],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return out

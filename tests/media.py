@@ -33,11 +33,27 @@ def concat_shots(out: Path, shots: list[tuple[Path, float]], size=(360, 288)) ->
             f"[{i}:v]scale={w}:{h}:force_original_aspect_ratio=increase,crop={w}:{h},fps=25,setsar=1,"
             f"trim=end_frame={round(seconds * 25)},setpts=PTS-STARTPTS[v{i}]"
         )
-        filters.append(f"[{i}:a]aresample=16000,aformat=channel_layouts=mono,atrim=end={seconds},asetpts=PTS-STARTPTS[a{i}]")
+        filters.append(
+            f"[{i}:a]aresample=16000,aformat=channel_layouts=mono,atrim=end={seconds},asetpts=PTS-STARTPTS[a{i}]"
+        )
         labels += f"[v{i}][a{i}]"
     filters.append(f"{labels}concat=n={len(shots)}:v=1:a=1[v][a]")
-    ffmpeg(*args, "-filter_complex", ";".join(filters), "-map", "[v]", "-map", "[a]",
-           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+    ffmpeg(
+        *args,
+        "-filter_complex",
+        ";".join(filters),
+        "-map",
+        "[v]",
+        "-map",
+        "[a]",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-c:a",
+        "aac",
+        out,
+    )
     cuts, frame = [], 0
     for _, seconds in shots[:-1]:
         frame += round(seconds * 25)
@@ -47,8 +63,25 @@ def concat_shots(out: Path, shots: list[tuple[Path, float]], size=(360, 288)) ->
 
 def variable_frame_rate(src: Path, out: Path) -> None:
     """Frames at irregular intervals (28 and 52 ms alternating): a 25 fps average, never a 25 fps grid."""
-    ffmpeg("-i", src, "-vf", "setpts='(N*40+if(mod(N\\,2)\\,12\\,0))/1000/TB'", "-vsync", "vfr", "-enc_time_base", "1/1000",
-           "-video_track_timescale", "1000", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+    ffmpeg(
+        "-i",
+        src,
+        "-vf",
+        "setpts='(N*40+if(mod(N\\,2)\\,12\\,0))/1000/TB'",
+        "-vsync",
+        "vfr",
+        "-enc_time_base",
+        "1/1000",
+        "-video_track_timescale",
+        "1000",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-c:a",
+        "aac",
+        out,
+    )
 
 
 def rotated(src: Path, out: Path) -> None:
@@ -69,8 +102,27 @@ def audio_delayed(src: Path, out: Path, seconds: float) -> None:
 
     PCM in Matroska: no codec priming or edit list to blur the offset, so it is exactly `seconds`.
     """
-    ffmpeg("-i", src, "-itsoffset", str(seconds), "-i", src, "-map", "0:v", "-map", "1:a",
-           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "pcm_s16le", "-f", "matroska", out)
+    ffmpeg(
+        "-i",
+        src,
+        "-itsoffset",
+        str(seconds),
+        "-i",
+        src,
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-c:a",
+        "pcm_s16le",
+        "-f",
+        "matroska",
+        out,
+    )
 
 
 def spliced_layouts(out: Path) -> None:
@@ -78,15 +130,44 @@ def spliced_layouts(out: Path) -> None:
     one audio stream whose channel layout changes half-way."""
     parts = [out.with_suffix(f".part{i}.ts") for i in range(2)]
     for i, (part, channels) in enumerate(zip(parts, ("2", "1"))):
-        ffmpeg("-i", GRID[i], "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", "-ac", channels,
-               "-output_ts_offset", str(3 * i), "-f", "mpegts", part)
+        ffmpeg(
+            "-i",
+            GRID[i],
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-c:a",
+            "aac",
+            "-ac",
+            channels,
+            "-output_ts_offset",
+            str(3 * i),
+            "-f",
+            "mpegts",
+            part,
+        )
     out.write_bytes(b"".join(part.read_bytes() for part in parts))
     for part in parts:
         part.unlink()
 
 
 def odd_sized(src: Path, out: Path) -> None:
-    ffmpeg("-i", src, "-vf", "scale=357:285", "-c:v", "libx264", "-pix_fmt", "yuv444p", "-preset", "veryfast", "-c:a", "aac", out)
+    ffmpeg(
+        "-i",
+        src,
+        "-vf",
+        "scale=357:285",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv444p",
+        "-preset",
+        "veryfast",
+        "-c:a",
+        "aac",
+        out,
+    )
 
 
 def mp4(src: Path, out: Path, *extra: str) -> None:
@@ -133,8 +214,27 @@ def data_cut(out: Path) -> None:
 def no_container_duration(out: Path) -> None:
     """Matroska written to a pipe: no duration in the header, only in the packets."""
     with open(out, "wb") as f:
-        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(GRID[1]), "-c:v", "libx264", "-preset", "veryfast",
-                        "-c:a", "libopus", "-f", "matroska", "pipe:1"], stdout=f, check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-v",
+                "error",
+                "-i",
+                str(GRID[1]),
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-c:a",
+                "libopus",
+                "-f",
+                "matroska",
+                "pipe:1",
+            ],
+            stdout=f,
+            check=True,
+        )
 
 
 def bit_flips(out: Path, flips: int | None = 200, seed: int = 1) -> None:
@@ -188,27 +288,74 @@ def make_hostile(folder: Path) -> list[Path]:
 
 def with_silent_audio(src: Path, out: Path) -> None:
     """The video of `src` (copied, not re-encoded) with a silent mono track as long as it."""
-    ffmpeg("-i", src, "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-map", "0:v", "-map", "1:a",
-           "-c:v", "copy", "-c:a", "aac", "-shortest", out)
+    ffmpeg(
+        "-i",
+        src,
+        "-f",
+        "lavfi",
+        "-i",
+        "anullsrc=r=16000:cl=mono",
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-c:v",
+        "copy",
+        "-c:a",
+        "aac",
+        "-shortest",
+        out,
+    )
 
 
 def side_by_side(left: Path, right: Path, out: Path) -> None:
     """Two clips of the same height next to each other (hstack), with the audio of `left`."""
-    ffmpeg("-i", left, "-i", right, "-filter_complex", "[0:v][1:v]hstack=inputs=2,setsar=1[v]", "-map", "[v]", "-map", "0:a",
-           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", "-shortest", out)
+    ffmpeg(
+        "-i",
+        left,
+        "-i",
+        right,
+        "-filter_complex",
+        "[0:v][1:v]hstack=inputs=2,setsar=1[v]",
+        "-map",
+        "[v]",
+        "-map",
+        "0:a",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-c:a",
+        "aac",
+        "-shortest",
+        out,
+    )
 
 
 def shrunk(src: Path, out: Path, scale: float, size=(360, 288)) -> None:
     """The picture scaled by `scale` and centred on a black canvas of `size` (the source's size):
     the same frame size, a face `scale` times as tall."""
     w, h = size
-    ffmpeg("-i", src, "-vf", f"scale=trunc(iw*{scale}/2)*2:-2,pad={w}:{h}:(ow-iw)/2:(oh-ih)/2,setsar=1",
-           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+    ffmpeg(
+        "-i",
+        src,
+        "-vf",
+        f"scale=trunc(iw*{scale}/2)*2:-2,pad={w}:{h}:(ow-iw)/2:(oh-ih)/2,setsar=1",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-c:a",
+        "aac",
+        out,
+    )
 
 
 def cropped(src: Path, out: Path, width: int, height: int, x: int, y: int) -> None:
     """A `width` x `height` window of the picture with its top left corner at (`x`, `y`)."""
-    ffmpeg("-i", src, "-vf", f"crop={width}:{height}:{x}:{y}", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+    ffmpeg(
+        "-i", src, "-vf", f"crop={width}:{height}:{x}:{y}", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out
+    )
 
 
 def reencoded_crop(src: Path, out: Path) -> None:
@@ -220,40 +367,120 @@ def reencoded_crop(src: Path, out: Path) -> None:
 def cut_elsewhere(src: Path, out: Path, start_frame: int) -> None:
     """A re-upload cut elsewhere: from frame `start_frame` (at 25 fps) on, the centre 92% scaled to
     300 px wide, CRF 28, Opus at 48 kb/s in Matroska."""
-    ffmpeg("-ss", str(start_frame / 25), "-i", src, "-vf", "crop=trunc(iw*0.92/2)*2:trunc(ih*0.92/2)*2,scale=300:-2",
-           "-c:v", "libx264", "-preset", "veryfast", "-crf", "28", "-c:a", "libopus", "-b:a", "48k", out)
+    ffmpeg(
+        "-ss",
+        str(start_frame / 25),
+        "-i",
+        src,
+        "-vf",
+        "crop=trunc(iw*0.92/2)*2:trunc(ih*0.92/2)*2,scale=300:-2",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-crf",
+        "28",
+        "-c:a",
+        "libopus",
+        "-b:a",
+        "48k",
+        out,
+    )
 
 
 def excerpt(src: Path, out: Path, start_s: float, seconds: float, width: int) -> None:
     """`seconds` of `src` from `start_s` on, scaled to `width` px wide."""
-    ffmpeg("-ss", str(start_s), "-t", str(seconds), "-i", src, "-vf", f"scale={width}:-2",
-           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+    ffmpeg(
+        "-ss",
+        str(start_s),
+        "-t",
+        str(seconds),
+        "-i",
+        src,
+        "-vf",
+        f"scale={width}:-2",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-c:a",
+        "aac",
+        out,
+    )
 
 
 def blacked_out(src: Path, out: Path, first: int, count: int) -> None:
     """Frames `first` .. `first + count - 1` painted black (drawbox over the whole frame), audio kept."""
-    ffmpeg("-i", src, "-vf", f"drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill:enable='between(n,{first},{first + count - 1})'",
-           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+    ffmpeg(
+        "-i",
+        src,
+        "-vf",
+        f"drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill:enable='between(n,{first},{first + count - 1})'",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-c:a",
+        "aac",
+        out,
+    )
 
 
 def black(out: Path, seconds: float, size=(360, 288)) -> None:
     """Black frames at 25 fps with a quiet tone, `seconds` long."""
     w, h = size
-    ffmpeg("-f", "lavfi", "-i", f"color=black:s={w}x{h}:r=25:d={seconds}", "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=16000:d={seconds}",
-           "-af", "volume=0.1", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", "-shortest", out)
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"color=black:s={w}x{h}:r=25:d={seconds}",
+        "-f",
+        "lavfi",
+        "-i",
+        f"sine=frequency=440:sample_rate=16000:d={seconds}",
+        "-af",
+        "volume=0.1",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-c:a",
+        "aac",
+        "-shortest",
+        out,
+    )
 
 
-def crossfade_shots(out: Path, first: tuple[Path, float], second: tuple[Path, float], fade_s: float, size=(360, 288)) -> range:
+def crossfade_shots(
+    out: Path, first: tuple[Path, float], second: tuple[Path, float], fade_s: float, size=(360, 288)
+) -> range:
     """Two shots (file, seconds) joined by a `fade_s` dissolve (xfade, audio acrossfade) instead of a
     cut, at 25 fps: a change of picture a shot detector may not see. Returns the dissolve's frames."""
     parts = [out.with_suffix(f".part{i}.mp4") for i in range(2)]
     for part, shot in zip(parts, (first, second)):
         concat_shots(part, [shot], size)  # one shot: scaled, cropped and trimmed like the hard-cut media
     offset = first[1] - fade_s
-    ffmpeg("-i", parts[0], "-i", parts[1], "-filter_complex",
-           f"[0:v][1:v]xfade=transition=fade:duration={fade_s}:offset={offset}[v];[0:a][1:a]acrossfade=d={fade_s}[a]",
-           "-map", "[v]", "-map", "[a]", "-t", str(offset + second[1]),  # xfade may add a frame at the end
-           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+    ffmpeg(
+        "-i",
+        parts[0],
+        "-i",
+        parts[1],
+        "-filter_complex",
+        f"[0:v][1:v]xfade=transition=fade:duration={fade_s}:offset={offset}[v];[0:a][1:a]acrossfade=d={fade_s}[a]",
+        "-map",
+        "[v]",
+        "-map",
+        "[a]",
+        "-t",
+        str(offset + second[1]),  # xfade may add a frame at the end
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-c:a",
+        "aac",
+        out,
+    )
     for part in parts:
         part.unlink()
     return range(round(offset * 25), round(first[1] * 25))
@@ -261,38 +488,99 @@ def crossfade_shots(out: Path, first: tuple[Path, float], second: tuple[Path, fl
 
 def frozen(src: Path, out: Path, frame: int, num_frames: int = 75) -> None:
     """Frame `frame` of `src` repeated `num_frames` times at 25 fps (a still face), audio kept."""
-    ffmpeg("-i", src, "-vf", f"trim=start_frame={frame}:end_frame={frame + 1},loop=loop={num_frames - 1}:size=1:start=0,setpts=N/25/TB",
-           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+    ffmpeg(
+        "-i",
+        src,
+        "-vf",
+        f"trim=start_frame={frame}:end_frame={frame + 1},loop=loop={num_frames - 1}:size=1:start=0,setpts=N/25/TB",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-c:a",
+        "aac",
+        out,
+    )
 
 
 # -- camera and light: media whose caption must say how the camera moves and where light falls ----
 
 
-def panned(src: Path, out: Path, seconds: float = 3.0, size=(540, 960), start_x: int = 150, y: int = 300, speed: int = 100) -> None:
+def panned(
+    src: Path, out: Path, seconds: float = 3.0, size=(540, 960), start_x: int = 150, y: int = 300, speed: int = 100
+) -> None:
     """A `size` window of `src` sliding right by `speed` pixels a second from `start_x`: the camera
     panning right over the picture (the picture moves left in the frame)."""
     w, h = size
-    ffmpeg("-t", str(seconds), "-i", src, "-vf", f"crop={w}:{h}:x='{start_x}+{speed}*t':y={y},setsar=1",
-           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+    ffmpeg(
+        "-t",
+        str(seconds),
+        "-i",
+        src,
+        "-vf",
+        f"crop={w}:{h}:x='{start_x}+{speed}*t':y={y},setsar=1",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-c:a",
+        "aac",
+        out,
+    )
 
 
 def zoomed(src: Path, out: Path, seconds: float = 3.0, size=(540, 960), rate: float = 0.1) -> None:
     """`src` magnified about its centre by `rate` more each second (zoompan), at `size`: the camera zooming in."""
     w, h = size
-    ffmpeg("-t", str(seconds), "-i", src, "-vf",
-           f"zoompan=z='1+{rate}*in/25':d=1:x='iw/2-(iw/zoom/2)':y='ih/2-(ih/zoom/2)':s={w}x{h}:fps=25,setsar=1",
-           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+    ffmpeg(
+        "-t",
+        str(seconds),
+        "-i",
+        src,
+        "-vf",
+        f"zoompan=z='1+{rate}*in/25':d=1:x='iw/2-(iw/zoom/2)':y='ih/2-(ih/zoom/2)':s={w}x{h}:fps=25,setsar=1",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-c:a",
+        "aac",
+        out,
+    )
 
 
 def tilted(src: Path, out: Path, radians: float) -> None:
     """The picture turned by `radians` about its centre (clockwise when positive), corners black."""
-    ffmpeg("-i", src, "-vf", f"rotate={radians}:fillcolor=black", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+    ffmpeg(
+        "-i",
+        src,
+        "-vf",
+        f"rotate={radians}:fillcolor=black",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-c:a",
+        "aac",
+        out,
+    )
 
 
 def side_lit(src: Path, out: Path) -> None:
     """Luma kept on the left 40% of the picture and falling to a fifth by two thirds across: light from the left."""
-    ffmpeg("-i", src, "-vf", "format=yuv420p,geq=lum='lum(X,Y)*clip(2.2-3*X/W,0.2,1)':cb='cb(X,Y)':cr='cr(X,Y)'",
-           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+    ffmpeg(
+        "-i",
+        src,
+        "-vf",
+        "format=yuv420p,geq=lum='lum(X,Y)*clip(2.2-3*X/W,0.2,1)':cb='cb(X,Y)':cr='cr(X,Y)'",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-c:a",
+        "aac",
+        out,
+    )
 
 
 def decoded_audio(path: Path) -> np.ndarray:
@@ -305,8 +593,12 @@ def audio_shifted(src: Path, out: Path, shift_ms: float) -> None:
     stream still spans the whole video: silence fills where the moved sound leaves a gap. PCM in
     Matroska keeps the samples exact; the video stream is copied."""
     seconds = abs(shift_ms) / 1000
-    move = f"adelay={abs(shift_ms):.0f}:all=1" if shift_ms >= 0 else f"atrim=start={seconds:.3f},asetpts=PTS-STARTPTS,apad"
-    ffmpeg("-i", src, "-map", "0:v:0", "-map", "0:a:0", "-af", move, "-shortest", "-c:v", "copy", "-c:a", "pcm_s16le", out)
+    move = (
+        f"adelay={abs(shift_ms):.0f}:all=1" if shift_ms >= 0 else f"atrim=start={seconds:.3f},asetpts=PTS-STARTPTS,apad"
+    )
+    ffmpeg(
+        "-i", src, "-map", "0:v:0", "-map", "0:a:0", "-af", move, "-shortest", "-c:v", "copy", "-c:a", "pcm_s16le", out
+    )
 
 
 # -- audio that is not the speaker's ---------------------------------------------------------------
@@ -314,7 +606,9 @@ def audio_shifted(src: Path, out: Path, shift_ms: float) -> None:
 OTHER_SPEECH = Path(__file__).parent / "data" / "librispeech_198-209-0000.ogg"  # another speaker, read speech
 
 
-def synthesized_speech(out: Path, text: str = "Please call Stella. Ask her to bring these things with her from the store.") -> None:
+def synthesized_speech(
+    out: Path, text: str = "Please call Stella. Ask her to bring these things with her from the store."
+) -> None:
     """`text` spoken by flite's built-in voice, as a wav."""
     subprocess.run(["flite", "-t", text, "-o", str(out)], check=True, capture_output=True)
 
@@ -334,11 +628,32 @@ def under_face(audio: Path, out: Path, face: Path = GRID[0]) -> None:
     """`audio` under the moving face of `face`, played forwards and backwards in turn (so there is
     no cut) for as long as the audio lasts; PCM in Matroska keeps the samples exact."""
     seconds = len(decoded_audio(audio)) / 16000
-    ffmpeg("-i", face, "-i", audio, "-filter_complex",
-           "[0:v]split[forwards][b];[b]reverse[backwards];[forwards][backwards]concat=n=2:v=1:a=0,"
-           "loop=loop=-1:size=1000,setpts=N/25/TB[v]",
-           "-map", "[v]", "-map", "1:a:0", "-ac", "1", "-ar", "16000", "-t", f"{seconds:.3f}",
-           "-c:v", "libx264", "-preset", "veryfast", "-c:a", "pcm_s16le", out)
+    ffmpeg(
+        "-i",
+        face,
+        "-i",
+        audio,
+        "-filter_complex",
+        "[0:v]split[forwards][b];[b]reverse[backwards];[forwards][backwards]concat=n=2:v=1:a=0,"
+        "loop=loop=-1:size=1000,setpts=N/25/TB[v]",
+        "-map",
+        "[v]",
+        "-map",
+        "1:a:0",
+        "-ac",
+        "1",
+        "-ar",
+        "16000",
+        "-t",
+        f"{seconds:.3f}",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-c:a",
+        "pcm_s16le",
+        out,
+    )
 
 
 def shifted_context(context: np.ndarray, shift: int) -> np.ndarray:

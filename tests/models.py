@@ -48,8 +48,14 @@ def arcface_onnx(path: Path, seed: int = 0) -> Path:
     features = 3 * pooled * pooled
     weight = (rng.standard_normal((ARCFACE_DIM, features)) / np.sqrt(features)).astype(np.float32)
     nodes = [
-        helper.make_node("AveragePool", [ARCFACE_INPUT], ["pooled"], name="pool",
-                         kernel_shape=[ARCFACE_POOL, ARCFACE_POOL], strides=[ARCFACE_POOL, ARCFACE_POOL]),
+        helper.make_node(
+            "AveragePool",
+            [ARCFACE_INPUT],
+            ["pooled"],
+            name="pool",
+            kernel_shape=[ARCFACE_POOL, ARCFACE_POOL],
+            strides=[ARCFACE_POOL, ARCFACE_POOL],
+        ),
         helper.make_node("ReduceMean", ["pooled"], ["pooled_mean"], name="thumb_mean", axes=[1, 2, 3], keepdims=1),
         helper.make_node("Sub", ["pooled", "pooled_mean"], ["centred"], name="centre"),
         helper.make_node("Flatten", ["centred"], ["flat"], name="flatten", axis=1),
@@ -58,11 +64,15 @@ def arcface_onnx(path: Path, seed: int = 0) -> Path:
     graph = helper.make_graph(
         nodes,
         "arcface_random",
-        inputs=[helper.make_tensor_value_info(ARCFACE_INPUT, TensorProto.FLOAT, ["None", 3, ARCFACE_SIZE, ARCFACE_SIZE])],
+        inputs=[
+            helper.make_tensor_value_info(ARCFACE_INPUT, TensorProto.FLOAT, ["None", 3, ARCFACE_SIZE, ARCFACE_SIZE])
+        ],
         outputs=[helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["None", ARCFACE_DIM])],
         initializer=[numpy_helper.from_array(weight, "fc.weight")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ARCFACE_OPSET)], producer_name="talkcurate-tests")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", ARCFACE_OPSET)], producer_name="talkcurate-tests"
+    )
     model.ir_version = 7  # what opset 13 needs; onnx's default (its newest) may be newer than onnxruntime reads
     onnx.checker.check_model(model)
     path = Path(path)
@@ -113,8 +123,18 @@ def whisper_checkpoint(path: Path, seed: int = 0) -> Path:
     from whisper.model import ModelDimensions, Whisper
 
     torch.manual_seed(seed)
-    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
-                           n_vocab=51864, n_text_ctx=16, n_text_state=64, n_text_head=2, n_text_layer=1)
+    dims = ModelDimensions(
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=64,
+        n_audio_head=2,
+        n_audio_layer=1,
+        n_vocab=51864,
+        n_text_ctx=16,
+        n_text_state=64,
+        n_text_head=2,
+        n_text_layer=1,
+    )
     model = Whisper(dims)
     torch.nn.init.normal_(model.decoder.positional_embedding, std=0.02)
     state = {name: tensor.half() for name, tensor in model.state_dict().items()}
@@ -126,7 +146,15 @@ def whisper_checkpoint(path: Path, seed: int = 0) -> Path:
 
 # Qwen's special tokens, in the order of their ids in the published tokenizer (151643 onwards);
 # here they are the first ids of a small vocabulary.
-QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
 
 
 def qwen_vl_folder(path: Path, model_type: str = "qwen2_5_vl", seed: int = 0) -> Path:
@@ -143,9 +171,15 @@ def qwen_vl_folder(path: Path, model_type: str = "qwen2_5_vl", seed: int = 0) ->
     ids point at them. The image processor is Qwen2-VL's (both models use it) with its published defaults.
     """
     import torch
-    from tokenizers import Tokenizer, decoders, models as token_models, pre_tokenizers, trainers
-    from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
-                              Qwen2VLForConditionalGeneration)
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers import models as token_models
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+    )
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from stages.caption_models import DEFAULT_PROMPT
@@ -153,26 +187,61 @@ def qwen_vl_folder(path: Path, model_type: str = "qwen2_5_vl", seed: int = 0) ->
     bpe = Tokenizer(token_models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=list(QWEN_SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    bpe.train_from_iterator([DEFAULT_PROMPT, "A close-up of one person speaking, facing the camera; blue background."], trainer)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=list(QWEN_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(
+        [DEFAULT_PROMPT, "A close-up of one person speaking, facing the camera; blue background."], trainer
+    )
     ids = {token: bpe.token_to_id(token) for token in QWEN_SPECIAL_TOKENS}
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     text = dict(
-        vocab_size=bpe.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},  # 16-dim heads: 8 frequencies
-        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+        vocab_size=bpe.get_vocab_size(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [2, 3, 3],
+        },  # 16-dim heads: 8 frequencies
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
     )
-    tokens = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-                  vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    tokens = dict(
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
     patches = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
     if model_type == "qwen2_5_vl":
-        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, fullatt_block_indexes=[1], window_size=56)
-        model_class, config = Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLConfig(text_config=text, vision_config=vision | patches, **tokens)
+        vision = dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            fullatt_block_indexes=[1],
+            window_size=56,
+        )
+        model_class, config = (
+            Qwen2_5_VLForConditionalGeneration,
+            Qwen2_5_VLConfig(text_config=text, vision_config=vision | patches, **tokens),
+        )
     elif model_type == "qwen2_vl":
         vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2)
-        model_class, config = Qwen2VLForConditionalGeneration, Qwen2VLConfig(text_config=text, vision_config=vision | patches, **tokens)
+        model_class, config = (
+            Qwen2VLForConditionalGeneration,
+            Qwen2VLConfig(text_config=text, vision_config=vision | patches, **tokens),
+        )
     else:
         raise ValueError(f"unknown Qwen VL model type {model_type!r}")
     torch.manual_seed(seed)

@@ -7,6 +7,7 @@ their own, so the tag is what finds every process a run started, to kill it by i
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import os
@@ -56,10 +57,8 @@ def kill_tagged(tag: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while pids := tagged_processes(tag):
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"processes {pids} of a test survived SIGKILL")
         time.sleep(0.1)
@@ -111,8 +110,15 @@ class Talkcurate:
         def become_terminal_owner():
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-        self.proc = subprocess.Popen(command, env=env, stdin=slave, stdout=slave, stderr=slave,
-                                     start_new_session=True, preexec_fn=become_terminal_owner)
+        self.proc = subprocess.Popen(
+            command,
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            preexec_fn=become_terminal_owner,
+        )
         os.close(slave)
         self.stderr.write_bytes(b"")
 
@@ -168,10 +174,8 @@ class Talkcurate:
         return tagged_processes(self.tag)
 
     def _kill_group(self) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def cleanup(self) -> None:
         if self.proc.poll() is None:
@@ -182,8 +186,9 @@ class Talkcurate:
         kill_tagged(self.tag)  # Ray's workers, in sessions of their own
 
 
-def talkcurate(*args: str | Path, logs: Path, timeout: float = 300, terminal: bool = False,
-               env: dict[str, str] | None = None) -> tuple[int, str, str]:
+def talkcurate(
+    *args: str | Path, logs: Path, timeout: float = 300, terminal: bool = False, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
     """Run the command line to its end: (exit status, stdout, stderr)."""
     with Talkcurate([str(a) for a in args], logs, terminal, env) as proc:
         rc = proc.finish(timeout)
@@ -236,4 +241,6 @@ def reference_for(reference: dict[str, bytes], sources: list[str]) -> tuple[list
     settings): its `compared` manifest rows and its `comparable` samples."""
     rows = [row for row in manifest_of(reference) if row["source"] in sources]
     keys = {row["key"] for row in rows}
-    return compared(rows), {key: members for key, members in comparable(shard_samples(reference)).items() if key in keys}
+    return compared(rows), {
+        key: members for key, members in comparable(shard_samples(reference)).items() if key in keys
+    }

@@ -50,7 +50,11 @@ def _members(run: Path, row: dict) -> dict[str, bytes]:
     import tarfile
 
     with tarfile.open(run / row["shard"]) as tar:
-        return {name.partition(".")[2]: tar.extractfile(name).read() for name in tar.getnames() if name.startswith(row["key"] + ".")}
+        return {
+            name.partition(".")[2]: tar.extractfile(name).read()
+            for name in tar.getnames()
+            if name.startswith(row["key"] + ".")
+        }
 
 
 def _listening_addresses(port: int) -> list[str]:
@@ -62,7 +66,7 @@ def _listening_addresses(port: int) -> list[str]:
             address, port_hex = local.split(":")
             if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
                 packed = bytes.fromhex(address)
-                words = b"".join(packed[i:i + 4][::-1] for i in range(0, len(packed), 4))  # host-order words
+                words = b"".join(packed[i : i + 4][::-1] for i in range(0, len(packed), 4))  # host-order words
                 found.append(socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, words))
     return found
 
@@ -70,7 +74,7 @@ def _listening_addresses(port: int) -> list[str]:
 def _page_data(folder: Path) -> dict:
     text = (folder / PAGE).read_text(encoding="utf-8")
     start = text.index('id="browse-data">') + len('id="browse-data">')
-    return json.loads(text[start:text.index("</script>", start)])
+    return json.loads(text[start : text.index("</script>", start)])
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -105,8 +109,14 @@ def hostile_run(demo_shards, tmp_path_factory) -> Path:
 def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM  # Debian's; with the driver's path given, Selenium Manager downloads nothing
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--autoplay-policy=no-user-gesture-required", "--window-size=1280,900"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--autoplay-policy=no-user-gesture-required",
+        "--window-size=1280,900",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     yield driver
@@ -134,11 +144,15 @@ def _play(driver) -> dict:
     return driver.execute_script(
         "const v = document.getElementById('detail-video');"
         "return {duration: v.duration, width: v.videoWidth, height: v.videoHeight, error: v.error && v.error.message,"
-        " audioBytes: v.webkitAudioDecodedByteCount, videoBytes: v.webkitVideoDecodedByteCount};")
+        " audioBytes: v.webkitAudioDecodedByteCount, videoBytes: v.webkitVideoDecodedByteCount};"
+    )
 
 
 def _loaded_image(driver, element_id: str) -> tuple[int, int]:
-    script = f"const i = document.getElementById('{element_id}'); return i.complete ? [i.naturalWidth, i.naturalHeight] : null;"
+    script = (
+        f"const i = document.getElementById('{element_id}'); "
+        "return i.complete ? [i.naturalWidth, i.naturalHeight] : null;"
+    )
     return tuple(_wait(driver, lambda d: d.execute_script(script)))
 
 
@@ -191,7 +205,7 @@ def test_media_come_from_the_shards(page, demo_shards):
         stored = soundfile.read(io.BytesIO(members[MEMBER_AUDIO]), dtype="int16")[0].astype(float)
         n = len(stored)
         assert abs(len(heard) - n) < 0.1 * 16000
-        assert np.corrcoef(heard[:n], stored[:len(heard)][:n])[0, 1] > 0.9
+        assert np.corrcoef(heard[:n], stored[: len(heard)][:n])[0, 1] > 0.9
 
 
 # -- the page in Chromium ------------------------------------------------------------------------
@@ -225,7 +239,8 @@ def test_filter_and_open_a_sample_in_chromium(page, demo_shards, browser, tmp_pa
             if value:
                 field.send_keys(value)
         expected = [c for c in confidences if (not low or c >= float(low)) and (not high or c <= float(high))]
-        _wait(browser, lambda d: len(_cards(d)) == len(expected))
+        count = len(expected)
+        _wait(browser, lambda d, count=count: len(_cards(d)) == count)
         assert 0 < len(expected) < len(rows)
     for element_id in ("score-min", "score-max"):
         browser.find_element(By.ID, element_id).clear()
@@ -239,8 +254,10 @@ def test_filter_and_open_a_sample_in_chromium(page, demo_shards, browser, tmp_pa
     words = [w.text for w in browser.find_elements(By.CSS_SELECTOR, "#detail-words span")]
     assert " ".join(words).rstrip(".") == row["transcript"].rstrip(".")
     assert _loaded_image(browser, "detail-overlay") == (row["width"], row["height"])
-    columns = dict(tuple(tr.find_elements(By.TAG_NAME, "td")[i].text for i in (0, 1))
-                   for tr in browser.find_elements(By.CSS_SELECTOR, "#detail-columns tr"))
+    columns = dict(
+        tuple(tr.find_elements(By.TAG_NAME, "td")[i].text for i in (0, 1))
+        for tr in browser.find_elements(By.CSS_SELECTOR, "#detail-columns tr")
+    )
     assert columns["sync_confidence"] == f"{row['sync_confidence']:.3f}" and columns["key"] == row["key"]
     assert columns["face_size_px"] == f"{row['face_size_px']:.3f}"
     played = _play(browser)
@@ -268,7 +285,9 @@ def test_manifest_strings_are_shown_as_text(hostile_run, browser, tmp_path):
     browser.get((tmp_path / "page" / PAGE).as_uri())
     _wait(browser, lambda d: len(_cards(d)) == 3)
     assert browser.find_element(By.ID, "notice").text == "Showing the first 2 of 5 kept samples (--limit 2)."
-    rejected = next(c for c in _cards(browser) if "rejected" in c.find_element(By.CSS_SELECTOR, ".badge").get_attribute("class"))
+    rejected = next(
+        c for c in _cards(browser) if "rejected" in c.find_element(By.CSS_SELECTOR, ".badge").get_attribute("class")
+    )
     hostile_name = HOSTILE_SOURCE.rsplit("/", 1)[1]
     assert rejected.find_element(By.CSS_SELECTOR, ".title").text == hostile_name
     assert rejected.find_element(By.CSS_SELECTOR, ".badge").text == HOSTILE_REASON
@@ -292,12 +311,19 @@ def test_manifest_strings_are_shown_as_text(hostile_run, browser, tmp_path):
 def test_served_on_loopback_by_the_cli(hostile_run, browser):
     # SIGINT as a terminal's Ctrl-C gives it: a suite started in the background (`cmd &` in a
     # script, nohup) ignores SIGINT, and children inherit that, so the server would never stop.
-    server = subprocess.Popen([TALKCURATE, "browse", str(hostile_run), "--port", "0", "--limit", "2"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    server = subprocess.Popen(
+        [TALKCURATE, "browse", str(hostile_run), "--port", "0", "--limit", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         line = server.stdout.readline()
-        assert line.startswith(f"serving {hostile_run} at http://127.0.0.1:"), (line, server.stderr.read() if not line else "")
+        assert line.startswith(f"serving {hostile_run} at http://127.0.0.1:"), (
+            line,
+            server.stderr.read() if not line else "",
+        )
         url = line.split(" at ", 1)[1].split(" ", 1)[0]
         folder = Path(line.split(" from ", 1)[1].split(" (", 1)[0])
         assert (folder / PAGE).is_file()
@@ -333,8 +359,16 @@ def test_bad_input_gets_a_clear_message(demo_shards, hostile_run, tmp_path, caps
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([TALKCURATE, "browse", str(hostile_run), "--port", str(port), "--limit", "1"], capture_output=True, text=True)
-    assert result.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+        result = subprocess.run(
+            [TALKCURATE, "browse", str(hostile_run), "--port", str(port), "--limit", "1"],
+            capture_output=True,
+            text=True,
+        )
+    assert (
+        result.returncode == 2
+        and f"cannot listen on 127.0.0.1:{port}" in result.stderr
+        and "Traceback" not in result.stderr
+    )
 
     with pytest.raises(BrowseError, match="at least 1"):
         build_site(str(demo_shards), tmp_path / "page", limit=0)
@@ -351,10 +385,14 @@ def test_bad_input_gets_a_clear_message(demo_shards, hostile_run, tmp_path, caps
     missing_shard = tmp_path / "missing_shard"
     shutil.copytree(hostile_run, missing_shard)
     (missing_shard / _manifest(hostile_run)[0]["shard"]).unlink()
-    result = subprocess.run([TALKCURATE, "browse", str(missing_shard), "--out", str(tmp_path / "page")], capture_output=True, text=True)
+    result = subprocess.run(
+        [TALKCURATE, "browse", str(missing_shard), "--out", str(tmp_path / "page")], capture_output=True, text=True
+    )
     assert result.returncode == 0 and "Traceback" not in result.stderr
     data = _page_data(tmp_path / "page")
     kept = [s for s in data["samples"] if s["status"] == "kept"]
-    assert kept and all("shards/shard-000000.tar" in s["media_error"] and "does not exist" in s["media_error"] for s in kept)
+    assert kept and all(
+        "shards/shard-000000.tar" in s["media_error"] and "does not exist" in s["media_error"] for s in kept
+    )
     assert all(s["media_error"] in result.stderr for s in kept)
     assert not any((tmp_path / "page" / MEDIA_FOLDER).iterdir())

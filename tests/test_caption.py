@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import media
+import models
 import numpy as np
 import pytest
 
-import media
-import models
 from pipeline.runner import ChainRunner
 from schemas.manifest import manifest_row
 from schemas.records import FPS, CandidateClip, Status
@@ -35,7 +35,13 @@ from stages.sync import SyncStage
 def clip_of(run_chain, path: Path, face: FaceStage | None = None, sync: bool = True) -> CandidateClip:
     """The one clip of `path` after normalize, scene cut, face, sync (unless `sync` is false) and
     keyframes: the clips group's stages, in order."""
-    stages = [NormalizeStage(preset="ultrafast"), SceneCutStage(), face or FaceStage(), *([SyncStage()] if sync else []), KeyframesStage()]
+    stages = [
+        NormalizeStage(preset="ultrafast"),
+        SceneCutStage(),
+        face or FaceStage(),
+        *([SyncStage()] if sync else []),
+        KeyframesStage(),
+    ]
     (clip,) = [o for o in run_chain(path, [ProbeStage(), ChunkStage()], stages) if isinstance(o, CandidateClip)]
     assert clip.status is Status.PENDING, clip.reason_detail
     return clip
@@ -83,7 +89,9 @@ def test_keyframes_are_a_few_small_jpegs_spread_over_the_clip(grid, portrait):
         assert len(times) == count and times[0] == 0 and times[-1] == (clip.num_frames - 1) / FPS
         assert np.all(np.diff(times) > 0.8) and np.all(np.diff(times) < 1.6)
         pictures = [decode_keyframe(k) for k in clip.keyframes]
-        assert all(p.shape == (*size, 3) for p in pictures)  # GRID's analysis frames as they are; the portrait's down to 448
+        assert all(
+            p.shape == (*size, 3) for p in pictures
+        )  # GRID's analysis frames as they are; the portrait's down to 448
         assert all(len(k.jpeg) < 40_000 for k in clip.keyframes)
         assert clip.frames is None  # the analysis frames stayed behind
 
@@ -174,15 +182,40 @@ def test_camera_pan_and_zoom(run_chain, made):
     media.panned(media.PORTRAIT, panned)
     media.zoomed(media.PORTRAIT, zoomed)
     pan = text(captioned(clip_of(run_chain, panned, sync=False)))
-    assert pan.endswith("; camera panning right.") and pan.startswith("A medium shot of one person, facing the camera"), pan
-    assert "head moving," not in pan, pan  # the face moves across the frame with the picture: the camera's motion, not the head's
+    assert pan.endswith("; camera panning right.") and pan.startswith(
+        "A medium shot of one person, facing the camera"
+    ), pan
+    assert "head moving," not in pan, (
+        pan
+    )  # the face moves across the frame with the picture: the camera's motion, not the head's
     zoom = text(captioned(clip_of(run_chain, zoomed, sync=False)))
     assert zoom.endswith("; camera zooming in."), zoom
 
 
 def test_colour_classes():
-    rgb = np.array([[0, 0, 0], [128, 128, 128], [250, 250, 250], [220, 30, 30], [120, 70, 30], [40, 170, 60], [30, 160, 220], [120, 50, 200]], np.uint8)
-    assert [COLOURS[i] for i in colour_classes(rgb)] == ["black", "grey", "white", "red", "brown", "green", "blue", "purple"]
+    rgb = np.array(
+        [
+            [0, 0, 0],
+            [128, 128, 128],
+            [250, 250, 250],
+            [220, 30, 30],
+            [120, 70, 30],
+            [40, 170, 60],
+            [30, 160, 220],
+            [120, 50, 200],
+        ],
+        np.uint8,
+    )
+    assert [COLOURS[i] for i in colour_classes(rgb)] == [
+        "black",
+        "grey",
+        "white",
+        "red",
+        "brown",
+        "green",
+        "blue",
+        "purple",
+    ]
 
 
 def test_the_caption_stage_needs_keyframes_and_the_embedded_one_a_face(grid):
@@ -219,7 +252,9 @@ def test_the_vlm_backend_batches_clips_as_if_alone(tiny_vlm, grid, portrait):
     runner = ChainRunner([CaptionStage(vlm_path=tiny_vlm, max_new_tokens=12)])
     copies = [dataclasses.replace(c, backends=dict(c.backends)) for c in (grid, portrait)]
     together = [out.caption.text for out in runner.run_batch(copies)]
-    alone = [text(out) for c in (grid, portrait) for out in runner.run(dataclasses.replace(c, backends=dict(c.backends)))]
+    alone = [
+        text(out) for c in (grid, portrait) for out in runner.run(dataclasses.replace(c, backends=dict(c.backends)))
+    ]
     assert together == alone and all(together), together
 
 

@@ -27,17 +27,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import media
 import pytest
 import yaml
 from ray.runtime_env import RuntimeEnv
+from runs import (
+    busy_worker,
+    comparable,
+    compared,
+    kill_tagged,
+    manifest_of,
+    output_files,
+    shard_samples,
+    tagged_env,
+    tagged_processes,
+)
 
-import media
 from pipeline.config import RunConfig
 from pipeline.definition import PIPELINE
 from pipeline.placement import Placement, PlacementError, place
 from pipeline.verify import verify
-from runs import (busy_worker, comparable, compared, kill_tagged, manifest_of, output_files, shard_samples, tagged_env,
-                  tagged_processes)
 from stages.storage import OutputDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,8 +104,17 @@ def load(name: str) -> dict:
 
 def test_launcher_yaml_has_cpu_and_gpu_workers_token_auth_and_the_setup_order():
     launcher = load("launcher.yaml")
-    for key in ("cluster_name", "provider", "auth", "available_node_types", "head_node_type", "setup_commands",
-                "head_start_ray_commands", "worker_start_ray_commands", "file_mounts"):
+    for key in (
+        "cluster_name",
+        "provider",
+        "auth",
+        "available_node_types",
+        "head_node_type",
+        "setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+        "file_mounts",
+    ):
         assert key in launcher, key
     types = launcher["available_node_types"]
     assert launcher["head_node_type"] in types and {"cpu_worker", "gpu_worker"} <= set(types)
@@ -106,7 +124,15 @@ def test_launcher_yaml_has_cpu_and_gpu_workers_token_auth_and_the_setup_order():
     # Every node runs scripts/setup.sh, which installs torch first, then the pins, then the rest.
     assert any("bash scripts/setup.sh" in command for command in launcher["setup_commands"])
     setup = (ROOT / "scripts" / "setup.sh").read_text()
-    order = [setup.index(step) for step in ("install torch==2.13.0", "-r requirements.txt", "-r requirements-nodeps.txt", "install --no-deps -e .")]
+    order = [
+        setup.index(step)
+        for step in (
+            "install torch==2.13.0",
+            "-r requirements.txt",
+            "-r requirements-nodeps.txt",
+            "install --no-deps -e .",
+        )
+    ]
     assert order == sorted(order)
     head, workers = launcher["head_start_ray_commands"][-1], launcher["worker_start_ray_commands"][-1]
     assert "RAY_AUTH_MODE=token" in head and "RAY_AUTH_MODE=token" in workers
@@ -203,12 +229,25 @@ class LocalCluster:
         return [n for n in nodes if n["state"] == "ALIVE"]
 
     def ray(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([str(VENV_BIN / "ray"), *args], env=self.env, cwd=ROOT, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [str(VENV_BIN / "ray"), *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
 
-NODE_PORTS = ("--node-manager-port", "--object-manager-port", "--metrics-export-port", "--runtime-env-agent-port",
-              "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port")
+NODE_PORTS = (
+    "--node-manager-port",
+    "--object-manager-port",
+    "--metrics-export-port",
+    "--runtime-env-agent-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+)
 
 
 def node_ports(ports: list[int]) -> list[str]:
@@ -218,15 +257,23 @@ def node_ports(ports: list[int]) -> list[str]:
 
 def _start_node(args: list[str], env: dict[str, str], log: Path) -> None:
     with open(log, "wb") as out:
-        subprocess.Popen([str(VENV_BIN / "ray"), "start", "--block", *args], env=env, stdin=subprocess.DEVNULL,
-                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        subprocess.Popen(
+            [str(VENV_BIN / "ray"), "start", "--block", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _wait(condition, what: str, logs: list[Path], timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} after {timeout} s:\n" + "\n".join(p.read_text(errors="replace")[-2000:] for p in logs))
+            raise AssertionError(
+                f"no {what} after {timeout} s:\n" + "\n".join(p.read_text(errors="replace")[-2000:] for p in logs)
+            )
         time.sleep(0.5)
 
 
@@ -238,18 +285,43 @@ def two_nodes(tmp_path_factory) -> Iterator[LocalCluster]:
     token = secrets.token_hex(32)
     (temp / "token").write_text(token)
     head_tag, worker_tag = uuid.uuid4().hex, uuid.uuid4().hex
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(temp / "token"), "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    auth = {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(temp / "token"),
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+    }
     env = {**tagged_env(head_tag), **auth}
     gcs, dashboard, client, *ports = free_ports(3 + 2 * len(NODE_PORTS))
     common = ["--num-cpus", "1", "--object-store-memory", str(300 * 2**20), "--disable-usage-stats"]
     cluster = LocalCluster(f"http://127.0.0.1:{dashboard}", env, token, worker_tag)
     try:
-        _start_node(["--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--temp-dir", str(temp),
-                     "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-                     "--ray-client-server-port", str(client), *node_ports(ports[:6]), *common], env, logs / "head.log")
+        _start_node(
+            [
+                "--head",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--port",
+                str(gcs),
+                "--temp-dir",
+                str(temp),
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(dashboard),
+                "--ray-client-server-port",
+                str(client),
+                *node_ports(ports[:6]),
+                *common,
+            ],
+            env,
+            logs / "head.log",
+        )
         _wait(lambda: len(cluster.alive_nodes()) == 1, "head node", [logs / "head.log"])
-        _start_node(["--address", f"127.0.0.1:{gcs}", "--node-ip-address", "127.0.0.1", *node_ports(ports[6:]), *common],
-                    {**tagged_env(worker_tag), **auth}, logs / "worker.log")
+        _start_node(
+            ["--address", f"127.0.0.1:{gcs}", "--node-ip-address", "127.0.0.1", *node_ports(ports[6:]), *common],
+            {**tagged_env(worker_tag), **auth},
+            logs / "worker.log",
+        )
         _wait(lambda: len(cluster.alive_nodes()) == 2, "second node", [logs / "head.log", logs / "worker.log"])
         yield cluster
     finally:
@@ -268,10 +340,24 @@ def test_a_job_submitted_to_a_two_node_cluster_curates_the_demo_media(two_nodes,
     out = tmp_path / "out"
     job = f"curate-{uuid.uuid4().hex[:8]}"
     submitted = two_nodes.ray(
-        "job", "submit", "--address", two_nodes.dashboard, "--submission-id", job,
-        "--runtime-env", str(CLUSTER / "runtime_env.yaml"), "--",
-        "python", "-m", "pipeline", "run", str(media.DEMO), "--out", str(out),
-        *(a for s in DEMO_SETTINGS for a in ("--set", s)), "--no-progress",
+        "job",
+        "submit",
+        "--address",
+        two_nodes.dashboard,
+        "--submission-id",
+        job,
+        "--runtime-env",
+        str(CLUSTER / "runtime_env.yaml"),
+        "--",
+        "python",
+        "-m",
+        "pipeline",
+        "run",
+        str(media.DEMO),
+        "--out",
+        str(out),
+        *(a for s in DEMO_SETTINGS for a in ("--set", s)),
+        "--no-progress",
         timeout=600,
     )
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
@@ -306,9 +392,24 @@ def test_a_job_survives_its_worker_node_dying(two_nodes, demo_shards, tmp_path):
     out = tmp_path / "out"
     job = f"curate-{uuid.uuid4().hex[:8]}"
     submitted = two_nodes.ray(
-        "job", "submit", "--address", two_nodes.dashboard, "--submission-id", job, "--no-wait",
-        "--runtime-env", str(CLUSTER / "runtime_env.yaml"), "--",
-        "python", "-m", "pipeline", "run", str(media.DEMO), "--out", str(out), *(a for s in DEMO_SETTINGS for a in ("--set", s)),
+        "job",
+        "submit",
+        "--address",
+        two_nodes.dashboard,
+        "--submission-id",
+        job,
+        "--no-wait",
+        "--runtime-env",
+        str(CLUSTER / "runtime_env.yaml"),
+        "--",
+        "python",
+        "-m",
+        "pipeline",
+        "run",
+        str(media.DEMO),
+        "--out",
+        str(out),
+        *(a for s in DEMO_SETTINGS for a in ("--set", s)),
         "--no-progress",
     )
     assert submitted.returncode == 0, submitted.stderr[-3000:]
@@ -322,7 +423,10 @@ def test_a_job_survives_its_worker_node_dying(two_nodes, demo_shards, tmp_path):
     since: dict[int, float] = {}
 
     def busy_or_ended() -> bool:
-        return busy_worker(tagged_processes(two_nodes.worker_tag), "MapBatches(", since, busy_s=0.5) is not None or status() in ENDED
+        return (
+            busy_worker(tagged_processes(two_nodes.worker_tag), "MapBatches(", since, busy_s=0.5) is not None
+            or status() in ENDED
+        )
 
     _wait(busy_or_ended, "busy worker on the second node", [], timeout=300)
     assert status() not in ENDED, f"the job ended before a task of it ran on the second node:\n{logs()}"

@@ -42,26 +42,33 @@ def test_committed_default_toml_matches_the_cli_output(capsys):
     assert main(["config"]) == 0
     printed = capsys.readouterr().out
     committed = DEFAULT_TOML.read_text()
-    assert committed == printed, "configs/default.toml is stale: regenerate it with `talkcurate config > configs/default.toml`"
+    assert committed == printed, (
+        "configs/default.toml is stale: regenerate it with `talkcurate config > configs/default.toml`"
+    )
     assert committed.rstrip("\n") == render_defaults().rstrip("\n")
     assert RunConfig.load(str(DEFAULT_TOML)) == RunConfig()
 
 
 def test_set_overrides_parse_toml_values():
-    config = RunConfig.load(overrides=[
-        "scene_cut.max_clip_s=8",  # an int where a float is expected is taken as a float
-        "scene_cut.detector=content",  # a bare word is a string
-        'normalize.preset="ultrafast"',
-        "normalize.strict_decoding=false",
-        "scene_cut.threshold=27.5",
-        "execution.num_cpus = 4",
-    ])
+    config = RunConfig.load(
+        overrides=[
+            "scene_cut.max_clip_s=8",  # an int where a float is expected is taken as a float
+            "scene_cut.detector=content",  # a bare word is a string
+            'normalize.preset="ultrafast"',
+            "normalize.strict_decoding=false",
+            "scene_cut.threshold=27.5",
+            "execution.num_cpus = 4",
+        ]
+    )
     scene_cut, normalize = config.stages["scene_cut"], config.stages["normalize"]
     assert scene_cut.max_clip_s == 8.0 and isinstance(scene_cut.max_clip_s, float)
     assert (scene_cut.detector, scene_cut.threshold) == ("content", 27.5)
     assert (normalize.preset, normalize.strict_decoding) == ("ultrafast", False)
     assert config.execution.num_cpus == 4
-    assert RunConfig.load(overrides=["scene_cut.threshold=27.5", "scene_cut.threshold=null"]).stages["scene_cut"].threshold is None
+    assert (
+        RunConfig.load(overrides=["scene_cut.threshold=27.5", "scene_cut.threshold=null"]).stages["scene_cut"].threshold
+        is None
+    )
 
 
 def test_set_overrides_win_over_the_file(tmp_path):

@@ -17,13 +17,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import media
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-import media
 from pipeline.cli import main
 from pipeline.split import TRAIN, VAL, assign
 from train.data import list_samples
@@ -37,8 +37,13 @@ LATER = media.GRID[2]  # the input an extended run adds
 
 def curate(inputs: list[Path], out: Path) -> subprocess.CompletedProcess:
     settings = [arg for setting in SETTINGS for arg in ("--set", setting)]
-    return subprocess.run([TALKCURATE, "run", *map(str, inputs), "--out", str(out), *settings],
-                          check=True, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [TALKCURATE, "run", *map(str, inputs), "--out", str(out), *settings],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def manifest(out: Path) -> dict[str, dict]:
@@ -135,7 +140,9 @@ def test_split_by_source_keeps_sources_and_duplicates_on_one_side(run, deduped, 
         if row["duplicate_of"]:
             assert row["split"] == rows[row["duplicate_of"]]["split"]  # a re-upload never leaks across
     assert all(row["split"] is None for row in rows.values() if row["status"] == "rejected")
-    assert f"{len(sides) - len(run.copies)} clusters, {len(kept(rows))} kept clips" in printed  # the copies joined their original
+    assert (
+        f"{len(sides) - len(run.copies)} clusters, {len(kept(rows))} kept clips" in printed
+    )  # the copies joined their original
     # the same manifest gives the same split
     assert command(capsys, "split", str(out), "--val", "0.5")[0] == 0
     assert {k: r["split"] for k, r in manifest(out).items()} == {k: r["split"] for k, r in rows.items()}
@@ -146,7 +153,9 @@ def test_training_reads_the_train_side_without_duplicates(deduped, tmp_path, cap
     shutil.copytree(deduped[0], out)
     assert command(capsys, "split", str(out))[0] == 0  # the default --val 0.05
     listing = tmp_path / "train.json"
-    code, _, err = command(capsys, "subset", str(out), "--where", "split = 'train' and duplicate_of is null", "--list", str(listing))
+    code, _, err = command(
+        capsys, "subset", str(out), "--where", "split = 'train' and duplicate_of is null", "--list", str(listing)
+    )
     assert code == 0, err
     rows = kept(manifest(out))
     expected = {key for key, row in rows.items() if row["split"] == TRAIN and row["duplicate_of"] is None}
@@ -166,8 +175,17 @@ def people_manifest(run_out: Path, sources: int, people: int, seed: int = 0) -> 
     for s in range(sources):
         for i, row in enumerate(template):
             embedding = directions[s % people] / np.sqrt(512) + rng.standard_normal(512) * 0.5 / np.sqrt(512)
-            rows.append({**row, "key": f"{s:04x}{i:012x}_00000000", "source": f"source {s}", "source_id": f"{s:016x}",
-                         "identity_embedding": None if s == sources - 1 else (embedding / np.linalg.norm(embedding)).tolist()})
+            rows.append(
+                {
+                    **row,
+                    "key": f"{s:04x}{i:012x}_00000000",
+                    "source": f"source {s}",
+                    "source_id": f"{s:016x}",
+                    "identity_embedding": None
+                    if s == sources - 1
+                    else (embedding / np.linalg.norm(embedding)).tolist(),
+                }
+            )
     return pa.Table.from_pylist(rows, schema=table.schema)
 
 
@@ -184,12 +202,18 @@ def test_split_by_identity_keeps_each_person_on_one_side(run, tmp_path, capsys):
     assert all(len(side) == 1 for side in person_sides(rows, split).values())
     assert {side for (side,) in person_sides(rows, split).values()} == {TRAIN, VAL}
     # no clip in train is the same person (cosine >= 0.5) as a clip in val
-    embeddings = {side: np.array([r["identity_embedding"] for r in rows.values() if r["split"] == side and r["identity_embedding"]])
-                  for side in (TRAIN, VAL)}
+    embeddings = {
+        side: np.array(
+            [r["identity_embedding"] for r in rows.values() if r["split"] == side and r["identity_embedding"]]
+        )
+        for side in (TRAIN, VAL)
+    }
     assert (embeddings[TRAIN] @ embeddings[VAL].T).max() < 0.5
     # by source alone, the same rows would put some person on both sides: the identity rule is what keeps them together
     embedding = table.schema.get_field_index("identity_embedding")
-    without = table.set_column(embedding, table.schema.field(embedding), pa.nulls(len(table), table.schema.field(embedding).type))
+    without = table.set_column(
+        embedding, table.schema.field(embedding), pa.nulls(len(table), table.schema.field(embedding).type)
+    )
     by_source, _ = assign(without, 0.3, 0.5)
     assert any(len(side) > 1 for side in person_sides(rows, by_source).values())
 
@@ -217,7 +241,9 @@ def test_split_warns_when_a_side_is_empty(run, tmp_path, capsys):
     pq.write_table(table.filter(pc.equal(table["source"], str(media.GRID[1]))), out / "manifest.parquet")  # one cluster
     code, printed, _ = command(capsys, "split", str(out), "--val", "0.5")
     assert code == 0 and "1 clusters, 1 kept clips" in printed
-    assert "warning: one side is empty: with 1 clusters and --val 0.5, about 0.5 clusters are expected in val" in printed
+    assert (
+        "warning: one side is empty: with 1 clusters and --val 0.5, about 0.5 clusters are expected in val" in printed
+    )
 
 
 def test_annotations_survive_an_extended_run(deduped, tmp_path, capsys, run):
@@ -251,8 +277,11 @@ def test_bad_input_is_a_clear_error(run, tmp_path, capsys):
     code, _, err = command(capsys, "dedup", str(old))
     assert code == 2 and f"{old}/manifest.parquet" in err and "video_phash" in err
     kept_row = pc.equal(table["status"], "kept")
-    nulled = table.set_column(table.schema.get_field_index("audio_fingerprint"), table.schema.field("audio_fingerprint"),
-                              pc.if_else(kept_row, pa.scalar(None, pa.binary()), table["audio_fingerprint"]))
+    nulled = table.set_column(
+        table.schema.get_field_index("audio_fingerprint"),
+        table.schema.field("audio_fingerprint"),
+        pc.if_else(kept_row, pa.scalar(None, pa.binary()), table["audio_fingerprint"]),
+    )
     pq.write_table(nulled, old / "manifest.parquet")
     code, _, err = command(capsys, "dedup", str(old))
     assert code == 2 and "kept clips have no fingerprints" in err

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import av
 import cv2
+import media
 import numpy as np
 import pytest
 
-import media
 from schemas.face import CHIN, FOREHEAD_TOP, LIPS_INNER, LIPS_OUTER, NUM_LANDMARKS, decode_face_npz, face_and_lip_masks
 from schemas.manifest import MEMBER_FACE, MEMBER_META, MEMBER_VIDEO, manifest_row
 from schemas.records import CandidateClip, ChunkDone, Status
@@ -39,11 +39,18 @@ SPEAKER_NAMES = [path.stem for path in SPEAKERS]
 BACKEND = "mediapipe+retinaface"
 
 
-def face_rows(run_chain, path: Path, normalize: NormalizeStage | None = None, scene_cut: SceneCutStage | None = None,
-              **face_options) -> list[CandidateClip]:
+def face_rows(
+    run_chain,
+    path: Path,
+    normalize: NormalizeStage | None = None,
+    scene_cut: SceneCutStage | None = None,
+    **face_options,
+) -> list[CandidateClip]:
     """Every clip row of `path` after probe, chunk, normalize, scene cut and face."""
     normalize = normalize or NormalizeStage(preset="ultrafast")
-    out = run_chain(path, [ProbeStage(), ChunkStage()], [normalize, scene_cut or SceneCutStage(), FaceStage(**face_options)])
+    out = run_chain(
+        path, [ProbeStage(), ChunkStage()], [normalize, scene_cut or SceneCutStage(), FaceStage(**face_options)]
+    )
     assert sum(isinstance(o, ChunkDone) for o in out) == 1
     return [o for o in out if isinstance(o, CandidateClip)]
 
@@ -55,7 +62,9 @@ def only_clip(rows: list[CandidateClip]) -> CandidateClip:
 
 def rejected_face_height(clip: CandidateClip) -> float:
     """The median face height a `face_too_small` row names (the stage records no size_px for it)."""
-    assert (clip.status, clip.reason, clip.rejected_by) == (Status.REJECTED, "face_too_small", "face"), clip.reason_detail
+    assert (clip.status, clip.reason, clip.rejected_by) == (Status.REJECTED, "face_too_small", "face"), (
+        clip.reason_detail
+    )
     return float(re.match(r"median face height (\d+) px", clip.reason_detail).group(1))
 
 
@@ -67,7 +76,9 @@ def pixels(landmarks: np.ndarray, indices, height: int, width: int) -> tuple[np.
     return rows, columns
 
 
-def assert_masks_hold_the_lips(landmarks: np.ndarray, height: int, width: int, indices=LIPS_OUTER, batch: int = 25) -> None:
+def assert_masks_hold_the_lips(
+    landmarks: np.ndarray, height: int, width: int, indices=LIPS_OUTER, batch: int = 25
+) -> None:
     """On every frame the lip mask covers each landmark in `indices` and lies inside the face mask.
     Rendered a batch of frames at a time: a 10 s 720x1280 clip's masks would take half a GiB."""
     for start in range(0, len(landmarks), batch):
@@ -102,7 +113,10 @@ def centroids(masks: np.ndarray) -> np.ndarray:
     t, ys, xs = np.nonzero(masks)
     counts = np.bincount(t, minlength=len(masks))
     height, width = masks.shape[1:]
-    return np.stack([np.bincount(t, xs + 0.5, len(masks)) / counts / width, np.bincount(t, ys + 0.5, len(masks)) / counts / height], axis=1)
+    return np.stack(
+        [np.bincount(t, xs + 0.5, len(masks)) / counts / width, np.bincount(t, ys + 0.5, len(masks)) / counts / height],
+        axis=1,
+    )
 
 
 # -- the speakers ---------------------------------------------------------------------------------
@@ -167,11 +181,13 @@ def test_measurements_are_finite_and_in_range(speakers, name):
     assert face.size_px == pytest.approx(float(np.nanmedian(heights)), rel=1e-4)
     assert face.size_px >= FaceStage().min_face_px
     # The detector's box and the face mesh agree on the face's size: forehead-to-chin within 20%.
-    points = face.track.landmarks[:, :, :2].astype(np.float32) * np.array([clip.video.width, clip.video.height], np.float32)
+    points = face.track.landmarks[:, :, :2].astype(np.float32) * np.array(
+        [clip.video.width, clip.video.height], np.float32
+    )
     mesh_height = np.median(np.linalg.norm(points[:, FOREHEAD_TOP] - points[:, CHIN], axis=-1))
     assert mesh_height == pytest.approx(face.size_px, rel=0.2)
     crop = face.track.crop_box
-    assert (0 <= crop).all() and (crop <= 1).all() and crop[0] < crop[2] and crop[1] < crop[3]
+    assert (crop >= 0).all() and (crop <= 1).all() and crop[0] < crop[2] and crop[1] < crop[3]
     boxes = np.clip(face.track.boxes[~np.isnan(face.track.boxes[:, 0])], 0, 1)
     assert (boxes[:, :2] >= crop[:2] - 1e-6).all() and (boxes[:, 2:] <= crop[2:] + 1e-6).all()
 
@@ -179,8 +195,16 @@ def test_measurements_are_finite_and_in_range(speakers, name):
     assert row["num_faces"] == 1 and row["face_backend"] == BACKEND and clip.backends["face"] == BACKEND
     assert row["identity_backend"] == "none" and clip.backends["identity"] == "none"
     assert row["identity_embedding"] is None and row["identity_consistency"] is None
-    measured = {"face_coverage": face.coverage, "face_size_px": face.size_px, "head_yaw": face.yaw, "head_pitch": face.pitch,
-                "head_roll": face.roll, "face_jitter": face.jitter, "face_sharpness": face.sharpness, "face_brightness": face.brightness}
+    measured = {
+        "face_coverage": face.coverage,
+        "face_size_px": face.size_px,
+        "head_yaw": face.yaw,
+        "head_pitch": face.pitch,
+        "head_roll": face.roll,
+        "face_jitter": face.jitter,
+        "face_sharpness": face.sharpness,
+        "face_brightness": face.brightness,
+    }
     assert {k: row[k] for k in measured} == pytest.approx(measured)
 
 
@@ -211,17 +235,31 @@ def test_mouth_opening_follows_speech(speakers, frozen_clip, name):
 def test_detecting_every_other_frame_tracks_like_detecting_every_frame(run_chain, speakers, name):
     """The default detects faces on every other frame and lets the mesh follow the face between;
     against detection on every frame, the stored landmarks and mouth opening barely move."""
-    every_frame = only_clip(face_rows(run_chain, next(p for p in SPEAKERS if p.stem == name), detect_every=1, retinaface_every=5))
+    every_frame = only_clip(
+        face_rows(run_chain, next(p for p in SPEAKERS if p.stem == name), detect_every=1, retinaface_every=5)
+    )
     strided = speakers[name]
     assert FaceStage().detect_every == 2 and every_frame.num_frames == strided.num_frames
-    face_height = np.median(np.linalg.norm(every_frame.face.track.landmarks[:, CHIN, :2].astype(np.float32)
-                                           - every_frame.face.track.landmarks[:, FOREHEAD_TOP, :2].astype(np.float32), axis=1))
-    shift = np.linalg.norm(strided.face.track.landmarks[..., :2].astype(np.float32) - every_frame.face.track.landmarks[..., :2].astype(np.float32), axis=-1)
-    # Measured: median 0.05% (GRID) and 0.4% (the portrait), 99th percentile 0.5% and 1.6% of the face's height; correlation 0.996-0.997.
+    face_height = np.median(
+        np.linalg.norm(
+            every_frame.face.track.landmarks[:, CHIN, :2].astype(np.float32)
+            - every_frame.face.track.landmarks[:, FOREHEAD_TOP, :2].astype(np.float32),
+            axis=1,
+        )
+    )
+    shift = np.linalg.norm(
+        strided.face.track.landmarks[..., :2].astype(np.float32)
+        - every_frame.face.track.landmarks[..., :2].astype(np.float32),
+        axis=-1,
+    )
+    # Measured: median 0.05% (GRID) and 0.4% (the portrait), 99th percentile 0.5% and 1.6% of the face's
+    # height; correlation 0.996-0.997.
     assert np.median(shift) < 0.01 * face_height and np.percentile(shift, 99) < 0.04 * face_height
     opening, reference = strided.face.track.mouth_opening, every_frame.face.track.mouth_opening
     assert np.corrcoef(opening, reference)[0, 1] > 0.98
-    assert abs(strided.face.yaw - every_frame.face.yaw) < 3 and strided.face.coverage == every_frame.face.coverage == 1.0
+    assert (
+        abs(strided.face.yaw - every_frame.face.yaw) < 3 and strided.face.coverage == every_frame.face.coverage == 1.0
+    )
 
 
 def test_detection_frames_are_every_nth_and_the_last():
@@ -371,15 +409,24 @@ def test_a_few_black_frames_inside_a_shot_are_bridged(run_chain, blacked_out_vid
 @pytest.fixture(scope="module")
 def two_speaker_rows(run_chain, two_speakers) -> dict[str, CandidateClip]:
     """The side-by-side pair with each `multiple_faces` policy (`keep` is the default)."""
-    return {policy: only_clip(face_rows(run_chain, two_speakers, multiple_faces=policy)) for policy in ("reject", "keep")}
+    return {
+        policy: only_clip(face_rows(run_chain, two_speakers, multiple_faces=policy)) for policy in ("reject", "keep")
+    }
 
 
 def test_two_speakers_are_rejected_when_configured(two_speaker_rows):
     clip = two_speaker_rows["reject"]
-    assert (clip.status, clip.reason, clip.rejected_by) == (Status.REJECTED, "multiple_faces", "face"), clip.reason_detail
+    assert (clip.status, clip.reason, clip.rejected_by) == (Status.REJECTED, "multiple_faces", "face"), (
+        clip.reason_detail
+    )
     assert clip.face.num_faces == 2 and clip.face.candidates == []
     row = manifest_row(clip, None)
-    assert (row["status"], row["reason"], row["num_faces"], row["face_backend"]) == ("rejected", "multiple_faces", 2, BACKEND)
+    assert (row["status"], row["reason"], row["num_faces"], row["face_backend"]) == (
+        "rejected",
+        "multiple_faces",
+        2,
+        BACKEND,
+    )
 
 
 def test_two_speakers_are_both_candidates_by_default(two_speaker_rows, speakers):

@@ -22,13 +22,13 @@ import json
 from pathlib import Path
 
 import cv2
+import media
+import models
 import numpy as np
 import onnxruntime
 import pytest
 from insightface.utils.face_align import arcface_dst
 
-import media
-import models
 from schemas.manifest import encode_metadata, manifest_row, rows_to_table, sample_metadata
 from schemas.records import CandidateClip, Status
 from stages.chunk import ChunkStage
@@ -67,8 +67,11 @@ def speaker_clips(run_chain, arcface_model) -> dict[str, list[CandidateClip]]:
     clips = {}
     for name, path in SPEAKERS.items():
         face = FaceStage(identity_model_path=str(arcface_model), min_identity_consistency=MIN_CONSISTENCY)
-        out = run_chain(path, [ProbeStage(), ChunkStage()],
-                        [NormalizeStage(preset="ultrafast"), SceneCutStage(min_clip_s=1.0, max_clip_s=1.5), face])
+        out = run_chain(
+            path,
+            [ProbeStage(), ChunkStage()],
+            [NormalizeStage(preset="ultrafast"), SceneCutStage(min_clip_s=1.0, max_clip_s=1.5), face],
+        )
         clips[name] = clips_of(out)
         assert len(clips[name]) == 2, [(c.start_frame, c.end_frame, c.reason) for c in clips[name]]
     return clips
@@ -141,12 +144,17 @@ def test_embed_aligns_faces_by_their_keypoints(arcface_model):
     backend = ArcFaceOnnx(str(arcface_model))
     face = _smooth_face(7)
     angle, scale = np.radians(12.0), 1.8
-    placement = np.array([[scale * np.cos(angle), -scale * np.sin(angle), 150.0],
-                          [scale * np.sin(angle), scale * np.cos(angle), 60.0]])
+    placement = np.array(
+        [[scale * np.cos(angle), -scale * np.sin(angle), 150.0], [scale * np.sin(angle), scale * np.cos(angle), 60.0]]
+    )
     frame = cv2.warpAffine(face, placement, (480, 360), flags=cv2.INTER_CUBIC)
     keypoints = np.hstack([arcface_dst, np.ones((5, 1))]) @ placement.T
     aligned, placed, transposed = backend.embed(
-        [(face, arcface_dst.copy()), (frame, keypoints.astype(np.float32)), (frame, keypoints[:, ::-1].astype(np.float32))]
+        [
+            (face, arcface_dst.copy()),
+            (frame, keypoints.astype(np.float32)),
+            (frame, keypoints[:, ::-1].astype(np.float32)),
+        ]
     )
     assert cosine(aligned, placed) > 0.99
     assert cosine(aligned, transposed) < 0.9
@@ -192,12 +200,16 @@ def test_manifest_row_and_metadata_carry_the_identity(speaker_clips):
 
 
 def test_same_speaker_clips_are_closer_than_different_speakers(speaker_clips):
-    same = {name: cosine(a.face.identity_embedding, b.face.identity_embedding) for name, (a, b) in speaker_clips.items()}
+    same = {
+        name: cosine(a.face.identity_embedding, b.face.identity_embedding) for name, (a, b) in speaker_clips.items()
+    }
     names = list(speaker_clips)
     other = {
         (x, y): cosine(a.face.identity_embedding, b.face.identity_embedding)
-        for i, x in enumerate(names) for y in names[i + 1:]
-        for a in speaker_clips[x] for b in speaker_clips[y]
+        for i, x in enumerate(names)
+        for y in names[i + 1 :]
+        for a in speaker_clips[x]
+        for b in speaker_clips[y]
     }
     closest_other = max(other.values())
     assert min(same.values()) > closest_other + SAME_VS_OTHER_MARGIN, (same, other)
@@ -214,9 +226,13 @@ def test_identity_change_under_a_dissolve_is_rejected(run_chain, arcface_model, 
     runs through it: only the identity rule catches it. Each speaker's own clips pass the same rule."""
     path, num_frames = dissolve_video
     face = FaceStage(identity_model_path=str(arcface_model), min_identity_consistency=MIN_CONSISTENCY)
-    clip = _only_clip(run_chain(path, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), SceneCutStage(), face]),
-                      num_frames)
-    assert (clip.status, clip.reason, clip.rejected_by) == (Status.REJECTED, "identity_changed", "face"), clip.reason_detail
+    clip = _only_clip(
+        run_chain(path, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), SceneCutStage(), face]),
+        num_frames,
+    )
+    assert (clip.status, clip.reason, clip.rejected_by) == (Status.REJECTED, "identity_changed", "face"), (
+        clip.reason_detail
+    )
     assert clip.face.num_faces == 1  # one face track through the dissolve, not two faces
     assert clip.face.identity_consistency < MIN_CONSISTENCY - 0.1
     assert f"{clip.face.identity_consistency:.2f}" in clip.reason_detail
@@ -230,7 +246,9 @@ def test_identity_change_under_a_dissolve_is_rejected(run_chain, arcface_model, 
 def test_identity_change_at_an_undetected_hard_cut_is_rejected(run_chain, arcface_model, hard_cut_video):
     face = FaceStage(identity_model_path=str(arcface_model), min_identity_consistency=MIN_CONSISTENCY)
     no_cuts = SceneCutStage(threshold=1e9)
-    clip = _only_clip(run_chain(hard_cut_video, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), no_cuts, face]), 76)
+    clip = _only_clip(
+        run_chain(hard_cut_video, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), no_cuts, face]), 76
+    )
     assert (clip.status, clip.reason) == (Status.REJECTED, "identity_changed"), clip.reason_detail
     assert clip.face.identity_consistency < MIN_CONSISTENCY - 0.1
 
@@ -239,8 +257,10 @@ def test_without_a_model_no_identity_is_recorded_and_none_rejects(run_chain, dis
     """The default backend embeds nothing, so even the strictest minimum never rejects a clip."""
     path, num_frames = dissolve_video
     face = FaceStage(min_identity_consistency=1.0)
-    clip = _only_clip(run_chain(path, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), SceneCutStage(), face]),
-                      num_frames)
+    clip = _only_clip(
+        run_chain(path, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), SceneCutStage(), face]),
+        num_frames,
+    )
     assert clip.status is Status.PENDING, (clip.reason, clip.reason_detail)
     assert clip.face.identity_backend == "none" and clip.backends["identity"] == "none"
     assert clip.face.identity_embedding is None and clip.face.identity_consistency is None

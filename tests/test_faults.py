@@ -7,9 +7,8 @@ from __future__ import annotations
 import os
 import signal
 
-import pytest
-
 import media
+import pytest
 from runs import Talkcurate, busy_worker, comparable, compared, manifest_of, output_files, reference_for, shard_samples
 
 pytestmark = pytest.mark.slow

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import cv2
+import media
 import numpy as np
 import pytest
 
-import media
 from pipeline.dedup import DedupThresholds
 from schemas.fingerprint import Fingerprint, audio_bit_error_rate, motion_correlations, phash_distances
 from schemas.manifest import manifest_row, rows_to_table
@@ -34,7 +34,12 @@ TRIM_FRAMES = 15  # the cut-elsewhere copy starts 0.6 s into the original
 
 
 def fingerprinted(run_chain, path: Path, max_clip_s: float = 10.0) -> list[CandidateClip]:
-    stages = [NormalizeStage(preset="ultrafast"), SceneCutStage(min_clip_s=1.0, max_clip_s=max_clip_s), FaceStage(), FingerprintStage()]
+    stages = [
+        NormalizeStage(preset="ultrafast"),
+        SceneCutStage(min_clip_s=1.0, max_clip_s=max_clip_s),
+        FaceStage(),
+        FingerprintStage(),
+    ]
     clips = [o for o in run_chain(path, [ProbeStage(), ChunkStage()], stages) if isinstance(o, CandidateClip)]
     assert all(c.status is Status.PENDING for c in clips), [c.reason_detail for c in clips]
     return clips
@@ -136,9 +141,16 @@ def test_identical_input_gives_identical_bits():
 
 
 def test_the_stage_costs_a_few_milliseconds(run_chain):
-    (clip,) = [o for o in run_chain(media.GRID[2], [ProbeStage(), ChunkStage()],
-                                    [NormalizeStage(preset="ultrafast"), SceneCutStage(), FaceStage()], keep_frames=True)
-               if isinstance(o, CandidateClip)]
+    (clip,) = [
+        o
+        for o in run_chain(
+            media.GRID[2],
+            [ProbeStage(), ChunkStage()],
+            [NormalizeStage(preset="ultrafast"), SceneCutStage(), FaceStage()],
+            keep_frames=True,
+        )
+        if isinstance(o, CandidateClip)
+    ]
     stage = FingerprintStage()
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)  # as in a Ray worker, which runs one thread per CPU it was given
@@ -153,7 +165,12 @@ def test_the_stage_costs_a_few_milliseconds(run_chain):
 
 
 def test_the_stage_needs_analysis_frames(run_chain):
-    (clip,) = [o for o in run_chain(media.GRID[2], [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), SceneCutStage()])
-               if isinstance(o, CandidateClip)]
+    (clip,) = [
+        o
+        for o in run_chain(
+            media.GRID[2], [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), SceneCutStage()]
+        )
+        if isinstance(o, CandidateClip)
+    ]
     with pytest.raises(ValueError, match="analysis frames"):
         FingerprintStage().process(clip)

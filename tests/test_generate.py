@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import av
+import media
 import numpy as np
 import pytest
 from scipy.ndimage import binary_dilation
 
-import media
 from train.editing import ReferenceVideo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,9 +25,25 @@ BIN = Path(sys.executable).parent
 def checkpoint(demo_shards, tmp_path_factory) -> Path:
     """Three steps of the tiny preset on the demo shards, one rank."""
     out = tmp_path_factory.mktemp("tiny_run") / "run"
-    subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "1", "-m", "train", f"data.shards={demo_shards}", f"out={out}",
-                    "data.num_workers=0", "data.num_frames=8", "curriculum=[{steps=3}]"],
-                   cwd=ROOT, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    subprocess.run(
+        [
+            str(BIN / "torchrun"),
+            "--nproc_per_node",
+            "1",
+            "-m",
+            "train",
+            f"data.shards={demo_shards}",
+            f"out={out}",
+            "data.num_workers=0",
+            "data.num_frames=8",
+            "curriculum=[{steps=3}]",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
     return out
 
 
@@ -35,8 +51,13 @@ def checkpoint(demo_shards, tmp_path_factory) -> Path:
 def inputs(tmp_path_factory) -> dict[str, Path]:
     """A portrait frame from GRID, and speech of 3 s (GRID), 10 s and 40 s (JFK, repeated)."""
     folder = tmp_path_factory.mktemp("sample_inputs")
-    paths = {"image": folder / "face.png", "3": folder / "grid.wav", "10": folder / "jfk10.wav", "40": folder / "jfk40.wav",
-             "other": folder / "other.wav"}
+    paths = {
+        "image": folder / "face.png",
+        "3": folder / "grid.wav",
+        "10": folder / "jfk10.wav",
+        "40": folder / "jfk40.wav",
+        "other": folder / "other.wav",
+    }
     media.ffmpeg("-i", media.GRID[0], "-ss", "1", "-frames:v", "1", paths["image"])
     media.ffmpeg("-i", media.GRID[0], "-vn", "-ac", "1", "-ar", "16000", paths["3"])
     media.ffmpeg("-i", media.GRID[1], "-vn", "-ac", "1", "-ar", "16000", paths["other"])
@@ -58,9 +79,31 @@ sys.exit(code)
 def sample(checkpoint: Path, image: Path | None, speech: Path, out: Path, *more: str) -> int:
     """`talkcurate sample` in a fresh process; returns that process's peak RSS in MB."""
     identity = ["--image", str(image)] if image else []
-    done = subprocess.run([sys.executable, "-c", _MEASURED, "sample", "--checkpoint", str(checkpoint), *identity, "--audio", str(speech),
-                           "--out", str(out), "--steps", "2", "--no-progress", "--text", "a person speaking", *more],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _MEASURED,
+            "sample",
+            "--checkpoint",
+            str(checkpoint),
+            *identity,
+            "--audio",
+            str(speech),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--no-progress",
+            "--text",
+            "a person speaking",
+            *more,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return int(done.stdout.split("peak-rss-kb")[-1]) // 1024
 
@@ -126,5 +169,8 @@ def test_editing_regenerates_the_mouth_and_keeps_every_other_pixel(checkpoint, i
     assert outside.mean() > 0.5
     error = np.abs(edited - reference).mean(axis=-1)
     codec_error = np.abs(reencoded(reference, tmp_path / "reference.mp4") - reference.astype(np.float32)).mean(axis=-1)
-    assert error[outside].mean() <= 1.1 * codec_error[outside].mean() + 0.3, (error[outside].mean(), codec_error[outside].mean())
+    assert error[outside].mean() <= 1.1 * codec_error[outside].mean() + 0.3, (
+        error[outside].mean(),
+        codec_error[outside].mean(),
+    )
     assert error[masks.astype(bool)].mean() > 3 * codec_error[masks.astype(bool)].mean()

@@ -10,14 +10,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import media
 import numpy as np
 import pytest
 
-import media
 from schemas.records import CandidateClip, Status
 from stages.chunk import ChunkStage
 from stages.face import FaceStage
-from stages.lip_sync import DEFAULT_WEIGHTS, FORMAT, MOUTH_POINTS, VIDEO_FEATURES, LipSyncModel, audio_features, mouth_shape, shipped_model
+from stages.lip_sync import (
+    DEFAULT_WEIGHTS,
+    FORMAT,
+    MOUTH_POINTS,
+    VIDEO_FEATURES,
+    LipSyncModel,
+    audio_features,
+    mouth_shape,
+    shipped_model,
+)
 from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
 from stages.scene_cut import SceneCutStage
@@ -25,7 +34,9 @@ from stages.scene_cut import SceneCutStage
 
 @pytest.fixture(scope="module")
 def grid_clip(run_chain) -> CandidateClip:
-    out = run_chain(media.GRID[1], [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), SceneCutStage(), FaceStage()])
+    out = run_chain(
+        media.GRID[1], [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), SceneCutStage(), FaceStage()]
+    )
     (clip,) = [o for o in out if isinstance(o, CandidateClip)]
     assert clip.status is Status.PENDING, clip.reason_detail
     return clip
@@ -46,7 +57,9 @@ def test_audio_features_are_one_row_per_frame_and_move_with_the_audio(grid_clip)
 
 @pytest.fixture(scope="module")
 def portrait_clip(run_chain) -> CandidateClip:
-    out = run_chain(media.PORTRAIT, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), SceneCutStage(), FaceStage()])
+    out = run_chain(
+        media.PORTRAIT, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), SceneCutStage(), FaceStage()]
+    )
     (clip,) = [o for o in out if isinstance(o, CandidateClip)]
     assert clip.status is Status.PENDING, clip.reason_detail
     return clip
@@ -58,7 +71,9 @@ def test_the_offset_curve_follows_shifted_audio(portrait_clip):
     clip = portrait_clip
     mouth = model.embed_video(clip.face.track.landmarks, clip.video.width, clip.video.height)
     for shift in (0, 3, 6):  # the sound `shift` frames early: an offset of -shift
-        found = model.evidence(mouth, model.embed_audio(np.roll(clip.audio_context, -shift * 640)), clip.audio_context_frames, 10)
+        found = model.evidence(
+            mouth, model.embed_audio(np.roll(clip.audio_context, -shift * 640)), clip.audio_context_frames, 10
+        )
         assert abs(found.offset_frames + shift) <= 1, (shift, found.offset_frames)
         assert found.significance > 4 and found.margin > 0
 
@@ -109,9 +124,23 @@ def test_train_sync_fits_a_runs_shards_reproducibly(demo_shards, tmp_path):
     outputs = []
     for name in ("a", "b"):
         out = tmp_path / f"{name}.npz"
-        result = subprocess.run([str(Path(sys.executable).with_name("talkcurate")), "train-sync", str(demo_shards), "--out", str(out),
-                                 "--components", "4", "--version", "t1"],
-                                capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+        result = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("talkcurate")),
+                "train-sync",
+                str(demo_shards),
+                "--out",
+                str(out),
+                "--components",
+                "4",
+                "--version",
+                "t1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+        )
         assert result.returncode == 0, result.stderr
         outputs.append(out)
     summary = json.loads(Path(f"{outputs[0]}.json").read_text())

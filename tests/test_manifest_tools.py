@@ -86,9 +86,9 @@ PREDICATES = {
     "language not in ('de', 'fr')": field("language").is_valid() & ~field("language").isin(["de", "fr"]),
     "reason in ('no_audio', 'no_face')": field("reason").isin(["no_audio", "no_face"]),
     "key >= '6' and key < 'c'": (field("key") >= "6") & (field("key") < "c"),
-    "(width = 720 or width = 360) and not source like '%sbwe%'":
-        ((field("width") == 720) | (field("width") == 360)) & ~pc.match_like(field("source"), "%sbwe%"),
-    "\"num_faces\" = 1 AND NOT duration_s > 5.5e0": (field("num_faces") == 1) & ~(field("duration_s") > 5.5),
+    "(width = 720 or width = 360) and not source like '%sbwe%'": ((field("width") == 720) | (field("width") == 360))
+    & ~pc.match_like(field("source"), "%sbwe%"),
+    '"num_faces" = 1 AND NOT duration_s > 5.5e0': (field("num_faces") == 1) & ~(field("duration_s") > 5.5),
     "sync_offset_ms > -1000 and 0 < duration_s": (field("sync_offset_ms") > -1000) & (field("duration_s") > 0),
 }
 
@@ -111,10 +111,21 @@ def test_inspect_groups_by_columns(demo_shards, capsys):
     assert report["groups"]["by"] == ["status", "reason"]
     assert {k: g["rows"] for k, g in groups.items()} == Counter((r["status"], r["reason"]) for r in rows)
     assert groups[("kept", None)]["kept"] == 5 and groups[("kept", None)]["kept_s"] == pytest.approx(22.0)
-    assert groups[("rejected", "no_audio")] == {"status": "rejected", "reason": "no_audio", "rows": 1, "kept": 0, "rejected": 1, "kept_s": 0.0}
+    assert groups[("rejected", "no_audio")] == {
+        "status": "rejected",
+        "reason": "no_audio",
+        "rows": 1,
+        "kept": 0,
+        "rejected": 1,
+        "kept_s": 0.0,
+    }
 
-    by_shard = cli_json(capsys, "inspect", str(demo_shards), "--where", "width < 400", "--by", "shard")["groups"]["groups"]
-    assert by_shard == [{"shard": "shards/shard-000000.tar", "rows": 4, "kept": 4, "rejected": 0, "kept_s": pytest.approx(12.0)}]
+    by_shard = cli_json(capsys, "inspect", str(demo_shards), "--where", "width < 400", "--by", "shard")["groups"][
+        "groups"
+    ]
+    assert by_shard == [
+        {"shard": "shards/shard-000000.tar", "rows": 4, "kept": 4, "rejected": 0, "kept_s": pytest.approx(12.0)}
+    ]
     assert main(["inspect", str(demo_shards), "--by", "language"]) == 0
     text = capsys.readouterr().out
     assert any(line.split()[:4] == ["en", "5", "5", "0"] for line in text.splitlines())
@@ -122,7 +133,9 @@ def test_inspect_groups_by_columns(demo_shards, capsys):
 
 def test_inspect_histograms_match_numpy(demo_shards, capsys):
     table = manifest(demo_shards)
-    report = cli_json(capsys, "inspect", str(demo_shards), "--hist", "sync_confidence", "--hist", "duration_s", "--bins", "4")
+    report = cli_json(
+        capsys, "inspect", str(demo_shards), "--hist", "sync_confidence", "--hist", "duration_s", "--bins", "4"
+    )
     for hist in report["histograms"]:
         values = np.array(table[hist["column"]].drop_null().to_pylist(), float)
         counts, edges = np.histogram(values, bins=4)
@@ -132,7 +145,10 @@ def test_inspect_histograms_match_numpy(demo_shards, capsys):
         assert (hist["min"], hist["max"]) == pytest.approx((values.min(), values.max()))
     assert report["histograms"][0]["count"] == 5  # the rejected clip has no sync score
 
-    assert main(["inspect", str(demo_shards), "--where", "status = 'kept'", "--hist", "sync_confidence", "--bins", "3"]) == 0
+    assert (
+        main(["inspect", str(demo_shards), "--where", "status = 'kept'", "--hist", "sync_confidence", "--bins", "3"])
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("sync_confidence: 5 values, 0 missing"))
     bars = [line.count("#") for line in lines[start + 1 : start + 4]]
@@ -146,12 +162,16 @@ def test_queries_work_on_columns_other_tools_add(demo_shards, tmp_path, capsys):
     split = ["val" if i % 2 else "train" for i in range(table.num_rows)]
     duplicate_of = [keys[0] if i == 1 else None for i in range(table.num_rows)]
     extended = table.set_column(table.schema.get_field_index("split"), "split", pa.array(split))
-    extended = extended.set_column(extended.schema.get_field_index("duplicate_of"), "duplicate_of", pa.array(duplicate_of, pa.string()))
+    extended = extended.set_column(
+        extended.schema.get_field_index("duplicate_of"), "duplicate_of", pa.array(duplicate_of, pa.string())
+    )
     pq.write_table(extended, tmp_path / "manifest.parquet")
     shutil.copy(demo_shards / "index.json", tmp_path / "index.json")
 
     expected = [k for k, s, d in zip(keys, split, duplicate_of) if s == "val" and d is None]
-    report = cli_json(capsys, "inspect", str(tmp_path), "--where", "split = 'val' and duplicate_of is null", "--by", "split", "--rows")
+    report = cli_json(
+        capsys, "inspect", str(tmp_path), "--where", "split = 'val' and duplicate_of is null", "--by", "split", "--rows"
+    )
     assert [row["key"] for row in report["rows"]] == expected and len(expected) == 2
     assert set(report["rows"][0]) == {"key", "status", "reason", "shard", "duration_s", "split", "duplicate_of"}
     assert [(g["split"], g["rows"]) for g in report["groups"]["groups"]] == [("val", 2)]
@@ -161,7 +181,12 @@ def test_queries_work_on_columns_other_tools_add(demo_shards, tmp_path, capsys):
 # -- bad input ------------------------------------------------------------------------------------
 
 BAD_PREDICATES = {
-    "sync_confidnce > 0.5": ["no column 'sync_confidnce'", "did you mean 'sync_confidence'", "the columns are: key, source,", "language"],
+    "sync_confidnce > 0.5": [
+        "no column 'sync_confidnce'",
+        "did you mean 'sync_confidence'",
+        "the columns are: key, source,",
+        "language",
+    ],
     "sync_confidence >": ["expected a column or a value, found the end"],
     "(width < 400": ["expected ')'"],
     "width < 400 width": ["expected 'and', 'or' or the end, found 'width'"],
@@ -177,7 +202,10 @@ BAD_PREDICATES = {
 
 @pytest.mark.parametrize("where", BAD_PREDICATES)
 def test_bad_predicates_are_clear_errors(demo_shards, tmp_path, capsys, where):
-    for command in (["inspect", str(demo_shards)], ["subset", str(demo_shards), "--list", str(tmp_path / "never.json")]):
+    for command in (
+        ["inspect", str(demo_shards)],
+        ["subset", str(demo_shards), "--list", str(tmp_path / "never.json")],
+    ):
         err = cli_error(capsys, *command, "--where", where)
         for fragment in BAD_PREDICATES[where]:
             assert fragment in err
@@ -187,11 +215,25 @@ def test_bad_predicates_are_clear_errors(demo_shards, tmp_path, capsys, where):
 
 def test_python_in_a_predicate_is_never_run(demo_shards, tmp_path, monkeypatch, capsys):
     where = "__import__('os').system('touch pwned')"
-    done = subprocess.run([TALKCURATE, "inspect", str(demo_shards), "--where", where], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and done.stderr.startswith("talkcurate inspect: unexpected character '.'") and "Traceback" not in done.stderr
+    done = subprocess.run(
+        [TALKCURATE, "inspect", str(demo_shards), "--where", where],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        done.returncode == 2
+        and done.stderr.startswith("talkcurate inspect: unexpected character '.'")
+        and "Traceback" not in done.stderr
+    )
     monkeypatch.chdir(tmp_path)
-    refusals = {"open('pwned', 'w')": "no column 'open'", "status = 'kept' or exec('x')": "no column 'exec'",
-                "(lambda: 1)()": "unexpected character ':'", "1; import os": "unexpected character ';'"}
+    refusals = {
+        "open('pwned', 'w')": "no column 'open'",
+        "status = 'kept' or exec('x')": "no column 'exec'",
+        "(lambda: 1)()": "unexpected character ':'",
+        "1; import os": "unexpected character ';'",
+    }
     for where, message in refusals.items():
         assert message in cli_error(capsys, "inspect", str(demo_shards), "--where", where)
     assert list(tmp_path.iterdir()) == []
@@ -199,10 +241,14 @@ def test_python_in_a_predicate_is_never_run(demo_shards, tmp_path, monkeypatch, 
 
 def test_bad_grouping_and_histogram_columns_are_clear_errors(demo_shards, capsys):
     assert "--by: no column 'speaker'" in cli_error(capsys, "inspect", str(demo_shards), "--by", "speaker")
-    assert "--by: 'identity_embedding' is a list<element: float> column" in cli_error(capsys, "inspect", str(demo_shards), "--by", "identity_embedding")
+    assert "--by: 'identity_embedding' is a list<element: float> column" in cli_error(
+        capsys, "inspect", str(demo_shards), "--by", "identity_embedding"
+    )
     err = cli_error(capsys, "inspect", str(demo_shards), "--hist", "language")
     assert "--hist: 'language' is a string column; use one of:" in err and "sync_confidence" in err
-    assert "--bins must be at least 1" in cli_error(capsys, "inspect", str(demo_shards), "--hist", "duration_s", "--bins", "0")
+    assert "--bins must be at least 1" in cli_error(
+        capsys, "inspect", str(demo_shards), "--hist", "duration_s", "--bins", "0"
+    )
     assert "--columns: no column 'nope'" in cli_error(capsys, "inspect", str(demo_shards), "--columns", "key,nope")
     assert "has no manifest.parquet" in cli_error(capsys, "inspect", str(demo_shards / "shards"))
 
@@ -228,7 +274,10 @@ def test_subset_passes_verify_with_the_selected_rows_and_samples(demo_shards, co
     assert subset.drop_columns(["shard"]).equals(selected.drop_columns(["shard"]))  # every other column as it was
     assert subset.schema.metadata == source.schema.metadata
     index = json.loads((copied / "index.json").read_text())
-    assert index["__kind__"] == "wids-shard-index-v1" and index["talkcurate_subset"] == {"source": str(demo_shards), "where": SUBSET_WHERE}
+    assert index["__kind__"] == "wids-shard-index-v1" and index["talkcurate_subset"] == {
+        "source": str(demo_shards),
+        "where": SUBSET_WHERE,
+    }
     assert [e["nsamples"] for e in index["shardlist"]] == [2, 2] and index["shardlist"][0]["filesize"] >= 1e6
     assert {r["shard"] for r in subset.to_pylist() if r["status"] == "kept"} == {e["url"] for e in index["shardlist"]}
     assert [r["shard"] for r in subset.to_pylist() if r["status"] == "rejected"] == [None]
@@ -245,9 +294,13 @@ def test_training_reads_a_copied_subset(demo_shards, copied):
 
 
 def test_subset_refuses_an_existing_output_and_an_empty_selection(demo_shards, copied, capsys):
-    assert "already holds" in cli_error(capsys, "subset", str(demo_shards), "--where", "width < 400", "--out", str(copied))
+    assert "already holds" in cli_error(
+        capsys, "subset", str(demo_shards), "--where", "width < 400", "--out", str(copied)
+    )
     assert "is the source folder" in cli_error(capsys, "subset", str(demo_shards), "--out", str(demo_shards))
-    err = cli_error(capsys, "subset", str(demo_shards), "--where", "width > 5000", "--out", str(copied.parent / "empty"))
+    err = cli_error(
+        capsys, "subset", str(demo_shards), "--where", "width > 5000", "--out", str(copied.parent / "empty")
+    )
     assert "selects no kept clips" in err and not (copied.parent / "empty" / "manifest.parquet").exists()
 
 
@@ -267,7 +320,10 @@ def test_a_subset_of_a_subset(copied, tmp_path, capsys):
 def sample_list(demo_shards, tmp_path_factory) -> Path:
     """Two GRID clips and the portrait, named in place."""
     path = tmp_path_factory.mktemp("lists") / "some.json"
-    assert main(["subset", str(demo_shards), "--where", "source like '%grid_b%' or duration_s > 5", "--list", str(path)]) == 0
+    assert (
+        main(["subset", str(demo_shards), "--where", "source like '%grid_b%' or duration_s > 5", "--list", str(path)])
+        == 0
+    )
     return path
 
 
@@ -276,7 +332,9 @@ def test_a_sample_list_names_the_selected_kept_clips_and_passes_verify(demo_shar
     table = manifest(demo_shards)
     expected = table.filter(pc.match_like(field("source"), "%grid_b%") | (field("duration_s") > 5))
     assert listing["__kind__"] == "talkcurate-sample-list-v1" and listing["source"] == str(demo_shards)
-    assert sorted((s["key"], s["shard"]) for s in listing["samples"]) == sorted(zip(expected["key"].to_pylist(), expected["shard"].to_pylist()))
+    assert sorted((s["key"], s["shard"]) for s in listing["samples"]) == sorted(
+        zip(expected["key"].to_pylist(), expected["shard"].to_pylist())
+    )
     assert len(listing["samples"]) == 3
     assert verify_sample_list(str(sample_list)) == (1, [])
     assert main(["verify", str(sample_list)]) == 0 and "1 shards checked, 0 problems" in capsys.readouterr().out
@@ -308,7 +366,9 @@ def test_stale_and_foreign_lists_are_clear_errors(sample_list, tmp_path, capsys)
     with pytest.raises(ValueError, match="1 listed samples are not kept clips .* write the list again"):
         list_samples(str(stale))
     checked, problems = verify_sample_list(str(stale))
-    assert problems == [f"{stale}: 0000000000000000_00000000 is not a kept clip of {listing['source']} in shards/shard-000000.tar"]
+    assert problems == [
+        f"{stale}: 0000000000000000_00000000 is not a kept clip of {listing['source']} in shards/shard-000000.tar"
+    ]
     assert main(["verify", str(stale)]) == 1
     capsys.readouterr()
     foreign = tmp_path / "other.json"

@@ -11,10 +11,10 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import media
 import numpy as np
 import pytest
 
-import media
 from schemas.records import FPS, SAMPLE_RATE, ProbedSource, SourceVideo, Status
 from stages.chunk import ChunkStage
 from stages.normalize import SAMPLES_PER_FRAME, NormalizedChunk, NormalizeStage, output_size
@@ -178,7 +178,9 @@ def test_audio_follows_its_timestamps(delayed_audio_video):
     (delayed,) = normalized(delayed_audio_video.path)
     decode(reference), decode(delayed)
     info = probed(delayed_audio_video.path).probe
-    assert info.audio_start_s - info.video_start_s == pytest.approx(delayed_audio_video.delay_s, abs=1e-3)  # the premise
+    assert info.audio_start_s - info.video_start_s == pytest.approx(
+        delayed_audio_video.delay_s, abs=1e-3
+    )  # the premise
     lag = audio_lag(reference.audio(0, 75)[0], delayed.audio(0, 75)[0])
     assert abs(lag - delayed_audio_video.delay_s * SAMPLE_RATE) <= SAMPLE_RATE // 1000, lag  # within 1 ms
     # Nothing is invented before the stream starts, and that stretch does not count as covered.

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+import media
 import pytest
 from moto.server import ThreadedMotoServer
-
-import media
 from runs import Talkcurate, comparable, compared, manifest_of, shard_samples, talkcurate
+
 from stages.media_io import decode_audio
 from train.data import ShardReader, list_samples
 
@@ -59,10 +59,12 @@ class S3:
     def names(self, prefix: str) -> set[str]:
         """Objects under `prefix` (relative), less the empty "folder/" markers pyarrow makes."""
         listed = self.client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
-        return {o["Key"][len(prefix):] for o in listed if not o["Key"].endswith("/")}
+        return {o["Key"][len(prefix) :] for o in listed if not o["Key"].endswith("/")}
 
     def objects(self, prefix: str) -> dict[str, bytes]:
-        return {name: self.client.get_object(Bucket=BUCKET, Key=prefix + name)["Body"].read() for name in self.names(prefix)}
+        return {
+            name: self.client.get_object(Bucket=BUCKET, Key=prefix + name)["Body"].read() for name in self.names(prefix)
+        }
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +85,13 @@ def s3(tmp_path_factory) -> Iterator[S3]:
             "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30),
             "AWS_DEFAULT_REGION": "us-east-1",
         }
-        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
-                              aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        client = boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            region_name=env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
         client.create_bucket(Bucket=BUCKET)
         # Three GRID shots in one file (a source that is half done when the driver dies), one more
         # GRID clip, and a clip without audio (a rejected row).
@@ -134,7 +141,9 @@ def test_credentials_in_a_uri_are_refused_without_being_printed(s3, tmp_path):
 
 
 def test_a_missing_bucket_is_a_clear_error(s3, tmp_path):
-    rc, stdout, stderr = talkcurate("run", media.GRID[0], "--out", "s3://no-such-bucket/out/", logs=tmp_path / "bucket", env=s3.env)
+    rc, stdout, stderr = talkcurate(
+        "run", media.GRID[0], "--out", "s3://no-such-bucket/out/", logs=tmp_path / "bucket", env=s3.env
+    )
     assert rc == 2, stdout + stderr
     assert "s3://no-such-bucket/out/: cannot create the output folder" in stderr and "Traceback" not in stderr, stderr
 
@@ -161,12 +170,16 @@ def test_a_killed_run_resumes_on_the_bucket_to_the_uninterrupted_result(s3, tmp_
         output_of(proc)
     done_before = len(s3.names("resumed/.talkcurate/sources/"))
     assert "manifest.parquet" not in s3.names("resumed/")
-    assert len([n for n in s3.names("resumed/shards/") if n.endswith(".tar")]) < len(json.loads(clean["index.json"])["shardlist"])
+    assert len([n for n in s3.names("resumed/shards/") if n.endswith(".tar")]) < len(
+        json.loads(clean["index.json"])["shardlist"]
+    )
 
     # What a kill between a shard's upload and its journal record leaves, and a temporary object:
     # both must go.
     first = min(n for n in s3.names("resumed/shards/") if n.endswith(".tar"))
-    s3.client.copy_object(Bucket=BUCKET, Key="resumed/shards/shard-000999.tar", CopySource=f"{BUCKET}/resumed/shards/{first}")
+    s3.client.copy_object(
+        Bucket=BUCKET, Key="resumed/shards/shard-000999.tar", CopySource=f"{BUCKET}/resumed/shards/{first}"
+    )
     s3.client.put_object(Bucket=BUCKET, Key="resumed/shards/.shard-000998.tar.partial", Body=b"half a shard")
 
     with Talkcurate(args, tmp_path / "resumed", env=s3.env) as proc:
@@ -203,5 +216,7 @@ def test_a_killed_run_resumes_on_the_bucket_to_the_uninterrupted_result(s3, tmp_
     # Neither credential is in any object written (journal, config fingerprint, manifest, KEY.json,
     # report) nor in anything the driver printed.
     written = {f"clean/{k}": v for k, v in clean.items()} | {f"resumed/{k}": v for k, v in done.items()}
-    written |= {f"{key}.{suffix}": data for key, members in shard_samples(done).items() for suffix, data in members.items()}
+    written |= {
+        f"{key}.{suffix}": data for key, members in shard_samples(done).items() for suffix, data in members.items()
+    }
     assert_no_secret(s3, written | outputs)

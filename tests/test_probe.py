@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import av
+import media
 import pytest
 
-import media
 from schemas.records import ProbedSource, Rejected, SourceVideo
 from stages.probe import ProbeStage
 

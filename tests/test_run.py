@@ -21,15 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
+import media
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray
 import soundfile
 import webdataset as wds
-
-import media
 from runs import Talkcurate, talkcurate
+
 from pipeline.config import RunConfig
 from pipeline.inputs import discover
 from pipeline.placement import PlacementError
@@ -255,17 +255,28 @@ def test_shards_read_back_with_webdataset_are_the_kept_rows(curated):
 
         meta = json.loads(sample["json"])
         assert (meta["key"], meta["source"], meta["start_s"], meta["end_s"]) == (
-            key, row["source"], row["start_s"], row["end_s"],
+            key,
+            row["source"],
+            row["start_s"],
+            row["end_s"],
         )
         # Every kept clip was measured in sync (or corrected into it) by the default backend.
-        assert (meta["sync"]["offset_ms"], meta["sync"]["confidence"]) == (row["sync_offset_ms"], row["sync_confidence"])
+        assert (meta["sync"]["offset_ms"], meta["sync"]["confidence"]) == (
+            row["sync_offset_ms"],
+            row["sync_confidence"],
+        )
         assert row["sync_backend"] == meta["sync"]["backend"] == meta["backends"]["sync"] == "mouth-audio-cca"
         assert row["sync_confidence"] >= SyncStage().min_confidence_embedded
         assert abs(row["sync_offset_ms"]) <= SyncStage().max_correction_ms
         # Text: a transcript by the embedded Whisper, the caption in KEY.txt, the manifest and the JSON.
-        assert row["transcript"] and row["transcript_backend"] == meta["backends"]["transcript"] == meta["transcript"]["backend"]
+        assert (
+            row["transcript"]
+            and row["transcript_backend"] == meta["backends"]["transcript"] == meta["transcript"]["backend"]
+        )
         assert meta["transcript"]["text"] == row["transcript"] and meta["transcript"]["words"]
-        assert sample["txt"].decode("utf-8") == row["caption"] == meta["caption"]["text"] and "speaking" in row["caption"]
+        assert (
+            sample["txt"].decode("utf-8") == row["caption"] == meta["caption"]["text"] and "speaking" in row["caption"]
+        )
         assert row["caption_backend"] == meta["backends"]["caption"] == "embedded"
         frames = round((row["end_s"] - row["start_s"]) * FPS)
         assert frames == row["num_frames"] == meta["num_frames"] > 0
@@ -309,7 +320,9 @@ def test_verify_accepts_the_output(curated, tmp_path):
 
 
 def _problems(stdout: str) -> list[str]:
-    return [line for line in stdout.splitlines() if line and not re.fullmatch(r"\d+ shards checked, \d+ problems", line)]
+    return [
+        line for line in stdout.splitlines() if line and not re.fullmatch(r"\d+ shards checked, \d+ problems", line)
+    ]
 
 
 def test_verify_names_a_corrupt_shard(curated, tmp_path):
@@ -387,8 +400,9 @@ def test_second_run_does_no_work(curated, tmp_path):
     shards, journal = file_states(curated.out / "shards"), file_states(curated.out / ".talkcurate")
     manifest = pq.read_table(curated.out / "manifest.parquet")
     index = read_index(curated.out)
-    rc, stdout, stderr = talkcurate("run", *curated.inputs, "--out", curated.out, *SET_ARGS, "--no-progress",
-                                    logs=tmp_path / "again")
+    rc, stdout, stderr = talkcurate(
+        "run", *curated.inputs, "--out", curated.out, *SET_ARGS, "--no-progress", logs=tmp_path / "again"
+    )
     assert rc == 0, stderr
     assert re.search(r"^0 sources processed", stdout, re.MULTILINE), stdout
     assert json.loads((curated.out / "summary.json").read_text())["last_run"]["sources_processed"] == 0
@@ -399,8 +413,17 @@ def test_second_run_does_no_work(curated, tmp_path):
 
 
 def test_execution_options_may_change_on_resume(curated, tmp_path):
-    rc, stdout, stderr = talkcurate("run", *curated.inputs, "--out", curated.out, *SET_ARGS, "--no-progress",
-                                    "--set", "execution.max_workers=1", logs=tmp_path / "again")
+    rc, stdout, stderr = talkcurate(
+        "run",
+        *curated.inputs,
+        "--out",
+        curated.out,
+        *SET_ARGS,
+        "--no-progress",
+        "--set",
+        "execution.max_workers=1",
+        logs=tmp_path / "again",
+    )
     assert rc == 0, stderr
     assert re.search(r"^0 sources processed", stdout, re.MULTILINE), stdout
 
@@ -409,8 +432,9 @@ def test_config_change_is_refused(curated, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(curated.out, copy)
     before = listing([copy])
-    rc, stdout, stderr = talkcurate("run", *curated.inputs, "--out", copy, *SET_ARGS, "--set", "scene_cut.max_clip_s=5",
-                                    logs=tmp_path / "changed")
+    rc, stdout, stderr = talkcurate(
+        "run", *curated.inputs, "--out", copy, *SET_ARGS, "--set", "scene_cut.max_clip_s=5", logs=tmp_path / "changed"
+    )
     assert rc == 2, stdout + stderr
     assert "different configuration" in stderr and "scene_cut" in stderr and "--out" in stderr, stderr
     assert "Traceback" not in stderr
@@ -481,8 +505,9 @@ def test_missing_input_is_a_clear_error(tmp_path):
 
 
 def test_unknown_option_is_a_clear_error(tmp_path):
-    rc, stdout, stderr = talkcurate("run", media.GRID[0], "--out", tmp_path / "out", "--set", "shards.no_such_option=1",
-                                    logs=tmp_path / "option")
+    rc, stdout, stderr = talkcurate(
+        "run", media.GRID[0], "--out", tmp_path / "out", "--set", "shards.no_such_option=1", logs=tmp_path / "option"
+    )
     assert rc == 2
     assert "no_such_option" in stderr and "Traceback" not in stderr
 
@@ -549,7 +574,9 @@ def test_a_run_in_a_terminal_finishes_with_progress_and_no_library_noise(tmp_pat
     where touching it stops them (SIGTTOU). PySceneDetect runs `ffmpeg` at import, which used to
     hang every such run. The run must end, show Ray Data's progress display, and print none of
     mediapipe's C++ notices."""
-    rc, output, _ = talkcurate("run", media.GRID[0], "--out", tmp_path / "out", logs=tmp_path / "tty", timeout=240, terminal=True)
+    rc, output, _ = talkcurate(
+        "run", media.GRID[0], "--out", tmp_path / "out", logs=tmp_path / "tty", timeout=240, terminal=True
+    )
     assert rc == 0, output[-3000:]
     assert "1 sources processed" in output
     assert "MapBatches" in output  # the progress display names the operators

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import media
+
 from pipeline.runner import ChainRunner, RunStats, StageStats
 from schemas.records import CandidateClip, ChunkDone, Rejected, SourceChunk, SourceVideo, Status
 from stages.base import Stage
@@ -264,7 +265,11 @@ def test_a_settling_stage_decides_each_chunk_once_its_clips_are_through(shots_vi
     rejections are rows that the chunk's ChunkDone counts."""
     settler = KeepsTheLongest()
     runner = ChainRunner([*clips(), settler])
-    out = [o for chunk in ChainRunner(ingest(chunk_s=5.0)).run(SourceVideo.from_uri(str(shots_video.path))) for o in runner.run(chunk)]
+    out = [
+        o
+        for chunk in ChainRunner(ingest(chunk_s=5.0)).run(SourceVideo.from_uri(str(shots_video.path)))
+        for o in runner.run(chunk)
+    ]
     assert_chunks_accounted(out)
     assert len(settler.seen) == 2  # one settle per chunk
     assert all(frames is None for chunk in settler.seen for _, frames in chunk)

@@ -54,9 +54,13 @@ def model_and_cond():
             if parameter.abs().sum() == 0:
                 parameter.normal_(std=0.02)
     b, frames, h, w = 2, 4, 8, 8
-    cond = Conditions(text=torch.randn(b, 5, config.text_dim), text_mask=torch.ones(b, 5, dtype=torch.bool),
-                      audio=torch.randn(b, frames, config.audio_window, config.audio_dim),
-                      reference=torch.randn(b, config.latent_channels, h, w), reference_keep=torch.ones(b))
+    cond = Conditions(
+        text=torch.randn(b, 5, config.text_dim),
+        text_mask=torch.ones(b, 5, dtype=torch.bool),
+        audio=torch.randn(b, frames, config.audio_window, config.audio_dim),
+        reference=torch.randn(b, config.latent_channels, h, w),
+        reference_keep=torch.ones(b),
+    )
     x = torch.randn(b, config.latent_channels, frames, h, w)
     return model, cond, x
 
@@ -100,8 +104,15 @@ def test_windows_cover_every_frame_with_at_least_the_overlap(total):
 def _run_windows(velocity_for, total, frames=12, overlap=4, steps=6, channels=2, known_for=None):
     """Sliding denoising of `total` latent frames of (channels, 3, 3) with per-frame seeded noise;
     returns the emitted frames joined, and every window length the velocity saw."""
+
     def noise_for(start, length):
-        return torch.stack([torch.randn(1, channels, 3, 3, generator=torch.Generator().manual_seed(f)) for f in range(start, start + length)], dim=2)
+        return torch.stack(
+            [
+                torch.randn(1, channels, 3, 3, generator=torch.Generator().manual_seed(f))
+                for f in range(start, start + length)
+            ],
+            dim=2,
+        )
 
     seen, out = [], []
 
@@ -109,7 +120,9 @@ def _run_windows(velocity_for, total, frames=12, overlap=4, steps=6, channels=2,
         seen.append(length)
         return velocity_for(start, length)
 
-    sliding_denoise(tracked, noise_for, total, frames, overlap, SamplerConfig(steps=steps), out.append, known_for=known_for)
+    sliding_denoise(
+        tracked, noise_for, total, frames, overlap, SamplerConfig(steps=steps), out.append, known_for=known_for
+    )
     return torch.cat(out, dim=2), seen
 
 
@@ -137,7 +150,9 @@ def test_blending_leaves_no_seam_at_window_boundaries():
 
         def velocity_for(start, length):
             offset = jump * (starts.index(start) % 2)
-            return _exact_velocity((curve[start : start + length] + offset).view(1, 1, length, 1, 1).expand(1, 2, length, 3, 3))
+            return _exact_velocity(
+                (curve[start : start + length] + offset).view(1, 1, length, 1, 1).expand(1, 2, length, 3, 3)
+            )
 
         video, _ = _run_windows(velocity_for, total, frames, shared)
         steps = (video[0, 0, 1:, 0, 0] - video[0, 0, :-1, 0, 0]).abs()
@@ -152,7 +167,9 @@ def test_editing_keeps_the_known_region_and_generates_the_rest():
     """The model's target is `generated` everywhere; the known video is `kept`. Where the mask says
     keep, the result is exactly `kept`; where it says regenerate, exactly `generated`."""
     total = 30
-    generated = torch.cos(torch.arange(total, dtype=torch.float32) / 3).view(1, 1, total, 1, 1).expand(1, 2, total, 3, 3)
+    generated = (
+        torch.cos(torch.arange(total, dtype=torch.float32) / 3).view(1, 1, total, 1, 1).expand(1, 2, total, 3, 3)
+    )
     kept = torch.full_like(generated, 0.7)
     mask = torch.zeros(1, 1, total, 3, 3)
     mask[..., 1, :] = 1  # the middle row of every frame is regenerated
@@ -160,7 +177,9 @@ def test_editing_keeps_the_known_region_and_generates_the_rest():
     def known_for(start, length):
         return kept[:, :, start : start + length], mask[:, :, start : start + length]
 
-    video, _ = _run_windows(lambda start, length: _exact_velocity(generated[:, :, start : start + length]), total, known_for=known_for)
+    video, _ = _run_windows(
+        lambda start, length: _exact_velocity(generated[:, :, start : start + length]), total, known_for=known_for
+    )
     inside = mask.expand_as(video).bool()
     torch.testing.assert_close(video[~inside], kept[~inside], atol=1e-5, rtol=0)
     torch.testing.assert_close(video[inside], generated[inside], atol=1e-5, rtol=0)

@@ -9,10 +9,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import av
+import media
 import numpy as np
 import pytest
 
-import media
 from schemas.records import FPS, CandidateClip, ProbedSource, SourceChunk, SourceVideo, Status
 from stages.chunk import ChunkStage
 from stages.clip_encoder import ClipEncoder
@@ -126,7 +126,11 @@ def test_encoded_clips_decode_to_their_frames(shots_video):
 def test_clips_the_audio_does_not_cover_are_no_audio(late_audio_video):
     """Audio from 2 s on: the first two 1 s clips have none, the last one all of it."""
     rows = cut(late_audio_video.path, NormalizeStage(preset="ultrafast"), min_clip_s=1.0, max_clip_s=1.0)
-    assert [(row.start_frame, row.end_frame, row.reason) for row in rows] == [(0, 25, "no_audio"), (25, 50, "no_audio"), (50, 75, None)]
+    assert [(row.start_frame, row.end_frame, row.reason) for row in rows] == [
+        (0, 25, "no_audio"),
+        (25, 50, "no_audio"),
+        (50, 75, None),
+    ]
     assert all(row.rejected_by == "scene_cut" and "0%" in row.reason_detail for row in rows[:2])
     assert rows[2].audio.any()
 
@@ -209,7 +213,9 @@ def decoded(mp4: bytes) -> list[np.ndarray]:
 def test_clips_too_large_to_hold_are_encoded_as_they_stream(portrait_clips):
     # 720x1280 pictures: 4 s of them (100 frames, 132 MB) fit in 160 MB; 10 s (329 MB) would not.
     assert all(not c.video.pending for c in cut(media.PORTRAIT, hold_clip_mb=100) if c.status is Status.PENDING)
-    assert all(c.video.pending for c in cut(media.PORTRAIT, max_clip_s=4.0, min_clip_s=3.0) if c.status is Status.PENDING)
+    assert all(
+        c.video.pending for c in cut(media.PORTRAIT, max_clip_s=4.0, min_clip_s=3.0) if c.status is Status.PENDING
+    )
 
 
 def test_clips_the_face_stage_rejects_are_never_encoded(run_chain, silent_bikes, monkeypatch):
@@ -217,12 +223,17 @@ def test_clips_the_face_stage_rejects_are_never_encoded(run_chain, silent_bikes,
     the scene-cut stage). Held, none of its pictures reach x264; encoded as they stream, all do."""
     encoded = []
     original = ClipEncoder._encode
-    monkeypatch.setattr(ClipEncoder, "_encode", lambda self, picture, index: (encoded.append(index), original(self, picture, index)))
+    monkeypatch.setattr(
+        ClipEncoder, "_encode", lambda self, picture, index: (encoded.append(index), original(self, picture, index))
+    )
 
     def frames_encoded(**scene_cut) -> tuple[int, list[CandidateClip]]:
         encoded.clear()
-        out = run_chain(silent_bikes, [ProbeStage(), ChunkStage()],
-                        [NormalizeStage(preset="ultrafast"), SceneCutStage(**scene_cut), FaceStage(), EncodeStage()])
+        out = run_chain(
+            silent_bikes,
+            [ProbeStage(), ChunkStage()],
+            [NormalizeStage(preset="ultrafast"), SceneCutStage(**scene_cut), FaceStage(), EncodeStage()],
+        )
         return len(encoded), [o for o in out if isinstance(o, CandidateClip)]
 
     held, rows = frames_encoded()
@@ -230,7 +241,9 @@ def test_clips_the_face_stage_rejects_are_never_encoded(run_chain, silent_bikes,
     assert faced and all(r.reason == "no_face" and r.video is None for r in faced)
     assert held == 0
     streamed, _ = frames_encoded(hold_clip_mb=0)
-    assert streamed == sum(r.num_frames for r in rows) >= sum(r.num_frames for r in faced) > 0  # every frame, short shots too
+    assert (
+        streamed == sum(r.num_frames for r in rows) >= sum(r.num_frames for r in faced) > 0
+    )  # every frame, short shots too
 
 
 def only_pending(rows: list[CandidateClip]) -> CandidateClip:

@@ -9,12 +9,12 @@ import json
 import tarfile
 from pathlib import Path
 
+import media
 import numpy as np
 import pytest
 import soundfile
 import webdataset as wds
 
-import media
 from schemas.manifest import SAMPLE_MEMBERS
 from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status
 from stages.chunk import ChunkStage
@@ -31,8 +31,11 @@ def clips(run_chain) -> list[CandidateClip]:
     """Real kept clips: the GRID files cut into 1.5 s clips (two per file)."""
     kept = []
     for path in media.GRID:
-        out = run_chain(path, [ProbeStage(), ChunkStage()],
-                        [NormalizeStage(preset="ultrafast"), SceneCutStage(min_clip_s=1.0, max_clip_s=1.5), FaceStage()])
+        out = run_chain(
+            path,
+            [ProbeStage(), ChunkStage()],
+            [NormalizeStage(preset="ultrafast"), SceneCutStage(min_clip_s=1.0, max_clip_s=1.5), FaceStage()],
+        )
         kept += [o for o in out if isinstance(o, CandidateClip) and o.status is not Status.REJECTED]
     assert len(kept) == 2 * len(media.GRID)
     return kept
@@ -102,8 +105,12 @@ def test_record_md5_and_size_match_the_file(tmp_path, clips):
         assert record.md5sum == hashlib.md5(data).hexdigest()
         assert record.filesize == len(data)
         assert record.nsamples == len(record.keys)
-        assert record.index_entry() == {"url": record.url, "md5sum": record.md5sum, "nsamples": record.nsamples,
-                                        "filesize": record.filesize}
+        assert record.index_entry() == {
+            "url": record.url,
+            "md5sum": record.md5sum,
+            "nsamples": record.nsamples,
+            "filesize": record.filesize,
+        }
 
 
 def test_tar_members_are_adjacent_per_key(tmp_path, clips):
@@ -135,7 +142,12 @@ def test_webdataset_reads_back_what_was_written(tmp_path, clips):
         assert sample["mp4"] == clip.video.mp4
         assert sample["txt"] == b""
         meta = json.loads(sample["json"])
-        assert (meta["key"], meta["num_frames"], meta["fps"], meta["sample_rate"]) == (clip.key, clip.num_frames, FPS, SAMPLE_RATE)
+        assert (meta["key"], meta["num_frames"], meta["fps"], meta["sample_rate"]) == (
+            clip.key,
+            clip.num_frames,
+            FPS,
+            SAMPLE_RATE,
+        )
         assert (meta["width"], meta["height"]) == (clip.video.width, clip.video.height)
         assert meta["source"] == clip.source.uri and meta["source_info"]["video_codec"] == "mpeg1video"
         info = soundfile.info(io.BytesIO(sample["wav"]))

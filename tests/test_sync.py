@@ -11,22 +11,22 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import media
+import models
 import numpy as np
 import pytest
 
-import media
-import models
 from pipeline.config import RunConfig
 from pipeline.runner import ChainRunner
 from schemas.manifest import manifest_row, sample_metadata
 from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status
 from stages.chunk import ChunkStage
 from stages.face import FaceStage
+from stages.lip_sync import shipped_model
 from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
 from stages.scene_cut import SceneCutStage
 from stages.sync import SyncStage
-from stages.lip_sync import shipped_model
 from stages.sync_embedded import MouthAudioScorer
 
 SPEAKER = media.GRID[1]
@@ -37,8 +37,12 @@ TOLERANCE_MS = 40
 
 def faced(run_chain, path: Path) -> CandidateClip:
     """The one clip of `path` after probe, chunk, normalize, scene cut and face, with its analysis frames."""
-    out = run_chain(path, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), SceneCutStage(), FaceStage()],
-                    keep_frames=True)
+    out = run_chain(
+        path,
+        [ProbeStage(), ChunkStage()],
+        [NormalizeStage(preset="ultrafast"), SceneCutStage(), FaceStage()],
+        keep_frames=True,
+    )
     (clip,) = [o for o in out if isinstance(o, CandidateClip)]
     assert clip.status is Status.PENDING, clip.reason_detail
     return clip
@@ -53,7 +57,11 @@ def synced(clip: CandidateClip, stage: SyncStage | None = None, **changes) -> Ca
 
 
 def rejected(clip: CandidateClip, reason: str) -> None:
-    assert (clip.status, clip.reason, clip.rejected_by) == (Status.REJECTED, reason, "sync"), (clip.reason, clip.reason_detail, clip.sync)
+    assert (clip.status, clip.reason, clip.rejected_by) == (Status.REJECTED, reason, "sync"), (
+        clip.reason,
+        clip.reason_detail,
+        clip.sync,
+    )
     assert clip.audio_context is None and clip.frames is None  # payloads dropped
 
 
@@ -99,8 +107,14 @@ def test_a_shifted_clip_is_kept_and_its_stored_audio_is_in_sync(shifted):
     assert abs(again.offset_frames * 1000 / FPS) <= TOLERANCE_MS, again
 
     row = manifest_row(clip, "shards/shard-000000.tar")
-    assert (row["sync_offset_ms"], row["sync_confidence"], row["sync_backend"]) == (clip.sync.offset_ms, clip.sync.confidence, EMBEDDED)
-    assert row["speech_range_db"] > SyncStage().min_speech_range_db and row["mouth_motion"] > SyncStage().min_mouth_motion
+    assert (row["sync_offset_ms"], row["sync_confidence"], row["sync_backend"]) == (
+        clip.sync.offset_ms,
+        clip.sync.confidence,
+        EMBEDDED,
+    )
+    assert (
+        row["speech_range_db"] > SyncStage().min_speech_range_db and row["mouth_motion"] > SyncStage().min_mouth_motion
+    )
     meta = sample_metadata(clip)["sync"]
     assert meta["offset_ms"] == clip.sync.offset_ms and meta["audio_shift"] == clip.sync.audio_shift
     assert meta["backend"] == EMBEDDED
@@ -170,10 +184,14 @@ def pair(run_chain, two_speakers) -> CandidateClip:
 def test_the_speaking_face_of_two_is_kept(pair, shifted):
     outcomes = {
         "left": synced(pair),
-        "right": synced(pair, audio_context=shifted[0].audio_context),  # the same picture, the right-hand speaker's recording
+        "right": synced(
+            pair, audio_context=shifted[0].audio_context
+        ),  # the same picture, the right-hand speaker's recording
     }
-    scores = {side: (clip.reason_detail, [(round(t.box_centre[0], 2), t.confidence, t.offset_ms) for t in clip.sync.tracks])
-              for side, clip in outcomes.items()}
+    scores = {
+        side: (clip.reason_detail, [(round(t.box_centre[0], 2), t.confidence, t.offset_ms) for t in clip.sync.tracks])
+        for side, clip in outcomes.items()
+    }
     for side, clip in outcomes.items():
         assert clip.status is Status.PENDING, scores
         assert (centre_x(clip) < 0.5) == (side == "left"), scores
@@ -210,7 +228,11 @@ def test_the_learned_backend_measures_corrects_and_records_its_margin(portrait_s
     assert clip.sync.audio_shift == round(clip.sync.offset_ms * SAMPLE_RATE / 1000)
     row = manifest_row(clip, "shards/shard-000000.tar")
     assert (row["sync_confidence"], row["sync_margin"], row["sync_backend"], row["sync_pooled_clips"]) == (
-        clip.sync.confidence, clip.sync.margin, shipped_model().name, 1)
+        clip.sync.confidence,
+        clip.sync.margin,
+        shipped_model().name,
+        1,
+    )
     other = np.resize(media.decoded_audio(media.OTHER_SPEECH), portrait_shifted[0].audio_context.shape)
     rejected(synced(portrait_shifted[0], stage, audio_context=other), "low_sync_confidence")
     with pytest.raises(ValueError, match="sync.backend"):
@@ -241,11 +263,15 @@ def test_the_syncnet_backend_runs_through_the_stage(syncnet_path, shifted, pair)
     """Random weights: what they measure means nothing, so the thresholds are opened and the test
     checks the bookkeeping: backend recorded, whole-frame offsets, the correction from the offset,
     and among two faces the one the network scores higher kept."""
-    stage = SyncStage(syncnet_model_path=syncnet_path, min_confidence_syncnet=0.0, max_correction_ms=600.0, speaker_margin_syncnet=0.0)
+    stage = SyncStage(
+        syncnet_model_path=syncnet_path, min_confidence_syncnet=0.0, max_correction_ms=600.0, speaker_margin_syncnet=0.0
+    )
     clip = synced(shifted[200], stage)
     assert clip.status is Status.PENDING, clip.reason_detail
     assert clip.backends["sync"] == clip.sync.backend == "syncnet"
-    assert clip.sync.offset_ms % (1000 / FPS) == 0 and clip.sync.audio_shift == round(clip.sync.offset_ms * SAMPLE_RATE / 1000)
+    assert clip.sync.offset_ms % (1000 / FPS) == 0 and clip.sync.audio_shift == round(
+        clip.sync.offset_ms * SAMPLE_RATE / 1000
+    )
     assert manifest_row(clip, "shards/shard-000000.tar")["sync_backend"] == "syncnet"
 
     two = synced(pair, stage)
@@ -266,7 +292,9 @@ def test_the_syncnet_backend_needs_the_analysis_frames(syncnet_path, shifted):
 def test_the_search_must_fit_in_the_audio_context(shifted):
     with pytest.raises(ValueError, match="audio_context_frames"):
         RunConfig.load(None, ["scene_cut.audio_context_frames=10"])
-    RunConfig.load(None, ["scene_cut.audio_context_frames=10", "sync.max_offset_frames=10", "sync.max_correction_ms=360"])
+    RunConfig.load(
+        None, ["scene_cut.audio_context_frames=10", "sync.max_offset_frames=10", "sync.max_correction_ms=360"]
+    )
     # Clips made with a smaller context than the search needs (another config): an error row each, naming the options.
     clip = synced(shifted[0], SyncStage(max_offset_frames=20, max_correction_ms=400.0))
     assert (clip.reason, clip.rejected_by) == ("error", "sync") and "audio_context_frames" in clip.reason_detail

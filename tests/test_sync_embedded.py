@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import media
 import numpy as np
 import pytest
 
-import media
 from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status
 from stages.chunk import ChunkStage
 from stages.face import FaceStage
@@ -40,8 +40,12 @@ def only_clip(out) -> CandidateClip:
 
 def estimate(clip: CandidateClip, audio_context=None, landmarks=None):
     return MouthAudioScorer().score(
-        clip.face.track.landmarks if landmarks is None else landmarks, clip.video.width, clip.video.height,
-        clip.audio_context if audio_context is None else audio_context, clip.audio_context_frames, MAX_OFFSET,
+        clip.face.track.landmarks if landmarks is None else landmarks,
+        clip.video.width,
+        clip.video.height,
+        clip.audio_context if audio_context is None else audio_context,
+        clip.audio_context_frames,
+        MAX_OFFSET,
     )
 
 
@@ -54,7 +58,9 @@ def as_context(audio: np.ndarray, clip: CandidateClip) -> np.ndarray:
 def faces(run_chain) -> dict[Path, CandidateClip]:
     """Each source's one clip after the face stage."""
     stages = [NormalizeStage(preset="ultrafast"), SceneCutStage(), FaceStage()]
-    return {path: only_clip(run_chain(path, [ProbeStage(), ChunkStage()], stages, keep_frames=True)) for path in SOURCES}
+    return {
+        path: only_clip(run_chain(path, [ProbeStage(), ChunkStage()], stages, keep_frames=True)) for path in SOURCES
+    }
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +73,9 @@ def shifted_contexts(run_chain, tmp_path_factory, faces) -> dict[tuple[Path, int
         for shift_ms in SHIFTS_MS:
             shifted = folder / f"{path.stem} {shift_ms}.mkv"
             media.audio_shifted(path, shifted, shift_ms)
-            clip = only_clip(run_chain(shifted, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), SceneCutStage()]))
+            clip = only_clip(
+                run_chain(shifted, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), SceneCutStage()])
+            )
             assert (clip.start_frame, clip.end_frame) == (faces[path].start_frame, faces[path].end_frame)
             contexts[path, shift_ms] = clip.audio_context
     return contexts
@@ -113,8 +121,11 @@ def foreign_audio(tmp_path_factory) -> dict[str, np.ndarray]:
 
 
 def test_audio_that_is_not_the_speakers_gets_low_confidence(faces, foreign_audio):
-    confidences = {(path.stem, kind): round(estimate(clip, as_context(audio, clip)).confidence, 2)
-                   for path, clip in faces.items() for kind, audio in foreign_audio.items()}
+    confidences = {
+        (path.stem, kind): round(estimate(clip, as_context(audio, clip)).confidence, 2)
+        for path, clip in faces.items()
+        for kind, audio in foreign_audio.items()
+    }
     assert max(confidences.values()) < THRESHOLD, confidences
     real = {path.stem: round(estimate(clip).confidence, 2) for path, clip in faces.items()}
     assert min(real.values()) >= THRESHOLD, real
@@ -126,7 +137,9 @@ def test_a_grid_sentence_fits_its_own_face_best(faces):
     pace, the hardest case there is (the other way round, one face and four sentences, is not
     separable on 3 s: a face can fit another speaker's sentence nearly as well as its own)."""
     grid = [faces[path] for path in media.GRID]
-    scores = np.array([[estimate(face, as_context(sentence.audio_context, face)).confidence for face in grid] for sentence in grid])
+    scores = np.array(
+        [[estimate(face, as_context(sentence.audio_context, face)).confidence for face in grid] for sentence in grid]
+    )
     for own, row in enumerate(scores):
         assert row[own] - np.delete(row, own).max() >= MARGIN, scores.round(2)
 
@@ -151,8 +164,14 @@ def test_silence_and_a_still_mouth_give_zero_confidence(faces):
 def test_an_offset_beyond_the_audio_context_is_refused(faces):
     clip = faces[media.GRID[1]]
     with pytest.raises(ValueError, match="audio context"):
-        MouthAudioScorer().score(clip.face.track.landmarks, clip.video.width, clip.video.height, clip.audio_context,
-                                 clip.audio_context_frames, clip.audio_context_frames + 1)
+        MouthAudioScorer().score(
+            clip.face.track.landmarks,
+            clip.video.width,
+            clip.video.height,
+            clip.audio_context,
+            clip.audio_context_frames,
+            clip.audio_context_frames + 1,
+        )
 
 
 def test_canonical_correlations_equal_the_textbook_computation_for_every_window():

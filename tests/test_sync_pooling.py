@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import media
 import pytest
 
-import media
 from pipeline.runner import ChainRunner
 from schemas.records import CandidateClip, Status
 from stages.chunk import ChunkStage
@@ -22,12 +22,16 @@ from stages.scene_cut import SceneCutStage
 from stages.sync import SyncStage
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "media" / "talking"
-PERSON = [CORPUS / f"yiranran+Audio-driven-TalkingFace-HeadPose__data-31-{part}.mp4" for part in "ab"]  # a `test` person
+PERSON = [
+    CORPUS / f"yiranran+Audio-driven-TalkingFace-HeadPose__data-31-{part}.mp4" for part in "ab"
+]  # a `test` person
 SHOTS_S = (15.0, 9.0, 3.0)  # the two recordings, then the dubbed shot
 SHIFT_MS = 120
 TOLERANCE_MS = 40
 
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="the development corpus is not beside the checkout (../shared/media/talking)")
+pytestmark = pytest.mark.skipif(
+    not CORPUS.is_dir(), reason="the development corpus is not beside the checkout (../shared/media/talking)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +41,36 @@ def interview(run_chain, tmp_path_factory) -> list[CandidateClip]:
     face stage."""
     folder = tmp_path_factory.mktemp("sync_pooling")
     dubbed = folder / "dubbed.mkv"
-    media.ffmpeg("-ss", "5", "-t", str(SHOTS_S[2]), "-i", PERSON[0], "-i", media.OTHER_SPEECH, "-map", "0:v", "-map", "1:a",
-                  "-c:v", "libx264", "-preset", "veryfast", "-c:a", "pcm_s16le", "-shortest", dubbed)
+    media.ffmpeg(
+        "-ss",
+        "5",
+        "-t",
+        str(SHOTS_S[2]),
+        "-i",
+        PERSON[0],
+        "-i",
+        media.OTHER_SPEECH,
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-c:a",
+        "pcm_s16le",
+        "-shortest",
+        dubbed,
+    )
     joined, shifted = folder / "interview.mp4", folder / "interview shifted.mkv"
     media.concat_shots(joined, list(zip([*PERSON, dubbed], SHOTS_S)), size=(720, 406))
     media.audio_shifted(joined, shifted, SHIFT_MS)
-    out = run_chain(shifted, [ProbeStage(), ChunkStage()],
-                    [NormalizeStage(preset="ultrafast"), SceneCutStage(max_clip_s=3.0), FaceStage()])
+    out = run_chain(
+        shifted,
+        [ProbeStage(), ChunkStage()],
+        [NormalizeStage(preset="ultrafast"), SceneCutStage(max_clip_s=3.0), FaceStage()],
+    )
     clips = [o for o in out if isinstance(o, CandidateClip) and o.status is Status.PENDING]
     assert len(clips) == 9, [(o.start_s, o.reason_detail) for o in out if isinstance(o, CandidateClip)]
     return clips
@@ -58,7 +85,10 @@ def synced(clips: list[CandidateClip], stage: SyncStage) -> list[CandidateClip]:
 
 def test_every_kept_clip_of_a_shifted_source_gets_its_offset_and_the_dubbed_shot_none(interview):
     outs = synced(interview, SyncStage(backend="lip-sync"))
-    details = [(o.start_s, o.status.value, o.sync.offset_ms, o.sync.confidence, o.sync.pooled_clips, o.reason_detail) for o in outs]
+    details = [
+        (o.start_s, o.status.value, o.sync.offset_ms, o.sync.confidence, o.sync.pooled_clips, o.reason_detail)
+        for o in outs
+    ]
     dubbed_from = round((SHOTS_S[0] + SHOTS_S[1]) * 25)
     own = [o for o in outs if o.start_frame < dubbed_from]
     kept = [o for o in own if o.status is Status.PENDING]

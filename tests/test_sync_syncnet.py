@@ -14,13 +14,13 @@ clip must come out at offset 0 and a k-frame delay at exactly +k.
 
 from __future__ import annotations
 
+import media
+import models
 import numpy as np
 import pytest
 import python_speech_features
 import torch
 
-import media
-import models
 from pipeline.runner import ChainRunner
 from schemas.records import CandidateClip, SourceVideo
 from stages.chunk import ChunkStage
@@ -90,7 +90,9 @@ def delay(audio: np.ndarray, frames: int) -> np.ndarray:
 
 def test_published_format_loads(checkpoint, scorer):
     saved = torch.load(checkpoint, weights_only=True)
-    assert not any(name.startswith("module.") for name in saved)  # the names of syncnet-python's S, as loadParameters wants
+    assert not any(
+        name.startswith("module.") for name in saved
+    )  # the names of syncnet-python's S, as loadParameters wants
     own = scorer.model.state_dict()
     assert set(saved) == {name for name in own if not name.endswith("num_batches_tracked")}
     for name, tensor in saved.items():

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-
 ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 COMMON = ["data.num_workers=1", "data.num_frames=8", "metrics.every=1", "batch_size=2"]
@@ -28,8 +27,24 @@ def train(out: Path, shards: Path, *overrides: str, nproc: int = 2) -> list[dict
     """One `torchrun --nproc_per_node N -m train` launch; the metrics it appended."""
     before = len(metrics(out))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([str(TORCHRUN), "--nproc_per_node", str(nproc), "-m", "train", f"data.shards={shards}", f"out={out}", *COMMON, *overrides],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            str(TORCHRUN),
+            "--nproc_per_node",
+            str(nproc),
+            "-m",
+            "train",
+            f"data.shards={shards}",
+            f"out={out}",
+            *COMMON,
+            *overrides,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return metrics(out)[before:]
 
@@ -41,8 +56,12 @@ def metrics(out: Path) -> list[dict]:
 
 def test_two_ranks_train_the_tiny_preset_and_checkpoint(shards, tmp_path):
     out = tmp_path / "run"
-    records = train(out, shards, "curriculum=[{name='short', steps=12, num_frames=4, lr=0.002}, {name='long', steps=12, lr=0.002}]",
-                    "parallel.activation_checkpointing=true")
+    records = train(
+        out,
+        shards,
+        "curriculum=[{name='short', steps=12, num_frames=4, lr=0.002}, {name='long', steps=12, lr=0.002}]",
+        "parallel.activation_checkpointing=true",
+    )
     assert [r["step"] for r in records] == list(range(1, 25))
     assert [r["stage"] for r in records] == ["short"] * 12 + ["long"] * 12
     losses = [r["loss"] for r in records]
@@ -108,7 +127,13 @@ def test_the_shipped_training_configs_load_and_render_back(name, tmp_path):
 def test_overrides_reach_nested_options_and_unknown_ones_are_refused():
     from train.config import load_config
 
-    config = load_config(None, ["data.resolution=[32, 48]", "loss.face_weight=4", "curriculum=[{steps=3, trainable='audio'}]"])
-    assert config.data.resolution == (32, 48) and config.loss.face_weight == 4 and config.curriculum[0].trainable == "audio"
+    config = load_config(
+        None, ["data.resolution=[32, 48]", "loss.face_weight=4", "curriculum=[{steps=3, trainable='audio'}]"]
+    )
+    assert (
+        config.data.resolution == (32, 48)
+        and config.loss.face_weight == 4
+        and config.curriculum[0].trainable == "audio"
+    )
     with pytest.raises(KeyError, match="loss.face_wieght"):
         load_config(None, ["loss.face_wieght=4"])

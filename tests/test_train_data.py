@@ -60,9 +60,17 @@ def test_listing_is_the_manifests_kept_clips_and_members_are_read_by_key(demo_sh
     by_key = {r["key"]: r for r in rows}
     for s in samples:
         row = by_key[s.key]
-        assert (s.shard, s.num_frames, s.width, s.height, s.source_id) == (row["shard"], row["num_frames"], row["width"], row["height"], row["source_id"])
+        assert (s.shard, s.num_frames, s.width, s.height, s.source_id) == (
+            row["shard"],
+            row["num_frames"],
+            row["width"],
+            row["height"],
+            row["source_id"],
+        )
         assert s.identity is None  # the default identity backend records none
-    assert sorted((s.width, s.height, s.num_frames) for s in samples) == [(360, 288, GRID_FRAMES)] * 4 + [(720, 1280, PORTRAIT_FRAMES)]
+    assert sorted((s.width, s.height, s.num_frames) for s in samples) == [(360, 288, GRID_FRAMES)] * 4 + [
+        (720, 1280, PORTRAIT_FRAMES)
+    ]
     data = ClipDataset(DataConfig(shards=str(demo_shards)), samples)
     for s in samples:
         expected = shard_members(demo_shards, s.key)
@@ -83,7 +91,10 @@ def test_samples_have_the_documented_layout(demo_shards):
         assert sample.face_mask.shape == sample.lip_mask.shape == (6, 40, 56)
         for tensor in (sample.video, sample.reference, sample.audio, sample.face_mask, sample.lip_mask):
             assert tensor.dtype == torch.float32
-        assert -1 <= sample.video.min() < sample.video.max() <= 1 and -1 <= sample.reference.min() < sample.reference.max() <= 1
+        assert (
+            -1 <= sample.video.min() < sample.video.max() <= 1
+            and -1 <= sample.reference.min() < sample.reference.max() <= 1
+        )
         assert set(sample.face_mask.unique().tolist()) == set(sample.lip_mask.unique().tolist()) == {0.0, 1.0}
         members = shard_members(demo_shards, info.key)
         assert sample.caption == members["txt"].decode() and sample.caption.startswith("A ")
@@ -97,11 +108,20 @@ def decode_whole(mp4: bytes, view: View) -> np.ndarray:
     """Every frame of a clip in order, scaled and placed as the loader does: (frames, H, W, 3) uint8."""
     reformatter = VideoReformatter()
     with av.open(io.BytesIO(mp4)) as container:
-        return np.stack([
-            view.place(reformatter.reformat(frame, width=view.scaled_width, height=view.scaled_height, format="rgb24",
-                                            interpolation=Interpolation.AREA).to_ndarray())
-            for frame in container.decode(video=0)
-        ])
+        return np.stack(
+            [
+                view.place(
+                    reformatter.reformat(
+                        frame,
+                        width=view.scaled_width,
+                        height=view.scaled_height,
+                        format="rgb24",
+                        interpolation=Interpolation.AREA,
+                    ).to_ndarray()
+                )
+                for frame in container.decode(video=0)
+            ]
+        )
 
 
 @pytest.mark.slow
@@ -130,8 +150,29 @@ def test_window_decoding_seeks_to_the_key_frame_before_the_window(demo_shards, t
     data = dataset(demo_shards)
     members = shard_members(demo_shards, data.samples[portrait_index(data)].key)
     (tmp_path / "in.mp4").write_bytes(members["mp4"])
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "in.mp4"), "-vf", "scale=144:256", "-c:v", "libx264",
-                    "-preset", "ultrafast", "-g", "12", "-bf", "2", "-x264-params", "scenecut=0", str(tmp_path / "gop.mp4")], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-i",
+            str(tmp_path / "in.mp4"),
+            "-vf",
+            "scale=144:256",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "12",
+            "-bf",
+            "2",
+            "-x264-params",
+            "scenecut=0",
+            str(tmp_path / "gop.mp4"),
+        ],
+        check=True,
+    )
     mp4 = (tmp_path / "gop.mp4").read_bytes()
     view = View.fit(144, 256, (64, 48), "crop", (0.5, 0.4))
     whole = decode_whole(mp4, view)
@@ -213,8 +254,17 @@ def listing(count: int, seed: int = 0) -> list[SampleInfo]:
     out = []
     for i in range(count):
         width, height = shapes[i % 3]
-        out.append(SampleInfo(f"{i:04d}", "shards/shard-000000.tar", int(rng.integers(40, 251)), width, height,
-                              f"source{min(i % 7, 3)}", None))
+        out.append(
+            SampleInfo(
+                f"{i:04d}",
+                "shards/shard-000000.tar",
+                int(rng.integers(40, 251)),
+                width,
+                height,
+                f"source{min(i % 7, 3)}",
+                None,
+            )
+        )
     return out
 
 
@@ -239,7 +289,9 @@ def test_windows_are_deterministic_per_seed_and_epoch():
 
 
 def test_buckets_give_one_shape_per_batch_and_the_longest_window_that_fits():
-    buckets = config(resolution=(64, 64), aspect_buckets=((48, 64), (96, 48)), num_frames=16, length_buckets=(32, 64), frame_stride=2)
+    buckets = config(
+        resolution=(64, 64), aspect_buckets=((48, 64), (96, 48)), num_frames=16, length_buckets=(32, 64), frame_stride=2
+    )
     samples = listing(60)
     sampler = DistributedClipSampler(samples, buckets, 3)
     expected_size = {(360, 288): (48, 64), (720, 1280): (96, 48), (512, 512): (64, 64)}
@@ -250,9 +302,11 @@ def test_buckets_give_one_shape_per_batch_and_the_longest_window_that_fits():
             info = samples[w.index]
             assert (w.height, w.width) == expected_size[(info.width, info.height)]
             assert w.num_frames == max(n for n in (16, 32, 64) if (n - 1) * 2 + 1 <= info.num_frames)
-            assert w.stride == 2 and 0 <= w.start and w.frames[-1] < info.num_frames
+            assert w.stride == 2 and w.start >= 0 and w.frames[-1] < info.num_frames
             span = range(w.start, w.frames[-1] + 1)
-            assert w.reference not in span and 0 <= w.reference < info.num_frames  # every clip is longer than its window
+            assert (
+                w.reference not in span and 0 <= w.reference < info.num_frames
+            )  # every clip is longer than its window
             seen.add((w.height, w.width, w.num_frames))
     assert len(seen) >= 6
 
@@ -263,7 +317,11 @@ def test_reference_frame_policies():
     by_clip = {w.index: w for w in outside}
     assert by_clip[0].start == by_clip[0].reference == 0  # the window is the whole clip
     assert by_clip[1].reference in (0, 16) and by_clip[1].reference != by_clip[1].start
-    first = [w for batch in epoch_windows(DistributedClipSampler(samples, config(num_frames=16, reference="first"), 1)) for w in batch]
+    first = [
+        w
+        for batch in epoch_windows(DistributedClipSampler(samples, config(num_frames=16, reference="first"), 1))
+        for w in batch
+    ]
     assert all(w.reference == w.start for w in first)
 
 
@@ -361,8 +419,12 @@ def test_state_of_another_split_is_refused():
 
 
 def test_balancing_by_source_draws_every_source_equally_often():
-    samples = [SampleInfo(f"{i:03d}", "s.tar", 100, 360, 288, "big" if i < 30 else f"small{i % 5}", None) for i in range(40)]
-    plain = Counter(samples[w.index].source_id for b in epoch_windows(DistributedClipSampler(samples, config(), 1)) for w in b)
+    samples = [
+        SampleInfo(f"{i:03d}", "s.tar", 100, 360, 288, "big" if i < 30 else f"small{i % 5}", None) for i in range(40)
+    ]
+    plain = Counter(
+        samples[w.index].source_id for b in epoch_windows(DistributedClipSampler(samples, config(), 1)) for w in b
+    )
     assert plain["big"] == 30
     sampler = DistributedClipSampler(samples, config(balance="source_id"), 1)
     for _ in range(3):
@@ -380,7 +442,17 @@ def test_balancing_by_identity_groups_clips_of_one_person():
     for i in range(24):
         person = [0] * 16 + [1] * 4 + [2] * 4
         embedding = people[person[i]] + 0.3 * rng.normal(size=512)
-        samples.append(SampleInfo(f"{i:03d}", "s.tar", 100, 360, 288, f"src{i % 6}", (embedding / np.linalg.norm(embedding)).astype(np.float32)))
+        samples.append(
+            SampleInfo(
+                f"{i:03d}",
+                "s.tar",
+                100,
+                360,
+                288,
+                f"src{i % 6}",
+                (embedding / np.linalg.norm(embedding)).astype(np.float32),
+            )
+        )
     samples += [SampleInfo(f"n{i}", "s.tar", 100, 360, 288, "no-embedding", None) for i in range(3)]
     labels = identity_groups(samples, threshold=0.5)
     assert len(set(labels[:16])) == len(set(labels[16:20])) == len(set(labels[20:24])) == 1
@@ -393,8 +465,20 @@ def test_balancing_by_identity_groups_clips_of_one_person():
 def test_collate_refuses_mixed_shapes():
     def sample(frames: int):
         zeros = torch.zeros
-        return type("S", (), dict(video=zeros(3, frames, 4, 4), reference=zeros(3, 4, 4), audio=zeros(frames, 10, 8),
-                                  face_mask=zeros(frames, 4, 4), lip_mask=zeros(frames, 4, 4), caption="", key="k"))()
+        return type(
+            "S",
+            (),
+            dict(
+                video=zeros(3, frames, 4, 4),
+                reference=zeros(3, 4, 4),
+                audio=zeros(frames, 10, 8),
+                face_mask=zeros(frames, 4, 4),
+                lip_mask=zeros(frames, 4, 4),
+                caption="",
+                key="k",
+            ),
+        )()
+
     batch = collate([sample(2), sample(2)]).to("cpu")
     assert batch.video.shape == (2, 3, 2, 4, 4) and batch.audio.shape == (2, 2, 10, 8) and batch.key == ["k", "k"]
     with pytest.raises(ValueError, match="one shape"):

@@ -16,11 +16,11 @@ import dataclasses
 import re
 from pathlib import Path
 
+import media
+import models
 import numpy as np
 import pytest
 
-import media
-import models
 from pipeline.runner import ChainRunner
 from schemas.manifest import manifest_row, sample_metadata
 from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status
@@ -40,7 +40,7 @@ JFK_TEXT = "And so my fellow Americans, ask not what your country can do for you
 EMBEDDED = "faster-whisper:tiny.en"
 TINY_DIMS = 384
 
-DIGITS = "zero one two three four five six seven eight nine".split()
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 # GRID grammar (demo/media/SOURCES.md): command, colour, preposition, letter, digit, adverb.
 GRID_WORDS = [
     {"b": "bin", "l": "lay", "p": "place", "s": "set"},
@@ -172,7 +172,9 @@ def test_grid_sentences_are_transcribed(transcribed):
 def test_silence_and_music_are_no_speech(transcribed):
     silence, music = transcribed["silence"], transcribed["music"]
     for clip in (silence, music):
-        assert (clip.status, clip.reason, clip.rejected_by) == (Status.REJECTED, "no_speech", "transcribe"), clip.transcript
+        assert (clip.status, clip.reason, clip.rejected_by) == (Status.REJECTED, "no_speech", "transcribe"), (
+            clip.transcript
+        )
         assert clip.transcript.backend == EMBEDDED and clip.transcript.features is None
         assert clip.transcript.speech_ratio < TranscribeStage().min_speech_ratio
         row = manifest_row(clip, None)
@@ -233,7 +235,10 @@ def test_frame_windows_line_up_with_the_video(clips, with_features, tmp_path):
         distance = np.linalg.norm(features - silence, axis=1)
         step = [distance[r : r + 6].mean() - distance[r - 6 : r].mean() for r in range(6, len(features) - 6)]
         changed_row = 6 + int(np.argmax(step))
-        assert abs(changed_row - onset_row) <= 3, (onset_s, changed_row)  # measured: 2 rows early (the STFT and convolution reach ahead)
+        assert abs(changed_row - onset_row) <= 3, (
+            onset_s,
+            changed_row,
+        )  # measured: 2 rows early (the STFT and convolution reach ahead)
 
         onset_frame = round(onset_s * FPS)
         window = frame_feature_window(features, onset_frame)

@@ -12,16 +12,17 @@ from pathlib import Path
 
 import av
 import numpy as np
+from media import GRID
 
 from stages.face_models import RetinaFaceDetector
-from media import GRID
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _python(code: str, **env: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env},
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, check=True
+    )
     return done.stdout.strip().splitlines()[-1]
 
 
@@ -48,6 +49,8 @@ def test_retinaface_runs_on_the_workers_threads_with_the_same_faces(tmp_path):
 
 
 def test_caption_language_names_do_not_load_torch():
-    code = ("import sys\nfrom stages.caption_embedded import language_name\n"
-            "print(language_name('en'), language_name('de'), language_name('xx'), 'torch' in sys.modules)")
+    code = (
+        "import sys\nfrom stages.caption_embedded import language_name\n"
+        "print(language_name('en'), language_name('de'), language_name('xx'), 'torch' in sys.modules)"
+    )
     assert _python(code) == "English German xx False"

@@ -17,9 +17,13 @@ from train.config import JobConfig, load_config, render
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="TOML job configuration (see --print-config)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.shards=out batch_size=4 curriculum=[{steps=10}]")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.shards=out batch_size=4 curriculum=[{steps=10}]"
+    )
     parser.add_argument("--print-config", action="store_true", help="print the default configuration and exit")
     args = parser.parse_args(argv)
     if args.print_config:
@@ -34,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*rng_tracker.*")
     warnings.filterwarnings("ignore", category=UserWarning, module="torch.distributed.tensor")
     mesh, device = init_distributed()
-    logging.basicConfig(level=logging.INFO if dist.get_rank() == 0 else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if dist.get_rank() == 0 else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
+    )
     logging.getLogger("train.data").setLevel(logging.WARNING)
     try:
         Trainer(config, mesh, device).train()

@@ -90,7 +90,9 @@ class Checkpointer:
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         rank_file = path / f"rank-{dist.get_rank()}.pt"
         if not rank_file.is_file():
-            raise FileNotFoundError(f"{rank_file} is missing: the checkpoint was written by fewer ranks than this run has")
+            raise FileNotFoundError(
+                f"{rank_file} is missing: the checkpoint was written by fewer ranks than this run has"
+            )
         rank_state = torch.load(rank_file, weights_only=False)
         set_rng_state(rank_state.pop("rng"))
         return rank_state

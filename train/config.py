@@ -25,7 +25,11 @@ from train.text_encoder import TextEncoderConfig
 
 def model_config(choice: ModelChoice, latents: LatentSpace, text_dim: int) -> ModelConfig:
     """The chosen preset sized for the latent space and the caption encoder, then the overrides."""
-    sized = {"latent_channels": latents.channels, "text_dim": text_dim, "temporal_compression": latents.temporal_compression}
+    sized = {
+        "latent_channels": latents.channels,
+        "text_dim": text_dim,
+        "temporal_compression": latents.temporal_compression,
+    }
     return preset(choice.preset, **{**sized, **choice.overrides})
 
 
@@ -144,7 +148,10 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise KeyError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(f'{where}{k}' for k in unknown)}; {where or 'the job'} has: {', '.join(sorted(known))}")
+        raise KeyError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(f'{where}{k}' for k in unknown)}; "
+            f"{where or 'the job'} has: {', '.join(sorted(known))}"
+        )
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
@@ -207,8 +214,11 @@ def render(config: JobConfig) -> str:
         return repr(v)
 
     def table(obj: Any, header: str | None) -> None:
-        scalars = [(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                   if not dataclasses.is_dataclass(getattr(obj, f.name)) and f.name != "curriculum"]
+        scalars = [
+            (f.name, getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not dataclasses.is_dataclass(getattr(obj, f.name)) and f.name != "curriculum"
+        ]
         if header:
             lines.append(f"\n{header}")
         lines.extend(f"{name} = {value(v)}" for name, v in scalars)

@@ -48,20 +48,64 @@ AUDIO_ROWS = FEATURE_WINDOW[1] - FEATURE_WINDOW[0]  # Whisper rows per video fra
 class DataConfig:
     """What the trainer reads from a run's shards, and in which order (train/sampler.py)."""
 
-    shards: str = option("", "A talkcurate run's output folder (local path, or a URI pyarrow knows: s3://, gs://, ...) holding index.json, manifest.parquet and shards/; or a sample list (FILE.json from `talkcurate subset --list`) naming some of a folder's samples.")
-    resolution: tuple[int, int] = option((64, 64), "(height, width) of the frames, the reference and the masks; with aspect_buckets, one of the buckets.")
-    aspect_buckets: tuple[tuple[int, int], ...] = option((), "More (height, width) targets: each clip takes the one (resolution included) whose aspect ratio is nearest its own, and a batch holds one of them.")
-    fit: str = option("crop", "How a frame of another aspect ratio meets its target: 'crop' scales it to cover the target and cuts the excess, centred on the clip's face (clamped to the frame); 'letterbox' scales it to fit inside and pads with black.")
+    shards: str = option(
+        "",
+        "A talkcurate run's output folder (local path, or a URI pyarrow knows: s3://, gs://, ...) holding index.json, "
+        "manifest.parquet and shards/; or a sample list (FILE.json from `talkcurate subset --list`) naming some of a "
+        "folder's samples.",
+    )
+    resolution: tuple[int, int] = option(
+        (64, 64), "(height, width) of the frames, the reference and the masks; with aspect_buckets, one of the buckets."
+    )
+    aspect_buckets: tuple[tuple[int, int], ...] = option(
+        (),
+        "More (height, width) targets: each clip takes the one (resolution included) whose aspect ratio is nearest "
+        "its own, and a batch holds one of them.",
+    )
+    fit: str = option(
+        "crop",
+        "How a frame of another aspect ratio meets its target: 'crop' scales it to cover the target and cuts the "
+        "excess, centred on the clip's face (clamped to the frame); 'letterbox' scales it to fit inside and pads with "
+        "black.",
+    )
     num_frames: int = option(16, "Frames in a training window.")
-    length_buckets: tuple[int, ...] = option((), "Longer windows (frames): each clip takes the longest window (num_frames included) that it can fill, and a batch holds one length.")
-    frame_stride: int = option(1, "Take every n-th frame of the clip's 25 fps (2: 12.5 fps); each frame keeps its own Whisper rows.")
-    reference: str = option("outside", "The reference (identity) frame: 'outside' picks a frame outside the window's span when the clip has one, else the window's first frame; 'first' always takes the window's first frame (image-to-video).")
-    require_whisper: bool = option(True, "A sample without KEY.whisper.npy is an error (curate with transcribe.store_features=true); when false, its audio rows are zeros.")
-    audio_dim: int = option(384, "Width of the Whisper features (tiny: 384, large: 1280); stored features of another width are an error.")
-    balance: str = option("", "Balance an epoch over groups: '' (every clip once), 'source_id' (each source equally often) or 'identity' (each person equally often, by the clips' ArcFace embeddings; clips without one count as their source).")
-    identity_threshold: float = option(0.5, "Cosine similarity of ArcFace embeddings above which two clips are the same person (balance = 'identity').")
-    drop_last: bool = option(False, "Drop each bucket's last incomplete global batch; when false, it is filled with the bucket's first windows of the epoch again.")
-    seed: int = option(0, "Seed of the epoch order and of the windows' and reference frames' positions (with the epoch).")
+    length_buckets: tuple[int, ...] = option(
+        (),
+        "Longer windows (frames): each clip takes the longest window (num_frames included) that it can fill, and a "
+        "batch holds one length.",
+    )
+    frame_stride: int = option(
+        1, "Take every n-th frame of the clip's 25 fps (2: 12.5 fps); each frame keeps its own Whisper rows."
+    )
+    reference: str = option(
+        "outside",
+        "The reference (identity) frame: 'outside' picks a frame outside the window's span when the clip has one, "
+        "else the window's first frame; 'first' always takes the window's first frame (image-to-video).",
+    )
+    require_whisper: bool = option(
+        True,
+        "A sample without KEY.whisper.npy is an error (curate with transcribe.store_features=true); when false, its "
+        "audio rows are zeros.",
+    )
+    audio_dim: int = option(
+        384, "Width of the Whisper features (tiny: 384, large: 1280); stored features of another width are an error."
+    )
+    balance: str = option(
+        "",
+        "Balance an epoch over groups: '' (every clip once), 'source_id' (each source equally often) or 'identity' "
+        "(each person equally often, by the clips' ArcFace embeddings; clips without one count as their source).",
+    )
+    identity_threshold: float = option(
+        0.5, "Cosine similarity of ArcFace embeddings above which two clips are the same person (balance = 'identity')."
+    )
+    drop_last: bool = option(
+        False,
+        "Drop each bucket's last incomplete global batch; when false, it is filled with the bucket's first windows of "
+        "the epoch again.",
+    )
+    seed: int = option(
+        0, "Seed of the epoch order and of the windows' and reference frames' positions (with the epoch)."
+    )
     num_workers: int = option(2, "Data-loader processes per rank (0: load in the training process).")
 
     def validate(self) -> None:
@@ -72,7 +116,9 @@ class DataConfig:
         if self.balance not in BALANCE_KEYS:
             raise ValueError(f"data.balance must be one of {BALANCE_KEYS}, not {self.balance!r}")
         if min(self.num_frames, self.frame_stride, *self.length_buckets) < 1 or self.num_workers < 0:
-            raise ValueError("data.num_frames, length_buckets and frame_stride must be positive, num_workers not negative")
+            raise ValueError(
+                "data.num_frames, length_buckets and frame_stride must be positive, num_workers not negative"
+            )
         if min(min(size) for size in self.resolutions) < 1:
             raise ValueError("data.resolution and aspect_buckets must be positive sizes")
 
@@ -125,19 +171,33 @@ def list_samples(shards: str) -> list[SampleInfo]:
     with open_binary(_join(root, INDEX)) as f:
         order = {entry["url"]: i for i, entry in enumerate(json.load(f)["shardlist"])}
     with open_binary(_join(root, MANIFEST)) as f:
-        columns = ["key", "status", "shard", "num_frames", "width", "height", "source_id", "identity_embedding", "num_faces"]
+        columns = [
+            "key",
+            "status",
+            "shard",
+            "num_frames",
+            "width",
+            "height",
+            "source_id",
+            "identity_embedding",
+            "num_faces",
+        ]
         rows = [row for row in pq.read_table(f, columns=columns).to_pylist() if row["status"] == "kept"]
     if listing is not None:
         kept = {(row["key"], row["shard"]) for row in rows}
         stale = [sample for sample in listing.samples if sample not in kept]
         if stale:
-            raise ValueError(f"{shards}: {len(stale)} listed samples are not kept clips of {root} in the listed shard "
-                             f"(e.g. {stale[0][0]} in {stale[0][1]}); write the list again with `talkcurate subset --list`")
+            raise ValueError(
+                f"{shards}: {len(stale)} listed samples are not kept clips of {root} in the listed shard "
+                f"(e.g. {stale[0][0]} in {stale[0][1]}); write the list again with `talkcurate subset --list`"
+            )
         listed = set(listing.samples)
         rows = [row for row in rows if (row["key"], row["shard"]) in listed]
     unlisted = sorted({row["shard"] for row in rows} - set(order))
     if unlisted:
-        raise ValueError(f"{root}: kept clips in shards the index does not list ({', '.join(unlisted[:3])}); run `talkcurate verify`")
+        raise ValueError(
+            f"{root}: kept clips in shards the index does not list ({', '.join(unlisted[:3])}); run `talkcurate verify`"
+        )
     rows.sort(key=lambda row: (order[row["shard"]], row["key"]))
     return [
         SampleInfo(
@@ -262,7 +322,11 @@ def decode_frames(mp4: bytes, frames: Sequence[int], view: View) -> dict[int, np
             for frame in packet.decode():
                 if index(frame.pts) in wanted:
                     scaled = reformatter.reformat(
-                        frame, width=view.scaled_width, height=view.scaled_height, format="rgb24", interpolation=Interpolation.AREA
+                        frame,
+                        width=view.scaled_width,
+                        height=view.scaled_height,
+                        format="rgb24",
+                        interpolation=Interpolation.AREA,
                     )
                     out[index(frame.pts)] = view.place(scaled.to_ndarray())
             if len(out) == len(wanted):
@@ -364,11 +428,15 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, window: Window) -> Sample:
         info = self.samples[window.index]
-        members = self.reader.read(info.shard, info.key, (MEMBER_VIDEO, MEMBER_FACE, MEMBER_CAPTION, MEMBER_WHISPER_FEATURES))
+        members = self.reader.read(
+            info.shard, info.key, (MEMBER_VIDEO, MEMBER_FACE, MEMBER_CAPTION, MEMBER_WHISPER_FEATURES)
+        )
         frames = list(window.frames)
         track = decode_face_npz(members[MEMBER_FACE])
         x0, y0, x1, y1 = track.crop_box
-        view = View.fit(info.width, info.height, (window.height, window.width), self.config.fit, ((x0 + x1) / 2, (y0 + y1) / 2))
+        view = View.fit(
+            info.width, info.height, (window.height, window.width), self.config.fit, ((x0 + x1) / 2, (y0 + y1) / 2)
+        )
         pixels = decode_frames(members[MEMBER_VIDEO], [*frames, window.reference], view)
         video = np.stack([pixels[f] for f in frames])  # (T, H, W, 3)
         face, lips = face_and_lip_masks(view.landmarks(track.landmarks[frames]), window.height, window.width)
@@ -386,9 +454,14 @@ class ClipDataset(torch.utils.data.Dataset):
     def _audio(self, key: str, data: bytes | None, frames: list[int]) -> torch.Tensor:
         if data is None:
             if self.config.require_whisper:
-                raise ValueError(f"{key} has no {MEMBER_WHISPER_FEATURES}: curate with transcribe.store_features=true, or set data.require_whisper=false")
+                raise ValueError(
+                    f"{key} has no {MEMBER_WHISPER_FEATURES}: curate with transcribe.store_features=true, or set "
+                    "data.require_whisper=false"
+                )
             return torch.zeros(len(frames), AUDIO_ROWS, self.config.audio_dim)
         features = decode_features(data)
         if features.shape[1] != self.config.audio_dim:
-            raise ValueError(f"{key}: Whisper features of width {features.shape[1]}, data.audio_dim is {self.config.audio_dim}")
+            raise ValueError(
+                f"{key}: Whisper features of width {features.shape[1]}, data.audio_dim is {self.config.audio_dim}"
+            )
         return torch.from_numpy(np.stack([frame_feature_window(features, f, FPS) for f in frames]).astype(np.float32))

@@ -100,7 +100,9 @@ class ReferenceVideo:
         if missing > 0:
             self._read(missing)
         offset = start - self._first
-        return np.stack(list(self._frames)[offset : offset + length]), np.stack(list(self._masks)[offset : offset + length])
+        return np.stack(list(self._frames)[offset : offset + length]), np.stack(
+            list(self._masks)[offset : offset + length]
+        )
 
     def _read(self, count: int) -> None:
         analysis = np.stack([next(self._source) for _ in range(count)])

@@ -115,9 +115,18 @@ class _Writer:
         self.container.close()
 
 
-def generate(trained: Trained, portrait: str | Path | None, speech_path: str | Path, out: str | Path, text: str = "",
-             sampler: SamplerConfig | None = None, window: WindowConfig | None = None, seed: int = 0, progress: bool = False,
-             reference_video: str | Path | None = None) -> int:
+def generate(
+    trained: Trained,
+    portrait: str | Path | None,
+    speech_path: str | Path,
+    out: str | Path,
+    text: str = "",
+    sampler: SamplerConfig | None = None,
+    window: WindowConfig | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    reference_video: str | Path | None = None,
+) -> int:
     """Write the video; returns its frame count (the speech's duration times 25, rounded).
 
     With `reference_video`, edit it: only the mouth region of its frames is generated, the rest of
@@ -147,13 +156,23 @@ def generate(trained: Trained, portrait: str | Path | None, speech_path: str | P
     _, channels, h, w = reference.shape
 
     def velocity_for(start: int, length: int):
-        cond = Conditions(text=caption, text_mask=caption_mask, audio=audio[:, start : start + length].to(device),
-                          reference=reference, reference_keep=torch.ones(1, device=device))
+        cond = Conditions(
+            text=caption,
+            text_mask=caption_mask,
+            audio=audio[:, start : start + length].to(device),
+            reference=reference,
+            reference_keep=torch.ones(1, device=device),
+        )
         return guided(model, cond, sampler.text_scale, sampler.audio_scale)
 
     def noise_for(start: int, length: int) -> torch.Tensor:
-        return torch.stack([torch.randn(1, channels, h, w, generator=torch.Generator().manual_seed(seed * 1_000_003 + f))
-                            for f in range(start, start + length)], dim=2).to(device)
+        return torch.stack(
+            [
+                torch.randn(1, channels, h, w, generator=torch.Generator().manual_seed(seed * 1_000_003 + f))
+                for f in range(start, start + length)
+            ],
+            dim=2,
+        ).to(device)
 
     def known_for(start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         frames, masks = editing.window(start, length)
@@ -173,7 +192,16 @@ def generate(trained: Trained, portrait: str | Path | None, speech_path: str | P
         writer.add(frames)
 
     with torch.no_grad():
-        sliding_denoise(velocity_for, noise_for, total, window.frames, window.overlap, sampler, emit, progress=progress,
-                        known_for=known_for if editing is not None else None)
+        sliding_denoise(
+            velocity_for,
+            noise_for,
+            total,
+            window.frames,
+            window.overlap,
+            sampler,
+            emit,
+            progress=progress,
+            known_for=known_for if editing is not None else None,
+        )
     writer.finish(speech)
     return writer.frames

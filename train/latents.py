@@ -111,7 +111,8 @@ class ExportedVAE(LatentSpace):
         missing = [name for name in (ENCODER_FILE, DECODER_FILE, META_FILE) if not (folder / name).is_file()]
         if missing:
             raise FileNotFoundError(
-                f"no VAE at {folder}: it lacks {', '.join(missing)}. A VAE folder holds {ENCODER_FILE} and {DECODER_FILE} "
+                f"no VAE at {folder}: it lacks {', '.join(missing)}. A VAE folder holds {ENCODER_FILE} and "
+                f"{DECODER_FILE} "
                 f"(torch.export programs) and {META_FILE}; write one with train.latents.export_vae, or leave vae_path "
                 "empty to train in pixel space"
             )
@@ -156,8 +157,12 @@ def export_vae(
     latent_frames = steps + 1 if causal else steps
     with torch.no_grad():
         programs = {
-            ENCODER_FILE: export(encoder.eval(), (video,), dynamic_shapes=({0: batch, 2: frames, 3: s * rows, 4: s * cols},)),
-            DECODER_FILE: export(decoder.eval(), (latents,), dynamic_shapes=({0: batch, 2: latent_frames, 3: rows, 4: cols},)),
+            ENCODER_FILE: export(
+                encoder.eval(), (video,), dynamic_shapes=({0: batch, 2: frames, 3: s * rows, 4: s * cols},)
+            ),
+            DECODER_FILE: export(
+                decoder.eval(), (latents,), dynamic_shapes=({0: batch, 2: latent_frames, 3: rows, 4: cols},)
+            ),
         }
     for name, program in programs.items():
         torch.export.save(program, folder / name)
@@ -178,5 +183,7 @@ def group_frames(x: Tensor, latent_frames: int, compression: int) -> Tensor:
     if t == 1 + (latent_frames - 1) * compression and compression > 1:
         x = torch.cat([x[:, :1].expand(b, compression - 1, *x.shape[2:]), x], dim=1)
     elif t != latent_frames * compression:
-        raise ValueError(f"{t} video frames do not make {latent_frames} latent frames at temporal compression {compression}")
+        raise ValueError(
+            f"{t} video frames do not make {latent_frames} latent frames at temporal compression {compression}"
+        )
     return x.reshape(b, latent_frames, compression, *x.shape[2:])

@@ -35,14 +35,18 @@ class ClipLoader:
     """Iterating gives the rest of the current epoch's batches of this rank, in plan order;
     `state_dict()` says where the batches handed out so far end."""
 
-    def __init__(self, config: DataConfig, batch_size: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False):
+    def __init__(
+        self, config: DataConfig, batch_size: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False
+    ):
         samples = list_samples(config.shards)
         self.dataset = ClipDataset(config, samples)
         self.sampler = DistributedClipSampler(samples, config, batch_size, rank, world_size)
         self.num_workers = config.num_workers
         self.pin_memory = pin_memory
         short = len(samples) - len(self.sampler.eligible)
-        log.info("%d clips in %s, %d too short for a %d-frame window", len(samples), config.shards, short, config.num_frames)
+        log.info(
+            "%d clips in %s, %d too short for a %d-frame window", len(samples), config.shards, short, config.num_frames
+        )
 
     def __len__(self) -> int:
         """The rank's batches in the current epoch."""

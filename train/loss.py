@@ -60,8 +60,12 @@ class LossConfig:
 @dataclass
 class LossOutput:
     loss: Tensor  # scalar to backpropagate: mean over tokens of weight x squared error
-    region_loss: dict[str, Tensor]  # unweighted mean squared error per pixel area of each region (NaN where it is absent); detached
-    region_area: dict[str, Tensor]  # token-equivalents of each region in the batch, to combine region losses across ranks; detached
+    region_loss: dict[
+        str, Tensor
+    ]  # unweighted mean squared error per pixel area of each region (NaN where it is absent); detached
+    region_area: dict[
+        str, Tensor
+    ]  # token-equivalents of each region in the batch, to combine region losses across ranks; detached
 
 
 def sample_timesteps(batch: int, config: LossConfig, generator: torch.Generator, device: torch.device) -> Tensor:
@@ -73,7 +77,9 @@ def sample_timesteps(batch: int, config: LossConfig, generator: torch.Generator,
     return config.shift * t / (1 + (config.shift - 1) * t)
 
 
-def token_regions(face_mask: Tensor, lip_mask: Tensor, grid: tuple[int, int, int], model: ModelConfig) -> dict[str, Tensor]:
+def token_regions(
+    face_mask: Tensor, lip_mask: Tensor, grid: tuple[int, int, int], model: ModelConfig
+) -> dict[str, Tensor]:
     """The share of each token's pixels in each region, (B, frames, rows, columns) per region, the
     three summing to 1. Masks are (B, T, H, W) on the video's frames and pixels; `grid` is the token grid."""
     lip = lip_mask.float()
@@ -99,7 +105,11 @@ def weighted_loss(
     error = (prediction.float() - target.float()).pow(2).mean(dim=1)
     token_error = F.avg_pool3d(error[:, None], (pt, ph, pw))[:, 0]
     shares = token_regions(face_mask, lip_mask, tuple(token_error.shape[1:]), model)
-    weight = config.background_weight * shares["background"] + config.face_weight * shares["face"] + config.lip_weight * shares["lip"]
+    weight = (
+        config.background_weight * shares["background"]
+        + config.face_weight * shares["face"]
+        + config.lip_weight * shares["lip"]
+    )
     with torch.no_grad():
         area = {name: shares[name].sum() for name in REGIONS}
         region_loss = {name: (shares[name] * token_error).sum() / area[name] for name in REGIONS}

@@ -139,7 +139,9 @@ class LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
 
 
-def rope_frequencies(grid: tuple[int, int, int], head_dim: int, theta: float, device: torch.device) -> tuple[Tensor, Tensor]:
+def rope_frequencies(
+    grid: tuple[int, int, int], head_dim: int, theta: float, device: torch.device
+) -> tuple[Tensor, Tensor]:
     """Cosines and sines (L, head_dim / 2) of 3D rotary positions for a (frames, rows, columns) token
     grid, in its flattening order. The head width is split like Wan's: a third of the pairs (rounded
     down) each for rows and columns, the rest for time."""
@@ -174,7 +176,9 @@ class Attention(nn.Module):
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
-    def forward(self, x: Tensor, context: Tensor, rope: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, context: Tensor, rope: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None
+    ) -> Tensor:
         """`mask`: bool, broadcastable to (B, heads, Lx, Lcontext), True where attention is allowed."""
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
         k = self.norm_k(self.k(context)).unflatten(-1, (self.num_heads, -1))
@@ -207,7 +211,9 @@ class AudioEmbedding(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.proj = nn.Sequential(nn.Linear(config.audio_dim, config.dim), nn.GELU(approximate="tanh"), nn.Linear(config.dim, config.dim))
+        self.proj = nn.Sequential(
+            nn.Linear(config.audio_dim, config.dim), nn.GELU(approximate="tanh"), nn.Linear(config.dim, config.dim)
+        )
         self.position = nn.Parameter(torch.zeros(config.audio_tokens, config.dim))
 
     def forward(self, audio: Tensor) -> Tensor:
@@ -226,7 +232,9 @@ class Block(nn.Module):
         self.cross_attn = Attention(dim, config.num_heads, config.qk_norm, eps)
         self.audio_attn = AudioCrossAttention(config)
         self.norm2 = LayerNorm(dim, eps, elementwise_affine=False)
-        self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(config.ffn_dim, dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(config.ffn_dim, dim)
+        )
         self.modulation = nn.Parameter(torch.zeros(1, 6, dim))
 
     def forward(
@@ -269,7 +277,9 @@ class TalkingDiT(nn.Module):
         self.config = config
         dim, c = config.dim, config.latent_channels
         self.patch_embedding = nn.Conv3d(2 * c + 1, dim, kernel_size=config.patch_size, stride=config.patch_size)
-        self.text_embedding = nn.Sequential(nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.text_embedding = nn.Sequential(
+            nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
+        )
         self.time_embedding = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.audio_embedding = AudioEmbedding(config)
@@ -312,7 +322,9 @@ class TalkingDiT(nn.Module):
         b, _, frames, height, width = x.shape
         pt, ph, pw = cfg.patch_size
         if frames % pt or height % ph or width % pw:
-            raise ValueError(f"latent grid {frames} x {height} x {width} is not a multiple of the patch size {cfg.patch_size}")
+            raise ValueError(
+                f"latent grid {frames} x {height} x {width} is not a multiple of the patch size {cfg.patch_size}"
+            )
         grid = (frames // pt, height // ph, width // pw)
 
         reference = cond.reference[:, :, None].expand(-1, -1, frames, -1, -1)
@@ -323,7 +335,9 @@ class TalkingDiT(nn.Module):
         e = self.time_embedding(_timestep_embedding(t.float() * cfg.timestep_scale, cfg.freq_dim).to(dtype)).float()
         e6 = self.time_projection(e.to(dtype)).float().unflatten(1, (6, cfg.dim))
         text = self.text_embedding(cond.text.to(dtype))
-        audio = group_frames(cond.audio, frames, cfg.temporal_compression).reshape(b, grid[0], cfg.audio_tokens, cfg.audio_dim)
+        audio = group_frames(cond.audio, frames, cfg.temporal_compression).reshape(
+            b, grid[0], cfg.audio_tokens, cfg.audio_dim
+        )
         audio = self.audio_embedding(audio.to(dtype))
         rope = rope_frequencies(grid, cfg.dim // cfg.num_heads, cfg.rope_theta, x.device)
 

@@ -68,8 +68,11 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
 def parallelize(model: nn.Module, mesh: DeviceMesh, config: ParallelConfig, device: torch.device) -> nn.Module:
     """Shard `model` (which has an `nn.ModuleList` named `blocks`) over `mesh`, block by block."""
     # The model casts its own inputs and keeps timesteps and modulation in float32.
-    policy = MixedPrecisionPolicy(param_dtype=_dtype(config.param_dtype, device), reduce_dtype=_dtype(config.reduce_dtype, device),
-                                  cast_forward_inputs=False)
+    policy = MixedPrecisionPolicy(
+        param_dtype=_dtype(config.param_dtype, device),
+        reduce_dtype=_dtype(config.reduce_dtype, device),
+        cast_forward_inputs=False,
+    )
     for index, block in enumerate(model.blocks):
         if config.activation_checkpointing:
             block = checkpoint_wrapper(block, preserve_rng_state=False)

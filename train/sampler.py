@@ -91,7 +91,9 @@ class DistributedClipSampler(torch.utils.data.Sampler[list[Window]]):
     `position` past it, and an exhausted epoch continues with the next one at the next iteration.
     """
 
-    def __init__(self, samples: Sequence[SampleInfo], config: DataConfig, batch_size: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, samples: Sequence[SampleInfo], config: DataConfig, batch_size: int, rank: int = 0, world_size: int = 1
+    ):
         config.validate()
         if batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"batch_size {batch_size}, rank {rank} of {world_size}: not a valid split")
@@ -99,8 +101,12 @@ class DistributedClipSampler(torch.utils.data.Sampler[list[Window]]):
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.num_samples = len(samples)
         self.clip_frames = np.array([s.num_frames for s in samples], np.int64)
-        self.window_lengths = np.array([window_length(s.num_frames, config.window_lengths, config.frame_stride) for s in samples], np.int64)
-        self.resolution_index = np.array([aspect_bucket(s.width, s.height, config.resolutions) for s in samples], np.int64)
+        self.window_lengths = np.array(
+            [window_length(s.num_frames, config.window_lengths, config.frame_stride) for s in samples], np.int64
+        )
+        self.resolution_index = np.array(
+            [aspect_bucket(s.width, s.height, config.resolutions) for s in samples], np.int64
+        )
         self.eligible = np.flatnonzero(self.window_lengths > 0)
         if not len(self.eligible):
             raise ValueError(f"no clip holds {min(config.window_lengths)} frames at stride {config.frame_stride}")
@@ -164,7 +170,9 @@ class DistributedClipSampler(torch.utils.data.Sampler[list[Window]]):
             batches.extend(members.reshape(-1, size))
         if not batches:
             raise ValueError(f"epoch {epoch} has no complete global batch of {size} windows (drop_last)")
-        mine = np.stack(batches)[rng.permutation(len(batches))][:, self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        mine = np.stack(batches)[rng.permutation(len(batches))][
+            :, self.rank * self.batch_size : (self.rank + 1) * self.batch_size
+        ]
         return EpochPlan(
             samples=draws[mine],
             starts=starts[mine],
@@ -178,7 +186,15 @@ class DistributedClipSampler(torch.utils.data.Sampler[list[Window]]):
     def windows(self, plan: EpochPlan, batch: int) -> list[Window]:
         height, width = self.config.resolutions[plan.resolutions[batch]]
         return [
-            Window(int(index), int(start), int(plan.lengths[batch]), self.config.frame_stride, int(reference), height, width)
+            Window(
+                int(index),
+                int(start),
+                int(plan.lengths[batch]),
+                self.config.frame_stride,
+                int(reference),
+                height,
+                width,
+            )
             for index, start, reference in zip(plan.samples[batch], plan.starts[batch], plan.references[batch])
         ]
 

@@ -16,7 +16,7 @@ forward pass on a tripled batch (the reference frame conditions all three).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -54,8 +54,13 @@ def timesteps(steps: int, shift: float) -> Tensor:
     return (shift * t / (1 + (shift - 1) * t)).float()
 
 
-def denoise(velocity: Velocity, noise: Tensor, config: SamplerConfig, progress: bool = False,
-            after_step: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
+def denoise(
+    velocity: Velocity,
+    noise: Tensor,
+    config: SamplerConfig,
+    progress: bool = False,
+    after_step: Callable[[int, Tensor], Tensor] | None = None,
+) -> Tensor:
     """Integrate from `noise` at t = 1 to a clean sample at t = 0. `after_step(i, x)` may replace
     the sample after step i (sliding windows fuse their overlap there)."""
     if config.order not in (1, 2):
@@ -63,7 +68,9 @@ def denoise(velocity: Velocity, noise: Tensor, config: SamplerConfig, progress: 
     times = timesteps(config.steps, config.shift).to(noise.device)
     x = noise.float()
     batch = x.shape[0]
-    for index, (now, nxt) in enumerate(tqdm(zip(times[:-1], times[1:]), total=config.steps, disable=not progress, desc="denoising")):
+    for index, (now, nxt) in enumerate(
+        tqdm(zip(times[:-1], times[1:]), total=config.steps, disable=not progress, desc="denoising")
+    ):
         v = velocity(x, now.expand(batch)).float()
         predicted = x + (nxt - now) * v
         if config.order == 2 and nxt > 0:
@@ -73,7 +80,9 @@ def denoise(velocity: Velocity, noise: Tensor, config: SamplerConfig, progress: 
     return x
 
 
-def guided(model: Callable[[Tensor, Tensor, Conditions], Tensor], cond: Conditions, text_scale: float, audio_scale: float) -> Velocity:
+def guided(
+    model: Callable[[Tensor, Tensor, Conditions], Tensor], cond: Conditions, text_scale: float, audio_scale: float
+) -> Velocity:
     """The velocity with caption and audio guidance, the three predictions in one batched forward."""
 
     def velocity(x: Tensor, t: Tensor) -> Tensor:
@@ -81,8 +90,17 @@ def guided(model: Callable[[Tensor, Tensor, Conditions], Tensor], cond: Conditio
         no, yes = torch.zeros(b, dtype=torch.bool, device=x.device), torch.ones(b, dtype=torch.bool, device=x.device)
         neither = cond.drop(text=yes, audio=yes, reference=no)
         caption_only = cond.drop(text=no, audio=yes, reference=no)
-        tripled = Conditions(*(torch.cat(parts) for parts in zip(
-            *((c.text, c.text_mask, c.audio, c.reference, c.reference_keep) for c in (neither, caption_only, cond)))))
+        tripled = Conditions(
+            *(
+                torch.cat(parts)
+                for parts in zip(
+                    *(
+                        (c.text, c.text_mask, c.audio, c.reference, c.reference_keep)
+                        for c in (neither, caption_only, cond)
+                    )
+                )
+            )
+        )
         unconditional, with_caption, full = model(torch.cat([x, x, x]), torch.cat([t, t, t]), tripled).float().chunk(3)
         return unconditional + text_scale * (with_caption - unconditional) + audio_scale * (full - with_caption)
 
@@ -134,23 +152,44 @@ def sliding_denoise(
         length = min(frames, total - start)
         shared = (starts[k - 1] + frames - start) if k else 0
         following = (start + length - starts[k + 1]) if k + 1 < len(starts) else 0
-        tail: list[Tensor] = []
-        weight = None
-        if shared:
-            weight = torch.linspace(1.0, 0.0, shared + 2)[1:-1].view(1, 1, shared, 1, 1)
         noise = noise_for(start, length)
-        known, regenerate = known_for(start, length) if known_for else (None, None)
+        window = _Window(
+            times,
+            length,
+            shared,
+            following,
+            previous,
+            noise,
+            *(known_for(start, length) if known_for else (None, None)),
+        )
+        denoised = denoise(velocity_for(start, length), noise, config, after_step=window.fuse)
+        emit(denoised[:, :, : length - following])
+        previous = window.tail
 
-        def fuse(index: int, x: Tensor) -> Tensor:
-            if shared:
-                x = torch.cat([weight.to(x) * previous[index] + (1 - weight.to(x)) * x[:, :, :shared], x[:, :, shared:]], dim=2)
-            if known is not None:
-                t = times[index + 1].item()
-                x = regenerate * x + (1 - regenerate) * ((1 - t) * known + t * noise.float())
-            if following:
-                tail.append(x[:, :, length - following :].clone())
-            return x
 
-        window = denoise(velocity_for(start, length), noise, config, after_step=fuse)
-        emit(window[:, :, : length - following])
-        previous = tail
+@dataclass
+class _Window:
+    """One window of `sliding_denoise`: what its steps blend in and keep after each step."""
+
+    times: Tensor
+    length: int
+    shared: int  # leading frames shared with the previous window
+    following: int  # trailing frames shared with the next window
+    previous: list[Tensor]  # the previous window's tail after each step
+    noise: Tensor
+    known: Tensor | None
+    regenerate: Tensor | None
+    tail: list[Tensor] = field(default_factory=list)  # this window's trailing frames after each step
+
+    def fuse(self, index: int, x: Tensor) -> Tensor:
+        if self.shared:
+            weight = torch.linspace(1.0, 0.0, self.shared + 2)[1:-1].view(1, 1, self.shared, 1, 1).to(x)
+            x = torch.cat(
+                [weight * self.previous[index] + (1 - weight) * x[:, :, : self.shared], x[:, :, self.shared :]], dim=2
+            )
+        if self.known is not None:
+            t = self.times[index + 1].item()
+            x = self.regenerate * x + (1 - self.regenerate) * ((1 - t) * self.known + t * self.noise.float())
+        if self.following:
+            self.tail.append(x[:, :, self.length - self.following :].clone())
+        return x

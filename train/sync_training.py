@@ -75,7 +75,15 @@ def read_clips(shards: list[str]) -> list[TrainingClip]:
             track = decode_face_npz(members[MEMBER_FACE])
             audio = _wav_samples(members[MEMBER_AUDIO])
             frames = min(track.num_frames, len(audio) // SAMPLES_PER_FRAME)
-            clips.append(TrainingClip(track.landmarks[:frames], sample.width, sample.height, audio[: frames * SAMPLES_PER_FRAME], sample.source_id))
+            clips.append(
+                TrainingClip(
+                    track.landmarks[:frames],
+                    sample.width,
+                    sample.height,
+                    audio[: frames * SAMPLES_PER_FRAME],
+                    sample.source_id,
+                )
+            )
     return clips
 
 
@@ -115,15 +123,25 @@ def fit(clips: list[TrainingClip], config: SyncTrainingConfig) -> tuple[dict[str
     weights = np.linalg.solve(x.T @ x + config.ridge * len(x) * np.eye(x.shape[1]), x.T @ target)
     predicted = x @ weights
     explained = 1.0 - ((predicted - target) ** 2).mean(axis=0) / target.var(axis=0)
-    arrays = {"template": template, "mouth_basis": basis, "audio_mean": mean, "audio_scale": scale, "weights": weights,
-              "context_steps": np.array(config.context_steps), "null_bank": predicted[: config.null_bank_frames]}
+    arrays = {
+        "template": template,
+        "mouth_basis": basis,
+        "audio_mean": mean,
+        "audio_scale": scale,
+        "weights": weights,
+        "context_steps": np.array(config.context_steps),
+        "null_bank": predicted[: config.null_bank_frames],
+    }
     return arrays, {"explained_variance": [round(float(v), 4) for v in explained]}
 
 
 def export(arrays: dict[str, np.ndarray], version: str, path: str | Path) -> None:
     """Write the model in stages/lip_sync.py's format."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    stored = {name: a.astype(np.float16 if name == "null_bank" else np.float32) if a.dtype.kind == "f" else a for name, a in arrays.items()}
+    stored = {
+        name: a.astype(np.float16 if name == "null_bank" else np.float32) if a.dtype.kind == "f" else a
+        for name, a in arrays.items()
+    }
     with open(path, "wb") as f:
         np.savez_compressed(f, format=np.array(lip_sync.FORMAT), version=np.array(version), **stored)
 
@@ -138,12 +156,17 @@ def train(shards: list[str], out: str | Path, config: SyncTrainingConfig) -> dic
     arrays, figures = fit(clips, config)
     export(arrays, config.version, out)
     summary = {
-        "version": config.version, "shards": list(shards),
-        "clips": len(clips), "sources": len({c.source_id for c in clips}),
-        "frames": int(sum(len(c.landmarks) for c in clips)), **figures,
+        "version": config.version,
+        "shards": list(shards),
+        "clips": len(clips),
+        "sources": len({c.source_id for c in clips}),
+        "frames": int(sum(len(c.landmarks) for c in clips)),
+        **figures,
         "seconds": round(time.perf_counter() - started, 1),
         "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
     }
-    log.info("lip-sync model %s: %d clips, explained variance %s", config.version, len(clips), figures["explained_variance"])
+    log.info(
+        "lip-sync model %s: %d clips, explained variance %s", config.version, len(clips), figures["explained_variance"]
+    )
     Path(f"{out}.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -69,7 +69,9 @@ class TextEncoder:
         if caption in self._cache:
             self._cache.move_to_end(caption)
             return self._cache[caption]
-        tokens = self.tokenizer(caption, truncation=True, max_length=self.config.max_length, return_tensors="pt").to(self.device)
+        tokens = self.tokenizer(caption, truncation=True, max_length=self.config.max_length, return_tensors="pt").to(
+            self.device
+        )
         embedding = self.model(**tokens).last_hidden_state[0].float()
         self._cache[caption] = embedding
         if len(self._cache) > self.config.cache_size:

@@ -39,7 +39,11 @@ log = logging.getLogger("train")
 
 
 def _stage_loss(config: LossConfig, stage: CurriculumStage) -> LossConfig:
-    changes = {name: getattr(stage, name) for name in ("text_dropout", "audio_dropout", "reference_dropout") if getattr(stage, name) >= 0}
+    changes = {
+        name: getattr(stage, name)
+        for name in ("text_dropout", "audio_dropout", "reference_dropout")
+        if getattr(stage, name) >= 0
+    }
     return dataclasses.replace(config, **changes)
 
 
@@ -58,8 +62,12 @@ class Trainer:
         self.model.to_empty(device=device)
         with torch.no_grad():
             self.model.init_weights()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr, betas=config.optim.betas,
-                                           weight_decay=config.optim.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=config.optim.lr,
+            betas=config.optim.betas,
+            weight_decay=config.optim.weight_decay,
+        )
         self.generator = torch.Generator(device).manual_seed(config.seed * 1000 + self.rank)
         self.checkpoints = Checkpointer(self.out / "checkpoints", config.checkpoint.keep)
         self.step = 0  # optimizer steps done, over all stages
@@ -68,14 +76,20 @@ class Trainer:
         self.loader: ClipLoader | None = None
         self._loader_state: dict | None = None
         self.metrics: list[dict] = []
-        self._tensorboard = _tensorboard_writer(self.out / "tensorboard") if config.metrics.tensorboard and self.rank == 0 else None
+        self._tensorboard = (
+            _tensorboard_writer(self.out / "tensorboard") if config.metrics.tensorboard and self.rank == 0 else None
+        )
 
     # -- state -------------------------------------------------------------------------------
 
     def _rank_state(self) -> dict:
-        return {"step": self.step, "stage_index": self.stage_index, "stage_step": self.stage_step,
-                "loader": self.loader.state_dict() if self.loader else self._loader_state,
-                "generator": self.generator.get_state()}
+        return {
+            "step": self.step,
+            "stage_index": self.stage_index,
+            "stage_step": self.stage_step,
+            "loader": self.loader.state_dict() if self.loader else self._loader_state,
+            "generator": self.generator.get_state(),
+        }
 
     def resume(self) -> bool:
         step = self.checkpoints.latest() if self.config.checkpoint.resume else None
@@ -144,7 +158,9 @@ class Trainer:
         self.save()
         return self.metrics
 
-    def _train_step(self, batch: Batch, stage: CurriculumStage, loss_config: LossConfig, window: _Window) -> dict | None:
+    def _train_step(
+        self, batch: Batch, stage: CurriculumStage, loss_config: LossConfig, window: _Window
+    ) -> dict | None:
         started = time.perf_counter()
         batch = batch.to(self.device, non_blocking=True)
         with torch.no_grad():
@@ -152,9 +168,16 @@ class Trainer:
             reference = self.latents.encode_image(batch.reference)
             text, text_mask = self.text(batch.caption)
         b = latents.shape[0]
-        cond = Conditions(text=text, text_mask=text_mask, audio=batch.audio, reference=reference,
-                          reference_keep=torch.ones(b, device=self.device))
-        out = flow_matching_loss(self.model, latents, cond, batch.face_mask, batch.lip_mask, loss_config, self.generator)
+        cond = Conditions(
+            text=text,
+            text_mask=text_mask,
+            audio=batch.audio,
+            reference=reference,
+            reference_keep=torch.ones(b, device=self.device),
+        )
+        out = flow_matching_loss(
+            self.model, latents, cond, batch.face_mask, batch.lip_mask, loss_config, self.generator
+        )
         out.loss.backward()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         norm = torch.nn.utils.clip_grad_norm_(trainable, self.config.optim.grad_clip or float("inf"))
@@ -170,24 +193,44 @@ class Trainer:
         window.add(out, b, tokens, time.perf_counter() - started)
         if self.step % self.config.metrics.every and self.stage_step < stage.steps:
             return None
-        return self._log(window.take(), stage, lr, float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm), batch.key)
+        return self._log(
+            window.take(), stage, lr, float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm), batch.key
+        )
 
     def _log(self, window: dict, stage: CurriculumStage, lr: float, grad_norm: float, keys: list[str]) -> dict:
         """Averages over the ranks and the steps since the last log; rank 0 prints and appends JSONL."""
-        names = ["loss", "samples", "tokens", "seconds", *(f"{r}_loss_sum" for r in REGIONS), *(f"{r}_area" for r in REGIONS)]
-        totals = torch.tensor([window[n] for n in names], dtype=torch.float64, device=self.device)  # NCCL reduces device tensors only
+        names = [
+            "loss",
+            "samples",
+            "tokens",
+            "seconds",
+            *(f"{r}_loss_sum" for r in REGIONS),
+            *(f"{r}_area" for r in REGIONS),
+        ]
+        totals = torch.tensor(
+            [window[n] for n in names], dtype=torch.float64, device=self.device
+        )  # NCCL reduces device tensors only
         dist.all_reduce(totals)
         total = dict(zip(names, totals.tolist()))
         seconds = total["seconds"] / self.world  # wall time of the window, averaged over ranks
         record = {
-            "step": self.step, "stage": stage.name, "lr": lr, "grad_norm": grad_norm,
+            "step": self.step,
+            "stage": stage.name,
+            "lr": lr,
+            "grad_norm": grad_norm,
             "loss": total["loss"] / (window["steps"] * self.world),
-            **{f"{r}_loss": total[f"{r}_loss_sum"] / total[f"{r}_area"] if total[f"{r}_area"] else None for r in REGIONS},
-            "samples_per_s": total["samples"] / seconds, "tokens_per_s": total["tokens"] / seconds,
+            **{
+                f"{r}_loss": total[f"{r}_loss_sum"] / total[f"{r}_area"] if total[f"{r}_area"] else None
+                for r in REGIONS
+            },
+            "samples_per_s": total["samples"] / seconds,
+            "tokens_per_s": total["tokens"] / seconds,
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             # How the parameters are split: this rank holds `params_local` of `params` (FSDP shards).
             "params": sum(p.numel() for p in self.model.parameters()),
-            "params_local": sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in self.model.parameters()),
+            "params_local": sum(
+                (p.to_local() if hasattr(p, "to_local") else p).numel() for p in self.model.parameters()
+            ),
             "keys": list(keys),  # rank 0's clips of the step just taken: which samples the sampler gave
         }
         if self.device.type == "cuda":
@@ -236,5 +279,12 @@ class _Window:
 
     @staticmethod
     def _empty() -> dict:
-        return {"steps": 0, "loss": 0.0, "samples": 0, "tokens": 0, "seconds": 0.0,
-                **{f"{r}_loss_sum": 0.0 for r in REGIONS}, **{f"{r}_area": 0.0 for r in REGIONS}}
+        return {
+            "steps": 0,
+            "loss": 0.0,
+            "samples": 0,
+            "tokens": 0,
+            "seconds": 0.0,
+            **{f"{r}_loss_sum": 0.0 for r in REGIONS},
+            **{f"{r}_area": 0.0 for r in REGIONS},
+        }
