@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     browse.set_defaults(func=_cmd_browse)
 
     from pipeline.dedup import DedupThresholds
-    from pipeline.split import DEFAULT_IDENTITY_THRESHOLD, DEFAULT_VAL
+    from pipeline.split import DEFAULT_VAL
 
     near = DedupThresholds()
     dedup = commands.add_parser(
@@ -298,8 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument(
         "--identity-threshold",
         type=float,
-        default=DEFAULT_IDENTITY_THRESHOLD,
-        help="ArcFace cosine similarity from which two clips are one person (default %(default)s)",
+        help="cosine similarity of identity embeddings from which two clips are one person (default: the backend's, "
+        "dlib-resnet 0.96, insightface 0.5)",
     )
     split.set_defaults(func=_cmd_split)
 

@@ -2,10 +2,11 @@
 no near-duplicate group is on both sides.
 
 Kept clips are joined into clusters when they share a source, when `talkcurate dedup` marked one a
-near-duplicate of the other, and, when the insightface backend ran (manifest column
-`identity_embedding`), when their ArcFace embeddings have a cosine similarity of at least
-`identity_threshold` (single linkage: every such pair of clips ends up in one cluster, so the split
-is identity-disjoint by construction). Without embeddings the clusters are the sources (with their
+near-duplicate of the other, and, where the face stage recorded identity embeddings (manifest
+column `identity_embedding`), when their embeddings (of one backend) have a cosine similarity of at
+least `identity_threshold`, by default the backend's own (`schemas.face.SAME_PERSON_COSINE`; single
+linkage: every such pair of clips ends up in one cluster, so the split is identity-disjoint by
+construction). Without embeddings the clusters are the sources (with their
 duplicates), and the command says so.
 
 A cluster's stable id is its smallest source id; the cluster goes to `val` when the SHA-1 of that
@@ -29,14 +30,14 @@ import pyarrow as pa
 
 from pipeline.inspect import load
 from pipeline.output import MANIFEST, annotated, write_annotation, write_manifest
+from schemas.face import SAME_PERSON_COSINE
 from schemas.records import Status
 from stages.storage import OutputDir
 
 TRAIN, VAL = "train", "val"
 DEFAULT_VAL = 0.05
-DEFAULT_IDENTITY_THRESHOLD = 0.5  # a trained ArcFace: one person's clips measure well above, two people's near 0
 _BLOCK_ELEMENTS = 1 << 24  # cosine similarities per numpy block (64 MB)
-_COLUMNS = ("key", "source_id", "status", "duration_s", "identity_embedding", "duplicate_of")
+_COLUMNS = ("key", "source_id", "status", "duration_s", "identity_backend", "identity_embedding", "duplicate_of")
 
 
 @dataclass
@@ -47,10 +48,10 @@ class SplitResult:
     seconds: dict[str, float] = field(default_factory=dict)
     without_embedding: int = 0  # kept clips joined by their source only, in identity mode
     val: float = 0.0
-    identity_threshold: float = 0.0
+    identity_thresholds: dict[str, float] = field(default_factory=dict)  # backend -> the threshold used
 
 
-def assign(table: pa.Table, val: float, identity_threshold: float) -> tuple[dict[str, str], SplitResult]:
+def assign(table: pa.Table, val: float, identity_threshold: float | None = None) -> tuple[dict[str, str], SplitResult]:
     """key -> 'train' or 'val' for every kept row of a manifest table, and the totals."""
     if not 0 < val < 1:
         raise ValueError(
@@ -67,8 +68,11 @@ def assign(table: pa.Table, val: float, identity_threshold: float) -> tuple[dict
         if row["duplicate_of"] in source_of:
             clusters.join(row["source_id"], source_of[row["duplicate_of"]])
     embedded = [row for row in rows if row["identity_embedding"] is not None]
-    for a, b in _same_person(embedded, identity_threshold):
-        clusters.join(a, b)
+    thresholds = {}
+    for backend in sorted({row["identity_backend"] for row in embedded}):  # embeddings of one backend compare
+        thresholds[backend] = SAME_PERSON_COSINE.get(backend, 0.5) if identity_threshold is None else identity_threshold
+        for a, b in _same_person([row for row in embedded if row["identity_backend"] == backend], thresholds[backend]):
+            clusters.join(a, b)
     side = {source: VAL if _unit_hash(clusters.stable_id(source)) < val else TRAIN for source in sources}
     split = {row["key"]: side[row["source_id"]] for row in rows}
     result = SplitResult(
@@ -76,7 +80,7 @@ def assign(table: pa.Table, val: float, identity_threshold: float) -> tuple[dict
         clusters=len({clusters.stable_id(s) for s in sources}),
         without_embedding=len(rows) - len(embedded) if embedded else 0,
         val=val,
-        identity_threshold=identity_threshold,
+        identity_thresholds=thresholds,
     )
     for name in (TRAIN, VAL):
         chosen = [row for row in rows if split[row["key"]] == name]
@@ -85,7 +89,7 @@ def assign(table: pa.Table, val: float, identity_threshold: float) -> tuple[dict
     return split, result
 
 
-def split(out: OutputDir, val: float, identity_threshold: float) -> SplitResult:
+def split(out: OutputDir, val: float, identity_threshold: float | None = None) -> SplitResult:
     """Split the kept clips of the run in `out`, record the split and rewrite its manifest."""
     table, _ = load(out)
     try:
@@ -96,7 +100,7 @@ def split(out: OutputDir, val: float, identity_threshold: float) -> SplitResult:
         [pa.field("key", pa.string(), nullable=False), pa.field("split", pa.string())],
         metadata={
             b"settings": json.dumps(
-                {"val": val, "identity_threshold": identity_threshold, "by_identity": result.by_identity}
+                {"val": val, "identity_thresholds": result.identity_thresholds, "by_identity": result.by_identity}
             ).encode()
         },
     )
@@ -148,16 +152,17 @@ class _Clusters:
 def render(result: SplitResult) -> str:
     """What `talkcurate split` prints."""
     if result.by_identity:
+        similar = ", ".join(f"{backend} >= {value:g}" for backend, value in result.identity_thresholds.items())
         rule = (
-            f"by identity: clips whose ArcFace embeddings have cosine similarity >= {result.identity_threshold} "
-            "are one person, kept on one side with their sources and near-duplicates"
+            f"by identity: clips whose identity embeddings have cosine similarity {similar} are one person, "
+            "kept on one side with their sources and near-duplicates"
         )
         if result.without_embedding:
             rule += f"; {result.without_embedding} kept clips have no embedding and follow their source"
     else:
         rule = (
-            "by source: the manifest has no identity embeddings (the insightface backend did not run; set "
-            "face.identity_model_path to split by person), so each source and its near-duplicates stays on one side"
+            "by source: the manifest has no identity embeddings (face.identity_backend was `none`), so each "
+            "source and its near-duplicates stays on one side"
         )
     total = sum(result.clips.values())
     lines = [f"split {rule}", f"{result.clusters} clusters, {total} kept clips"]

@@ -62,6 +62,13 @@ UPPER_LIP_INNER, LOWER_LIP_INNER = 13, 14
 FOREHEAD_TOP, CHIN = 10, 152
 
 
+SAME_PERSON_COSINE = {"dlib-resnet": 0.96, "insightface": 0.5}
+"""Cosine similarity of two clips' identity embeddings from which they are one person, per backend.
+dlib-resnet, measured on the development corpus's people (mean of 5 frames per clip): one person's
+clips 0.985 and up, two people's 0.94 at most; a trained ArcFace: one person's well above 0.5, two
+people's near 0."""
+
+
 @dataclass
 class FaceTrackData:
     """Per-frame data of the tracked face of one clip."""
@@ -146,8 +153,8 @@ class FaceResult:
     brightness: float = float("nan")  # median luma of the face crop, 0-255
     track: FaceTrackData | None = None
     identity_backend: str = "none"
-    identity_embedding: np.ndarray | None = None  # (512,) float32, L2-normalized
-    identity_consistency: float | None = None  # lowest cosine similarity of a sampled frame to the clip's mean
+    identity_embedding: np.ndarray | None = None  # (128,) dlib-resnet or (512,) insightface, float32, L2-normalized
+    identity_consistency: float | None = None  # stages/face.py identity_consistency: 1 = one face throughout
     # When several faces count and the face stage keeps them: the other faces the rules pass, each
     # with its own track and measurements, for the sync stage to find the speaker among.
     candidates: list[FaceResult] = field(default_factory=list)

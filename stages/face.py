@@ -29,6 +29,7 @@ from stages.base import Resources, Stage, option
 from stages.face_models import (
     ArcFaceOnnx,
     Detection,
+    DlibResNet,
     FaceDetector,
     FaceMesh,
     MediapipeDetector,
@@ -42,6 +43,7 @@ from stages.face_track import link, merge_backends
 _ARCFACE_LANDMARKS = [468, 473, 1, 61, 291]
 _EYE_OUTER = (33, 263)  # outer eye corners, the one on the image's left first
 _BACKEND = "mediapipe+retinaface"
+IDENTITY_BACKENDS = ("dlib-resnet", "none")
 
 
 def _square_crop(box: np.ndarray, width: int, height: int, scale: float) -> tuple[int, int, int, int]:
@@ -124,14 +126,24 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
     crop_scale: float = option(1.6, "The face mesh sees a square crop this many times the face box.")
     mesh_size: int = option(256, "Side of the crop the face mesh sees, in pixels.")
     measure_every: int = option(5, "Head pose, sharpness and brightness are measured on every n-th frame.")
-    identity_model_path: str = option(
-        "", "ArcFace ONNX model (insightface format, e.g. w600k_r50.onnx); empty: no identity embedding."
+    identity_backend: str = option(
+        "dlib-resnet",
+        "Identity embedding: `dlib-resnet` (dlib's face-recognition ResNet, shipped in face-recognition-models) or "
+        "`none`; face.identity_model_path, when set, runs ArcFace instead.",
     )
-    identity_samples: int = option(5, "Frames per clip embedded for identity.")
+    identity_model_path: str = option(
+        "", "ArcFace ONNX model (insightface format, e.g. w600k_r50.onnx); when set, the identity backend."
+    )
+    identity_samples: int = option(5, "Frames per clip embedded for identity (evenly spread; at least 2).")
     min_identity_consistency: float = option(
         0.5,
-        "Lowest cosine similarity of a sampled frame to the clip's mean identity before the clip is "
-        "`identity_changed`.",
+        "ArcFace: lowest identity consistency (the cosine similarity of the clip's mean identity before and after "
+        "its worst split between sampled frames) before the clip is `identity_changed`.",
+    )
+    min_identity_consistency_dlib: float = option(
+        0.92,
+        "dlib-resnet: the same (its embeddings of different people are closer: 0.85 typical, up to 0.95; one "
+        "person's clips split no lower than 0.93).",
     )
 
     def validate(self) -> None:
@@ -144,6 +156,10 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
                 f"face.detect_every must be between 1 and max_gap_frames + 1 ({self.max_gap_frames + 1}), or tracks "
                 "could not span the frames between detections"
             )
+        if self.identity_backend not in IDENTITY_BACKENDS:
+            raise ValueError(f"face.identity_backend must be one of {IDENTITY_BACKENDS}, not {self.identity_backend!r}")
+        if self.identity_samples < 2:
+            raise ValueError("face.identity_samples must be at least 2 (consistency compares the clip's parts)")
         if self.retinaface_every % self.detect_every:
             raise ValueError(
                 "face.retinaface_every must be 0 or a multiple of face.detect_every (RetinaFace runs on detection "
@@ -153,7 +169,12 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
     def setup(self) -> None:
         self._mediapipe = MediapipeDetector(self.min_detection_confidence)
         self._retinaface = RetinaFaceDetector(self.min_detection_confidence, self.retinaface_max_side)
-        self._identity = ArcFaceOnnx(self.identity_model_path) if self.identity_model_path else NoIdentity()
+        if self.identity_model_path:
+            self._identity, self._min_consistency = ArcFaceOnnx(self.identity_model_path), self.min_identity_consistency
+        elif self.identity_backend == "dlib-resnet":
+            self._identity, self._min_consistency = DlibResNet(), self.min_identity_consistency_dlib
+        else:
+            self._identity, self._min_consistency = NoIdentity(), None
 
     def process(self, item: CandidateClip) -> CandidateClip | Rejected:
         frames = item.frames
@@ -242,10 +263,11 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         low, high = self.face_brightness_range
         if not low <= face.brightness <= high:
             return Rejected("low_quality", f"face brightness {face.brightness:.0f}, allowed {low:.0f}-{high:.0f}")
-        if face.identity_consistency is not None and face.identity_consistency < self.min_identity_consistency:
+        if face.identity_consistency is not None and face.identity_consistency < self._min_consistency:
             return Rejected(
                 "identity_changed",
-                f"identity consistency {face.identity_consistency:.2f}, minimum {self.min_identity_consistency}",
+                f"identity consistency {face.identity_consistency:.3f}, minimum {self._min_consistency:g} "
+                f"({face.identity_backend})",
             )
         return None
 
@@ -360,4 +382,19 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         mean = embeddings.mean(axis=0)
         mean /= max(np.linalg.norm(mean), 1e-12)
         result.identity_embedding = mean.astype(np.float32)
-        result.identity_consistency = float((embeddings @ mean).min())
+        result.identity_consistency = identity_consistency(embeddings)
+
+
+def identity_consistency(embeddings: np.ndarray) -> float:
+    """How alike the face stays through a clip: over every split of the time-ordered embeddings into
+    a before and an after, the lowest cosine similarity of their means. One person measures close to
+    the backend's same-person similarity wherever it is split; a change of person, at the split
+    nearest the change, the two people's. (The similarity of each frame to the clip's mean cannot tell
+    them apart with a model whose different people are already close: half of each person pulls the
+    mean to within a few hundredths of both.)"""
+    before = np.cumsum(embeddings, axis=0)[:-1]
+    after = embeddings.sum(axis=0) - before
+    cosines = (before * after).sum(axis=1) / np.maximum(
+        np.linalg.norm(before, axis=1) * np.linalg.norm(after, axis=1), 1e-12
+    )
+    return float(cosines.min()) if len(cosines) else 1.0

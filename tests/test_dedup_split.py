@@ -125,13 +125,17 @@ def test_dedup_keeps_its_decisions_on_rejected_rows_null(deduped):
     assert all(row["duplicate_of"] is None for row in rows.values() if row["status"] == "rejected")
 
 
-def test_split_by_source_keeps_sources_and_duplicates_on_one_side(run, deduped, tmp_path, capsys):
+def test_split_keeps_people_sources_and_duplicates_on_one_side(run, deduped, tmp_path, capsys):
+    """By the default identity model: the portrait's two takes (the same person; dedup matched neither)
+    are one cluster, the three GRID speakers three, the re-uploads join their original."""
     out = tmp_path / "out"
     shutil.copytree(deduped[0], out)
     code, printed, _ = command(capsys, "split", str(out), "--val", "0.5")
     assert code == 0
-    assert "by source: the manifest has no identity embeddings" in printed
+    assert "split by identity: clips whose identity embeddings have cosine similarity dlib-resnet >= 0.96" in printed
     rows = manifest(out)
+    takes = {row["split"] for path in run.excerpts for row in rows_of(kept(rows), path)}
+    assert len(takes) == 1
     sides: dict[str, set[str]] = {}
     for row in kept(rows).values():
         sides.setdefault(row["source_id"], set()).add(row["split"])
@@ -141,8 +145,8 @@ def test_split_by_source_keeps_sources_and_duplicates_on_one_side(run, deduped, 
             assert row["split"] == rows[row["duplicate_of"]]["split"]  # a re-upload never leaks across
     assert all(row["split"] is None for row in rows.values() if row["status"] == "rejected")
     assert (
-        f"{len(sides) - len(run.copies)} clusters, {len(kept(rows))} kept clips" in printed
-    )  # the copies joined their original
+        f"4 clusters, {len(kept(rows))} kept clips" in printed
+    )  # GRID[0] with its copies, GRID[1], GRID[3], the portrait
     # the same manifest gives the same split
     assert command(capsys, "split", str(out), "--val", "0.5")[0] == 0
     assert {k: r["split"] for k, r in manifest(out).items()} == {k: r["split"] for k, r in rows.items()}
@@ -181,6 +185,7 @@ def people_manifest(run_out: Path, sources: int, people: int, seed: int = 0) -> 
                     "key": f"{s:04x}{i:012x}_00000000",
                     "source": f"source {s}",
                     "source_id": f"{s:016x}",
+                    "identity_backend": "insightface",
                     "identity_embedding": None
                     if s == sources - 1
                     else (embedding / np.linalg.norm(embedding)).tolist(),

@@ -451,6 +451,7 @@ def test_balancing_by_identity_groups_clips_of_one_person():
                 288,
                 f"src{i % 6}",
                 (embedding / np.linalg.norm(embedding)).astype(np.float32),
+                "insightface",
             )
         )
     samples += [SampleInfo(f"n{i}", "s.tar", 100, 360, 288, "no-embedding", None) for i in range(3)]

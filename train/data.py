@@ -93,10 +93,12 @@ class DataConfig:
     balance: str = option(
         "",
         "Balance an epoch over groups: '' (every clip once), 'source_id' (each source equally often) or 'identity' "
-        "(each person equally often, by the clips' ArcFace embeddings; clips without one count as their source).",
+        "(each person equally often, by the clips' identity embeddings; clips without one count as their source).",
     )
     identity_threshold: float = option(
-        0.5, "Cosine similarity of ArcFace embeddings above which two clips are the same person (balance = 'identity')."
+        0.0,
+        "Cosine similarity of identity embeddings from which two clips are the same person (balance = 'identity'); "
+        "0: the backend's own (schemas/face.py SAME_PERSON_COSINE: dlib-resnet 0.96, insightface 0.5).",
     )
     drop_last: bool = option(
         False,
@@ -146,7 +148,8 @@ class SampleInfo:
     width: int
     height: int
     source_id: str
-    identity: np.ndarray | None  # (512,) float32 ArcFace embedding, None where none was recorded
+    identity: np.ndarray | None  # float32 identity embedding, None where none was recorded
+    identity_backend: str = "none"  # which model made it (schemas/face.py SAME_PERSON_COSINE)
     num_faces: int = 1  # faces the face stage counted in the clip
 
 
@@ -179,6 +182,7 @@ def list_samples(shards: str) -> list[SampleInfo]:
             "width",
             "height",
             "source_id",
+            "identity_backend",
             "identity_embedding",
             "num_faces",
         ]
@@ -208,6 +212,7 @@ def list_samples(shards: str) -> list[SampleInfo]:
             height=row["height"],
             source_id=row["source_id"],
             identity=None if row["identity_embedding"] is None else np.asarray(row["identity_embedding"], np.float32),
+            identity_backend=row["identity_backend"],
             num_faces=row["num_faces"],
         )
         for row in rows

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from schemas.face import SAME_PERSON_COSINE
 from train.data import DataConfig, SampleInfo, Window
 
 
@@ -46,24 +47,28 @@ def window_length(num_frames: int, lengths: Sequence[int], stride: int) -> int:
     return max((n for n in lengths if (n - 1) * stride + 1 <= num_frames), default=0)
 
 
-def identity_groups(samples: Sequence[SampleInfo], threshold: float) -> list[str]:
-    """One label per clip: clips whose ArcFace embeddings are within `threshold` cosine similarity
-    of the same leader (the first clip, in listing order, that matched none before it) share a
-    person; clips without an embedding are labelled by their source. Costs clips x people."""
+def identity_groups(samples: Sequence[SampleInfo], threshold: float = 0.0) -> list[str]:
+    """One label per clip: clips whose identity embeddings are within `threshold` cosine similarity
+    (0: their backend's own, schemas/face.py SAME_PERSON_COSINE) of the same leader (the first clip,
+    in listing order, of that backend that matched none before it) share a person; clips without an
+    embedding are labelled by their source. Costs clips x people."""
     labels = []
-    dims = next((len(s.identity) for s in samples if s.identity is not None), 0)
-    leaders = np.zeros((len(samples), dims), np.float32)
+    leaders: dict[
+        str, list[tuple[int, np.ndarray]]
+    ] = {}  # per backend (their embeddings do not compare): person, embedding
     count = 0
     for sample in samples:
         if sample.identity is None:
             labels.append(f"source:{sample.source_id}")
             continue
-        similarity = leaders[:count] @ sample.identity
-        if count and similarity.max() >= threshold:
-            labels.append(f"person:{int(similarity.argmax())}")
+        same = threshold or SAME_PERSON_COSINE[sample.identity_backend]
+        known = leaders.setdefault(sample.identity_backend, [])
+        similarity = np.array([leader @ sample.identity for _, leader in known])
+        if len(similarity) and similarity.max() >= same:
+            labels.append(f"person:{known[int(similarity.argmax())][0]}")
         else:
             labels.append(f"person:{count}")
-            leaders[count] = sample.identity
+            known.append((count, sample.identity))
             count += 1
     return labels
 
