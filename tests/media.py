@@ -656,6 +656,14 @@ def under_face(audio: Path, out: Path, face: Path = GRID[0]) -> None:
     )
 
 
+def dubbed(video: Path, audio: Path, out: Path, start_s: float, seconds: float) -> None:
+    """`seconds` of `video` from `start_s` with the sound of `audio` instead of its own (PCM in Matroska)."""
+    encode = ["-c:v", "libx264", "-preset", "veryfast", "-c:a", "pcm_s16le", "-shortest"]
+    ffmpeg(
+        "-ss", f"{start_s}", "-t", f"{seconds}", "-i", video, "-i", audio, "-map", "0:v", "-map", "1:a", *encode, out
+    )
+
+
 def shifted_context(context: np.ndarray, shift: int) -> np.ndarray:
     """`context` moved `shift` samples earlier (negative: later), zeros where it runs out: what the
     surroundings of a clip whose audio was corrected by `shift` samples sound like."""

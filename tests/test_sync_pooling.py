@@ -41,28 +41,7 @@ def interview(run_chain, tmp_path_factory) -> list[CandidateClip]:
     face stage."""
     folder = tmp_path_factory.mktemp("sync_pooling")
     dubbed = folder / "dubbed.mkv"
-    media.ffmpeg(
-        "-ss",
-        "5",
-        "-t",
-        str(SHOTS_S[2]),
-        "-i",
-        PERSON[0],
-        "-i",
-        media.OTHER_SPEECH,
-        "-map",
-        "0:v",
-        "-map",
-        "1:a",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-c:a",
-        "pcm_s16le",
-        "-shortest",
-        dubbed,
-    )
+    media.dubbed(PERSON[0], media.OTHER_SPEECH, dubbed, start_s=5.0, seconds=SHOTS_S[2])
     joined, shifted = folder / "interview.mp4", folder / "interview shifted.mkv"
     media.concat_shots(joined, list(zip([*PERSON, dubbed], SHOTS_S)), size=(720, 406))
     media.audio_shifted(joined, shifted, SHIFT_MS)
