@@ -193,8 +193,11 @@ def test_measurements_are_finite_and_in_range(speakers, name):
 
     row = manifest_row(clip, "shards/shard-000000.tar")
     assert row["num_faces"] == 1 and row["face_backend"] == BACKEND and clip.backends["face"] == BACKEND
-    assert row["identity_backend"] == "none" and clip.backends["identity"] == "none"
-    assert row["identity_embedding"] is None and row["identity_consistency"] is None
+    assert row["identity_backend"] == "dlib-resnet" and clip.backends["identity"] == "dlib-resnet"
+    assert (
+        len(row["identity_embedding"]) == 128
+        and row["identity_consistency"] > FaceStage().min_identity_consistency_dlib
+    )
     measured = {
         "face_coverage": face.coverage,
         "face_size_px": face.size_px,
