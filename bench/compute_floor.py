@@ -30,7 +30,7 @@ from pipeline.definition import ALL_STAGES
 from pipeline.runner import ChainRunner
 from schemas.records import FPS, SAMPLE_RATE, SourceChunk, SourceVideo, Status
 from stages.clip_encoder import ClipEncoder
-from stages.face import FaceStage
+from stages.face import IDENTITY_KEYPOINTS, FaceStage
 from stages.face_models import Detection, FaceDetector, FaceMesh, MediapipeDetector, RetinaFaceDetector, quiet_stderr
 from stages.media_io import open_container
 from stages.normalize import SAMPLES_PER_FRAME
@@ -169,6 +169,7 @@ class ModelFloor:
             self.timer,
             "face detection: retinaface",
         )
+        self.identity, _ = self.face.identity_model()
         self.load_s["face"] = time.perf_counter() - started
         started = time.perf_counter()
         self.whisper = self.transcribe.load_model()
@@ -217,10 +218,16 @@ class ModelFloor:
             mesh = FaceMesh(self.face.min_detection_confidence)
             try:
                 with self.timer("face landmarks: mesh", len(crops), "frames"):
-                    for crop in crops:
-                        mesh.landmarks(crop)
+                    landmarks = [mesh.landmarks(crop) for crop in crops]
             finally:
                 mesh.close()
+        # The identity model on the clip's sampled frames (here their mesh crops), as the face stage samples them.
+        meshed = [(crop, points) for crop, points in zip(crops, landmarks) if points is not None]
+        picks = np.linspace(0, len(meshed) - 1, min(self.face.identity_samples, len(meshed))).round().astype(int)
+        faces = [(meshed[i][0], meshed[i][1][IDENTITY_KEYPOINTS, :2] * meshed[i][0].shape[1::-1]) for i in picks]
+        if faces:
+            with self.timer(f"face identity: {self.identity.name}", len(faces), "frames"):
+                self.identity.embed(faces)
 
     def _encode(self, clip: ClipPlan, normalized) -> None:
         encoder = ClipEncoder(normalized.width, normalized.height, normalized.encoder)

@@ -32,6 +32,7 @@ from stages.face_models import (
     DlibResNet,
     FaceDetector,
     FaceMesh,
+    IdentityModel,
     MediapipeDetector,
     NoIdentity,
     RetinaFaceDetector,
@@ -39,8 +40,9 @@ from stages.face_models import (
 )
 from stages.face_track import link, merge_backends
 
-# ArcFace's 5-point template order: eye on the image's left, other eye, nose tip, mouth corners.
-_ARCFACE_LANDMARKS = [468, 473, 1, 61, 291]
+# The 5 points identity models align faces by, in ArcFace's template order: eye on the image's left,
+# other eye, nose tip, mouth corners.
+IDENTITY_KEYPOINTS = [468, 473, 1, 61, 291]
 _EYE_OUTER = (33, 263)  # outer eye corners, the one on the image's left first
 _BACKEND = "mediapipe+retinaface"
 IDENTITY_BACKENDS = ("dlib-resnet", "none")
@@ -169,12 +171,15 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
     def setup(self) -> None:
         self._mediapipe = MediapipeDetector(self.min_detection_confidence)
         self._retinaface = RetinaFaceDetector(self.min_detection_confidence, self.retinaface_max_side)
+        self._identity, self._min_consistency = self.identity_model()
+
+    def identity_model(self) -> tuple[IdentityModel, float | None]:
+        """The configured identity model, loaded, and its minimum identity consistency."""
         if self.identity_model_path:
-            self._identity, self._min_consistency = ArcFaceOnnx(self.identity_model_path), self.min_identity_consistency
-        elif self.identity_backend == "dlib-resnet":
-            self._identity, self._min_consistency = DlibResNet(), self.min_identity_consistency_dlib
-        else:
-            self._identity, self._min_consistency = NoIdentity(), None
+            return ArcFaceOnnx(self.identity_model_path), self.min_identity_consistency
+        if self.identity_backend == "dlib-resnet":
+            return DlibResNet(), self.min_identity_consistency_dlib
+        return NoIdentity(), None
 
     def process(self, item: CandidateClip) -> CandidateClip | Rejected:
         frames = item.frames
@@ -375,7 +380,7 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
 
     def _identify(self, frames, pixels, result: FaceResult) -> None:
         picks = np.linspace(0, len(frames) - 1, min(self.identity_samples, len(frames))).round().astype(int)
-        embeddings = self._identity.embed([(frames[t], pixels[t, _ARCFACE_LANDMARKS]) for t in picks])
+        embeddings = self._identity.embed([(frames[t], pixels[t, IDENTITY_KEYPOINTS]) for t in picks])
         result.identity_backend = self._identity.name
         if embeddings is None:
             return
