@@ -67,7 +67,9 @@ def test_listing_is_the_manifests_kept_clips_and_members_are_read_by_key(demo_sh
             row["height"],
             row["source_id"],
         )
-        assert s.identity is None  # the default identity backend records none
+        # the default identity backend's embedding, as the manifest has it
+        assert s.identity_backend == row["identity_backend"] == "dlib-resnet"
+        assert np.array_equal(s.identity, np.asarray(row["identity_embedding"], np.float32))
     assert sorted((s.width, s.height, s.num_frames) for s in samples) == [(360, 288, GRID_FRAMES)] * 4 + [
         (720, 1280, PORTRAIT_FRAMES)
     ]
