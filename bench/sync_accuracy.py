@@ -162,19 +162,11 @@ def main() -> None:
                     faced = clips(path, scene_cut, with_faces=True)
                     if lengths == "default":
                         faced_by_person[person] += faced
-                    contexts = {}
                     for shift in shifts:
                         shifted = work / f"shifted {shift}.mkv"
                         media.audio_shifted(path, shifted, shift)
-                        contexts[shift] = {
-                            c.start_frame: c.audio_context for c in clips(shifted, scene_cut, with_faces=False)
-                        }
-                    for shift in shifts:
-                        trials = [
-                            (clip, contexts[shift][clip.start_frame])
-                            for clip in faced
-                            if clip.start_frame in contexts[shift]
-                        ]
+                        contexts = {c.start_frame: c.audio_context for c in clips(shifted, scene_cut, with_faces=False)}
+                        trials = [(clip, contexts[clip.start_frame]) for clip in faced if clip.start_frame in contexts]
                         truth = shift + reference_ms.get(path.name, 0.0)
                         for (clip, _), (outcome, _) in zip(trials, synced(stage, trials)):
                             rows.append(

@@ -64,6 +64,12 @@ def _describe(item: object) -> str:
     return getattr(source, "uri", repr(item))
 
 
+def _failed(stage: Stage, item: object, exc: Exception) -> Rejected:
+    """An exception a stage raised on `item`, logged with the stage and the file, as an `error` row's reason."""
+    log.error("stage %s failed on %s: %s", stage.name, _describe(item), exc, exc_info=log.isEnabledFor(logging.DEBUG))
+    return Rejected("error", f"{stage.name}: {type(exc).__name__}: {exc}")
+
+
 def run_in_process(uri: str, groups: Sequence[Sequence[Stage]], keep_frames: bool = False) -> list[object]:
     """Everything the stage groups emit for one input, each group's outputs run through the next,
     in this process and without Ray (tests and benchmarks). `keep_frames` keeps the clips'
@@ -149,10 +155,7 @@ class ChainRunner:
         try:
             return stage.process(item)
         except Exception as exc:
-            log.error(
-                "stage %s failed on %s: %s", stage.name, _describe(item), exc, exc_info=log.isEnabledFor(logging.DEBUG)
-            )
-            return Rejected("error", f"{stage.name}: {type(exc).__name__}: {exc}")
+            return _failed(stage, item, exc)
 
     def _record(self, stage: Stage, item: object, result: object) -> object:
         if isinstance(result, Rejected):
@@ -217,14 +220,7 @@ class ChainRunner:
             if len(results) != len(kept):
                 raise RuntimeError(f"{len(results)} results for {len(kept)} clips")
         except Exception as exc:
-            log.error(
-                "stage %s failed settling %s: %s",
-                stage.name,
-                _describe(kept[0]),
-                exc,
-                exc_info=log.isEnabledFor(logging.DEBUG),
-            )
-            results = [Rejected("error", f"{stage.name}: {type(exc).__name__}: {exc}")] * len(kept)
+            results = [_failed(stage, kept[0], exc)] * len(kept)
         settled = iter(self._record(stage, c, r) for c, r in zip(kept, results))
         return [next(settled) if c.status is not Status.REJECTED else c for c in clips]
 
@@ -248,10 +244,8 @@ class ChainRunner:
             else:
                 yield from self._run_from(index + 1, result)
         except Exception as exc:  # a bug or an input nobody foresaw: one row, never a dead run
-            log.error(
-                "stage %s failed on %s: %s", stage.name, _describe(item), exc, exc_info=log.isEnabledFor(logging.DEBUG)
-            )
-            yield from self._reject(stage, item, "error", f"{stage.name}: {type(exc).__name__}: {exc}")
+            failure = _failed(stage, item, exc)
+            yield from self._reject(stage, item, failure.reason, failure.detail)
 
     def _drain(self, index: int, stage: Stage, item: object, results: Iterator, stats: StageStats) -> Iterator[object]:
         """A fan-out stage: time each step of its generator, run each output through the rest."""
@@ -270,11 +264,9 @@ class ChainRunner:
                     covered = result.end_frame
                 yield from self._run_from(index + 1, result)
         except Exception as exc:
-            log.error(
-                "stage %s failed on %s: %s", stage.name, _describe(item), exc, exc_info=log.isEnabledFor(logging.DEBUG)
-            )
+            failure = _failed(stage, item, exc)
             rest = item if covered is None else item.remainder(covered)
-            yield from self._reject(stage, rest, "error", f"{stage.name}: {type(exc).__name__}: {exc}")
+            yield from self._reject(stage, rest, failure.reason, failure.detail)
         finally:
             lazy = getattr(item, "lazy_work", None)
             if lazy is not None:  # work a lazy input did while this stage pulled from it

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from pipeline.inspect import load
 from pipeline.output import MANIFEST, annotated, write_annotation, write_manifest
-from schemas.face import SAME_PERSON_COSINE
+from schemas.face import same_person_cosine
 from schemas.records import Status
 from stages.storage import OutputDir
 
@@ -70,7 +70,7 @@ def assign(table: pa.Table, val: float, identity_threshold: float | None = None)
     embedded = [row for row in rows if row["identity_embedding"] is not None]
     thresholds = {}
     for backend in sorted({row["identity_backend"] for row in embedded}):  # embeddings of one backend compare
-        thresholds[backend] = SAME_PERSON_COSINE.get(backend, 0.5) if identity_threshold is None else identity_threshold
+        thresholds[backend] = same_person_cosine(backend) if identity_threshold is None else identity_threshold
         for a, b in _same_person([row for row in embedded if row["identity_backend"] == backend], thresholds[backend]):
             clusters.join(a, b)
     side = {source: VAL if _unit_hash(clusters.stable_id(source)) < val else TRAIN for source in sources}

@@ -69,6 +69,15 @@ clips 0.985 and up, two people's 0.94 at most; a trained ArcFace: one person's w
 people's near 0."""
 
 
+def same_person_cosine(backend: str) -> float:
+    """SAME_PERSON_COSINE of an identity backend."""
+    if backend not in SAME_PERSON_COSINE:
+        raise ValueError(
+            f"no same-person threshold for identity backend {backend!r} (known: {sorted(SAME_PERSON_COSINE)})"
+        )
+    return SAME_PERSON_COSINE[backend]
+
+
 @dataclass
 class FaceTrackData:
     """Per-frame data of the tracked face of one clip."""

@@ -132,9 +132,8 @@ def audio_features(audio: np.ndarray, context_steps: int) -> np.ndarray:
     pooled = mel.reshape(-1, POOLED_STEP, MEL_BANDS // POOLED_BANDS, POOLED_BANDS).mean(axis=(1, 3))
     padded = np.pad(pooled, ((context_steps, context_steps), (0, 0)))
     span = 2 * context_steps + STEPS_PER_FRAME
-    windows = np.lib.stride_tricks.sliding_window_view(padded, span, axis=0)[::STEPS_PER_FRAME][
-        :frames
-    ]  # (frames, bands, span)
+    # (frames, bands, span): each frame's steps and those around it
+    windows = np.lib.stride_tricks.sliding_window_view(padded, span, axis=0)[::STEPS_PER_FRAME][:frames]
     return np.ascontiguousarray(windows.transpose(0, 2, 1)).reshape(frames, -1)
 
 
@@ -227,9 +226,8 @@ class LipSyncModel:
             self.audio_scale = npz["audio_scale"].astype(np.float32)
             self.weights = npz["weights"].astype(np.float32)  # (audio features, components)
             self.context_steps = int(npz["context_steps"])
-            self.null_bank = npz["null_bank"].astype(
-                np.float32
-            )  # (frames, components): the mouth predicted from the training audio
+            # (frames, components): the mouth predicted from the training audio
+            self.null_bank = npz["null_bank"].astype(np.float32)
 
     @property
     def name(self) -> str:
@@ -256,7 +254,8 @@ class LipSyncModel:
         frames = len(video)
         audio = np.pad(audio, ((0, max(0, frames + 2 * context_frames - len(audio))), (0, 0)))
         start = context_frames - max_offset
-        values = _correlation_curve(video, audio[start : start + frames + 2 * max_offset])
+        observed = _standardized(video, axis=0)  # once, for the curve and every chance window
+        values = _correlation_curve(observed, audio[start : start + frames + 2 * max_offset])
         # Chance: the same search against the mouth predicted from other people's speech (the
         # training audio, stored with the weights), at up to `chance_windows` evenly spaced places.
         span = frames + 2 * max_offset
@@ -266,15 +265,15 @@ class LipSyncModel:
             else np.resize(self.null_bank, (span, self.null_bank.shape[1]))
         )
         starts = np.linspace(0, len(bank) - span, min(chance_windows, len(bank) - span + 1)).astype(int)
-        chance = np.array([_correlation_curve(video, bank[s : s + span]) for s in starts])
+        chance = np.array([_correlation_curve(observed, bank[s : s + span]) for s in starts])
         return SyncEvidence(values, chance, frames)
 
 
 def _correlation_curve(observed: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """(len(predicted) - T + 1,): at each lag j, the correlation of the observed mouth (T, K) with
-    the predicted one from row j on, averaged over the K components."""
+    """(len(predicted) - T + 1,): at each lag j, the correlation of the observed mouth (T, K),
+    standardized per component, with the predicted one from row j on, averaged over the K components."""
     frames, components = observed.shape
-    y = _standardized(observed, axis=0)
+    y = observed
     windows = np.lib.stride_tricks.sliding_window_view(predicted, frames, axis=0)  # (lags, K, T), no copy
     cross = np.einsum("tk,jkt->jk", y, windows)  # y has zero mean: the predicted windows' means drop out
     total = np.concatenate([np.zeros((1, components)), np.cumsum(predicted, axis=0, dtype=np.float64)])

@@ -240,9 +240,7 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
                 return item  # unsure alone: goes on uncorrected, and `settle` decides
         if unsure is not None:
             return unsure
-        result.audio_shift = round(
-            result.offset_ms * SAMPLE_RATE / 1000
-        )  # audio lagging: the in-sync sound starts later
+        _correct(result)
         return item
 
     def _unsure(self, estimate: SyncEstimate, threshold: float) -> Rejected | None:
@@ -259,9 +257,13 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
                 f"the best offset ({offset_ms:+.0f} ms) leads its best rival by {estimate.margin:.3f}, "
                 f"minimum {self.min_margin:g} ({self._scorer.name})",
             )
+        return self._out_of_sync(offset_ms)
+
+    def _out_of_sync(self, offset_ms: float, origin: str = "") -> Rejected | None:
         if abs(offset_ms) > self.max_correction_ms:
             return Rejected(
-                "out_of_sync", f"audio offset {offset_ms:+.0f} ms, at most {self.max_correction_ms:g} ms is corrected"
+                "out_of_sync",
+                f"audio offset {offset_ms:+.0f} ms{origin}, at most {self.max_correction_ms:g} ms is corrected",
             )
         return None
 
@@ -294,11 +296,7 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
                     f"its offset {evidence.offset_frames * MS_PER_FRAME:+.0f} ms disagrees with {pooled} "
                     f"({source.offset_frames * MS_PER_FRAME:+.0f} ms), which are surer ({self._scorer.name})",
                 )
-        elif (
-            sure
-            and evidence.significance_of(evidence.at(source.offset_frames)) >= 1.0
-            and evidence.at(source.offset_frames) >= evidence.peak - self.min_margin
-        ):
+        elif sure and _supports(evidence, source.offset_frames, self.min_margin):
             decided = source  # unsure alone, but its own curve there stands above chance and near its peak
         elif source is None:
             return Rejected(own.unsure.reason, f"{own.unsure.detail}; no other clip of its chunk to pool with")
@@ -312,13 +310,10 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
         result.offset_ms = float(decided.offset_frames * MS_PER_FRAME)
         result.confidence, result.margin = float(decided.significance), float(decided.margin)
         result.pooled_clips = clips if decided is source else 1
-        if abs(result.offset_ms) > self.max_correction_ms:
-            return Rejected(
-                "out_of_sync",
-                f"audio offset {result.offset_ms:+.0f} ms (from {pooled}), at most {self.max_correction_ms:g} ms is "
-                "corrected",
-            )
-        result.audio_shift = round(result.offset_ms * SAMPLE_RATE / 1000)
+        too_far = self._out_of_sync(result.offset_ms, f" (from {pooled})")
+        if too_far is not None:
+            return too_far
+        _correct(result)
         return item
 
     def _estimate(self, item: CandidateClip, face: FaceResult) -> SyncEstimate:
@@ -334,6 +329,17 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
             item.audio_context_frames,
             self.max_offset_frames,
         )
+
+
+def _correct(result: SyncResult) -> None:
+    """Take the clip's audio its offset later in the audio context (the in-sync sound of lagging audio starts later)."""
+    result.audio_shift = round(result.offset_ms * SAMPLE_RATE / 1000)
+
+
+def _supports(evidence: SyncEvidence, offset_frames: float, tolerance: float) -> bool:
+    """A clip's own curve at `offset_frames` stands above chance and within `tolerance` of its own peak."""
+    value = evidence.at(offset_frames)
+    return evidence.significance_of(value) >= 1.0 and value >= evidence.peak - tolerance
 
 
 @dataclass

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from schemas.face import SAME_PERSON_COSINE
+from schemas.face import same_person_cosine
 from train.data import DataConfig, SampleInfo, Window
 
 
@@ -61,7 +61,7 @@ def identity_groups(samples: Sequence[SampleInfo], threshold: float = 0.0) -> li
         if sample.identity is None:
             labels.append(f"source:{sample.source_id}")
             continue
-        same = threshold or SAME_PERSON_COSINE[sample.identity_backend]
+        same = threshold or same_person_cosine(sample.identity_backend)
         known = leaders.setdefault(sample.identity_backend, [])
         similarity = np.array([leader @ sample.identity for _, leader in known])
         if len(similarity) and similarity.max() >= same:
