@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from importlib.metadata import version
 
 from pipeline.config import RunConfig, render_defaults
+from schemas.manifest import SCHEMA_VERSION
 
 
 def _setup_logging(verbosity: int) -> None:
@@ -119,7 +122,7 @@ def _cmd_split(args) -> int:
     from pipeline.split import render, split
     from stages.storage import OutputDir
 
-    print(render(split(OutputDir(args.dir), args.val, args.identity_threshold)))
+    print(render(split(OutputDir(args.dir), args.val)))
     return 0
 
 
@@ -181,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="talkcurate", description="Curate talking-portrait video into WebDataset shards."
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument(
+        "--version", action="version", version=f"talkcurate {version('talkcurate')} (manifest schema {SCHEMA_VERSION})"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="curate inputs into shards, manifest, index and report (resumes)")
@@ -191,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="KEY=VALUE", help="override one option, e.g. scene_cut.max_clip_s=8"
     )
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-progress", action="store_true", help="no progress line")
     run.set_defaults(func=_cmd_run)
 
     inspect = commands.add_parser(
@@ -295,12 +301,6 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument(
         "--val", type=float, default=DEFAULT_VAL, help="expected share of clusters for validation (default %(default)s)"
     )
-    split.add_argument(
-        "--identity-threshold",
-        type=float,
-        help="cosine similarity of identity embeddings from which two clips are one person (default: the backend's, "
-        "dlib-resnet 0.96, insightface 0.5)",
-    )
     split.set_defaults(func=_cmd_split)
 
     sample = commands.add_parser("sample", help="generate a talking portrait from a training run's checkpoint")
@@ -357,7 +357,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
+    except BrokenPipeError:
+        # The reader stopped (`talkcurate inspect --json | head -1`): what it took is all it wanted.
+        # Later writes, including the interpreter's last flush, go nowhere instead of failing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, KeyError, OSError) as exc:
         # What a person can fix (a bad option, predicate or input, a missing folder or bucket, a
         # full disk) is one line naming the command, not a traceback; the pipeline's own errors

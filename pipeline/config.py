@@ -46,7 +46,11 @@ class ExecutionConfig:
         "not a retry); GPU actors are replaced without limit.",
     )
     block_mb: int = option(64, "Ray Data's target block size in MB: smaller blocks stream sooner and bound memory.")
-    progress: bool = option(True, "Show Ray Data's progress bars.")
+    progress: bool = option(
+        True,
+        "Show the run's progress (sources done, clips kept, hours of video, elapsed time, ETA): redrawn in a "
+        "terminal, a line every 30 s otherwise.",
+    )
 
     def validate(self) -> None:
         for name in ("num_cpus", "object_store_mb", "max_workers", "gpu_workers", "task_retries"):

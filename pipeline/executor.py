@@ -27,6 +27,7 @@ from pipeline.config import RunConfig
 from pipeline.definition import PIPELINE, Group
 from pipeline.output import RunOutput
 from pipeline.placement import place
+from pipeline.progress import Progress
 from pipeline.runner import ChainRunner, RunStats
 from schemas.records import SourceVideo
 from stages.base import Stage
@@ -170,12 +171,12 @@ def execute(sources: list[SourceVideo], output: RunOutput, config: RunConfig, ad
         return stats
     with ray_session(address, config):
         context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = config.execution.progress
-        context.enable_rich_progress_bars = config.execution.progress  # the tqdm ones draw nothing in a terminal
-        context.use_ray_tqdm = False
+        # Ray Data's bars count rows per operator; the run's own progress line says what a person asks.
+        context.enable_progress_bars = context.enable_rich_progress_bars = False
         context.target_max_block_size = config.execution.block_mb * 2**20
         context.verbose_stats_logs = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled"
         ds = ray.data.from_items([{COLUMN: pickle.dumps(s)} for s in todo], override_num_blocks=len(todo))
         for position, group in enumerate(PIPELINE):
             keep_frames = any(s.uses_frames for later in PIPELINE[position + 1 :] for s in later.stages)
@@ -185,11 +186,17 @@ def execute(sources: list[SourceVideo], output: RunOutput, config: RunConfig, ad
                 ds = ds.repartition(target_num_rows_per_block=1)
             ds = _add_group(ds, group, keep_frames, config, max_inputs=None if position else len(todo))
         output.open_writer(config.stages["shards"])
+        finished_earlier, done_at_start = len(sources) - len(todo), len(output.done_sources)
+        progress = Progress(len(sources), finished_earlier) if config.execution.progress else None
         for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2):
             for item in _items(batch):
                 if isinstance(item, RunStats):
                     stats.merge(item)
-                else:
-                    output.add(item)
+                    continue
+                output.add(item)
+                if progress:
+                    progress.observe(item, finished_earlier + len(output.done_sources) - done_at_start)
         output.close()
+        if progress:
+            progress.close(finished_earlier + len(output.done_sources) - done_at_start)
     return stats

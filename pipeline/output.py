@@ -43,7 +43,8 @@ SHARD_RECORDS = f"{JOURNAL}/shards"
 SOURCE_RECORDS = f"{JOURNAL}/sources"
 CONFIG_RECORD = f"{JOURNAL}/config.json"
 ANNOTATIONS = f"{JOURNAL}/annotations"
-ANNOTATION_COLUMNS = {"dedup": "duplicate_of", "split": "split"}  # annotation file name -> the manifest column it fills
+# annotation file name -> the manifest column it fills
+ANNOTATION_COLUMNS = {"dedup": "duplicate_of", "split": "split", "people": "identity_id"}
 MANIFEST = "manifest.parquet"
 INDEX = "index.json"
 
@@ -168,7 +169,8 @@ class RunOutput:
 
     # -- what a person and a trainer read ------------------------------------------------------
 
-    def manifest(self) -> pa.Table:
+    def records(self) -> pa.Table:
+        """The finished sources' rows, without the journal's annotations."""
         tables = [
             pq.read_table(io.BytesIO(self.out.read(f"{SOURCE_RECORDS}/{sid}.parquet")))
             for sid in sorted(self.done_sources)
@@ -176,17 +178,10 @@ class RunOutput:
         if not tables:
             return MANIFEST_SCHEMA.empty_table()
         table = pa.concat_tables([t.cast(MANIFEST_SCHEMA) for t in tables])
-        return annotated(
-            self.out, table.sort_by([("source", "ascending"), ("start_s", "ascending"), ("key", "ascending")])
-        )
+        return table.sort_by([("source", "ascending"), ("start_s", "ascending"), ("key", "ascending")])
 
     def index(self) -> dict:
         return index_document([self.shards[url] for url in sorted(self.shards)])
-
-    def finalize(self) -> pa.Table:
-        table = self.manifest()
-        write_manifest_and_index(self.out, table, self.index())
-        return table
 
 
 def index_document(shards: list[ShardRecord], **extra) -> dict:
@@ -222,14 +217,19 @@ def write_annotation(out: OutputDir, name: str, notes: pa.Table) -> None:
     out.write_atomic(f"{ANNOTATIONS}/{name}.parquet", sink.getvalue())
 
 
+def annotation(out: OutputDir, name: str) -> pa.Table | None:
+    """The journal's annotation `name`, None when it was never made."""
+    path = f"{ANNOTATIONS}/{name}.parquet"
+    return pq.read_table(io.BytesIO(out.read(path))) if out.exists(path) else None
+
+
 def annotated(out: OutputDir, table: pa.Table) -> pa.Table:
     """`table` with the journal's annotations joined in by key; warns when kept clips were added
     after an annotation was made (the command should run again)."""
     for name, column in ANNOTATION_COLUMNS.items():
-        path = f"{ANNOTATIONS}/{name}.parquet"
-        if not out.exists(path):
+        notes = annotation(out, name)
+        if notes is None:
             continue
-        notes = pq.read_table(io.BytesIO(out.read(path)))
         position = pc.index_in(table["key"], value_set=notes["key"].combine_chunks())
         values = notes[column].take(position)  # null where the annotation does not name the clip
         table = table.set_column(table.schema.get_field_index(column), MANIFEST_SCHEMA.field(column), values)

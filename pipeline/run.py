@@ -12,7 +12,8 @@ from pipeline.config import RunConfig
 from pipeline.executor import execute
 from pipeline.inputs import discover
 from pipeline.inspect import summarize
-from pipeline.output import RunOutput
+from pipeline.output import RunOutput, annotated, write_manifest_and_index
+from pipeline.people import identify
 from pipeline.report import REPORT, render_report
 from stages.storage import OutputDir
 
@@ -37,7 +38,10 @@ def run(inputs: list[str], out_uri: str, config: RunConfig, address: str | None 
     todo = sum(s.source_id not in output.done_sources for s in sources)
     log.info("%d sources, %d to process, output %s", len(sources), todo, out_uri)
     stats = execute(sources, output, config, address)
-    table = output.finalize()
+    table = output.records()
+    identify(out, table)  # people first: the manifest shows every kept clip's identity_id
+    table = annotated(out, table)
+    write_manifest_and_index(out, table, output.index())
     summary = summarize(table, output.index())
     stage_stats = stats.as_dict()
     wall = time.perf_counter() - started

@@ -2,12 +2,11 @@
 no near-duplicate group is on both sides.
 
 Kept clips are joined into clusters when they share a source, when `talkcurate dedup` marked one a
-near-duplicate of the other, and, where the face stage recorded identity embeddings (manifest
-column `identity_embedding`), when their embeddings (of one backend) have a cosine similarity of at
-least `identity_threshold`, by default the backend's own (`schemas.face.SAME_PERSON_COSINE`; single
-linkage: every such pair of clips ends up in one cluster, so the split is identity-disjoint by
-construction). Without embeddings the clusters are the sources (with their
-duplicates), and the command says so.
+near-duplicate of the other, and when they show the same person: the same `identity_id`
+(pipeline/people.py; the run assigns it, and split assigns it first to kept clips that have an
+identity embedding but no id, as in manifests written before people were found). Every clip of a
+person is thus on one side, with its sources and their near-duplicates. Without embeddings the
+clusters are the sources (with their duplicates), and the command says so.
 
 A cluster's stable id is its smallest source id; the cluster goes to `val` when the SHA-1 of that
 id, read as a number in [0, 1), is below `val`. So the same manifest always gives the same split,
@@ -25,19 +24,18 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-import numpy as np
 import pyarrow as pa
 
 from pipeline.inspect import load
 from pipeline.output import MANIFEST, annotated, write_annotation, write_manifest
-from schemas.face import same_person_cosine
+from pipeline.people import assign as assign_people
+from pipeline.people import identify
 from schemas.records import Status
 from stages.storage import OutputDir
 
 TRAIN, VAL = "train", "val"
 DEFAULT_VAL = 0.05
-_BLOCK_ELEMENTS = 1 << 24  # cosine similarities per numpy block (64 MB)
-_COLUMNS = ("key", "source_id", "status", "duration_s", "identity_backend", "identity_embedding", "duplicate_of")
+_COLUMNS = ("key", "source_id", "status", "duration_s", "identity_id", "duplicate_of")
 
 
 @dataclass
@@ -46,12 +44,12 @@ class SplitResult:
     clusters: int
     clips: dict[str, int] = field(default_factory=dict)  # split -> kept clips
     seconds: dict[str, float] = field(default_factory=dict)
+    people: int = 0  # distinct identity_ids among the kept clips
     without_embedding: int = 0  # kept clips joined by their source only, in identity mode
     val: float = 0.0
-    identity_thresholds: dict[str, float] = field(default_factory=dict)  # backend -> the threshold used
 
 
-def assign(table: pa.Table, val: float, identity_threshold: float | None = None) -> tuple[dict[str, str], SplitResult]:
+def assign(table: pa.Table, val: float) -> tuple[dict[str, str], SplitResult]:
     """key -> 'train' or 'val' for every kept row of a manifest table, and the totals."""
     if not 0 < val < 1:
         raise ValueError(
@@ -67,20 +65,21 @@ def assign(table: pa.Table, val: float, identity_threshold: float | None = None)
     for row in rows:
         if row["duplicate_of"] in source_of:
             clusters.join(row["source_id"], source_of[row["duplicate_of"]])
-    embedded = [row for row in rows if row["identity_embedding"] is not None]
-    thresholds = {}
-    for backend in sorted({row["identity_backend"] for row in embedded}):  # embeddings of one backend compare
-        thresholds[backend] = same_person_cosine(backend) if identity_threshold is None else identity_threshold
-        for a, b in _same_person([row for row in embedded if row["identity_backend"] == backend], thresholds[backend]):
-            clusters.join(a, b)
+    people = assign_people(table, {row["key"]: row["identity_id"] for row in rows if row["identity_id"] is not None})
+    first_source_of: dict[str, str] = {}
+    for row in rows:
+        person = people[row["key"]]
+        if person is not None:
+            clusters.join(row["source_id"], first_source_of.setdefault(person, row["source_id"]))
     side = {source: VAL if _unit_hash(clusters.stable_id(source)) < val else TRAIN for source in sources}
     split = {row["key"]: side[row["source_id"]] for row in rows}
+    identified = sum(person is not None for person in people.values())
     result = SplitResult(
-        by_identity=bool(embedded),
+        by_identity=bool(identified),
         clusters=len({clusters.stable_id(s) for s in sources}),
-        without_embedding=len(rows) - len(embedded) if embedded else 0,
+        people=len({person for person in people.values() if person is not None}),
+        without_embedding=len(rows) - identified if identified else 0,
         val=val,
-        identity_thresholds=thresholds,
     )
     for name in (TRAIN, VAL):
         chosen = [row for row in rows if split[row["key"]] == name]
@@ -89,20 +88,18 @@ def assign(table: pa.Table, val: float, identity_threshold: float | None = None)
     return split, result
 
 
-def split(out: OutputDir, val: float, identity_threshold: float | None = None) -> SplitResult:
+def split(out: OutputDir, val: float) -> SplitResult:
     """Split the kept clips of the run in `out`, record the split and rewrite its manifest."""
     table, _ = load(out)
     try:
-        sides, result = assign(table, val, identity_threshold)
+        identify(out, table)  # a manifest from before people were found gets its identity_ids first
+        table = annotated(out, table)
+        sides, result = assign(table, val)
     except ValueError as exc:
         raise ValueError(f"{out.uri}/{MANIFEST}: {exc}") from None
     schema = pa.schema(
         [pa.field("key", pa.string(), nullable=False), pa.field("split", pa.string())],
-        metadata={
-            b"settings": json.dumps(
-                {"val": val, "identity_thresholds": result.identity_thresholds, "by_identity": result.by_identity}
-            ).encode()
-        },
+        metadata={b"settings": json.dumps({"val": val, "by_identity": result.by_identity}).encode()},
     )
     write_annotation(
         out, "split", pa.Table.from_pydict({"key": list(sides), "split": list(sides.values())}, schema=schema)
@@ -114,22 +111,6 @@ def split(out: OutputDir, val: float, identity_threshold: float | None = None) -
 def _unit_hash(text: str) -> float:
     """A number in [0, 1) from the SHA-1 of `text`: the same on every machine and run."""
     return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big") / 2**64
-
-
-def _same_person(rows: list[dict], threshold: float) -> set[tuple[str, str]]:
-    """Pairs of different sources that have clips with embeddings at least `threshold` alike."""
-    if len(rows) < 2:
-        return set()
-    embeddings = np.asarray([row["identity_embedding"] for row in rows], np.float32)
-    embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    sources = np.array([row["source_id"] for row in rows])
-    pairs = set()
-    step = max(1, _BLOCK_ELEMENTS // len(rows))
-    for start in range(0, len(rows), step):
-        similar_i, similar_j = np.nonzero(embeddings[start : start + step] @ embeddings.T >= threshold)
-        a, b = sources[similar_i + start], sources[similar_j]
-        pairs.update(zip(a[a < b].tolist(), b[a < b].tolist()))
-    return pairs
 
 
 class _Clusters:
@@ -152,10 +133,9 @@ class _Clusters:
 def render(result: SplitResult) -> str:
     """What `talkcurate split` prints."""
     if result.by_identity:
-        similar = ", ".join(f"{backend} >= {value:g}" for backend, value in result.identity_thresholds.items())
         rule = (
-            f"by identity: clips whose identity embeddings have cosine similarity {similar} are one person, "
-            "kept on one side with their sources and near-duplicates"
+            f"by identity: the clips of each of {result.people} people (identity_id) are kept on one side with "
+            "their sources and near-duplicates"
         )
         if result.without_embedding:
             rule += f"; {result.without_embedding} kept clips have no embedding and follow their source"

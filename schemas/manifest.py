@@ -14,7 +14,7 @@ from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status
 from schemas.sync import SyncResult
 from schemas.text import Transcript
 
-SCHEMA_VERSION = "1.6"
+SCHEMA_VERSION = "1.7"
 """Bumped whenever a manifest column or a sample member changes meaning."""
 
 # Shard member suffixes of one sample (the WebDataset key is everything before the first dot).
@@ -65,6 +65,9 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("identity_backend", pa.string()),
         pa.field("identity_consistency", pa.float64()),
         pa.field("identity_embedding", pa.list_(pa.float32())),
+        # The person the clip shows, among the run's kept clips (pipeline/people.py); stable when the
+        # run is resumed or extended. Joined in from the journal like the annotations below.
+        pa.field("identity_id", pa.string()),
         pa.field("sync_offset_ms", pa.float64()),
         pa.field("sync_confidence", pa.float64()),
         pa.field("sync_margin", pa.float64()),

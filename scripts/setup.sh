@@ -25,7 +25,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     pip install torch==2.13.0                       # the CPU wheel; never let pip choose torch itself
     pip install -c constraints.txt -r requirements.txt
     pip install --no-deps -r requirements-nodeps.txt # their declared pins clash; their code runs fine
-    .venv/bin/python -c "import torch, ray, av, scenedetect, webdataset, mediapipe, dlib" 2>/dev/null \
+    .venv/bin/python -c "import torch, ray, av, scenedetect, webdataset, mediapipe, dlib, faiss" 2>/dev/null \
         || { echo "setup: the environment does not import; see the pip output above" >&2; exit 1; }
     echo "$wanted" > "$stamp"
 fi

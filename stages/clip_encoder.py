@@ -1,9 +1,17 @@
-"""Encode a clip's frames into an in-memory H.264 MP4 at 25 fps: as they stream by, or held and
-encoded when the MP4 is first read (`defer`), so a clip rejected before then is never encoded."""
+"""Encode a clip's frames into an H.264 MP4 at 25 fps: as they stream by, or held and encoded when
+the MP4 is first read (`defer`), so a clip rejected before then is never encoded.
+
+The MP4 is "fast start" (moov before mdat): a reader streaming a sample from object storage
+learns the frame index from the first bytes instead of fetching the end first. FFmpeg's muxer
+moves the moov by rewriting its output file, so the encoder writes a small temporary file and
+returns its bytes."""
 
 from __future__ import annotations
 
-import io
+import contextlib
+import os
+import tempfile
+import weakref
 from fractions import Fraction
 
 import av
@@ -25,8 +33,10 @@ class ClipEncoder:
         self.num_frames = 0
 
     def _open(self) -> None:
-        self._buffer = io.BytesIO()
-        self._container = av.open(self._buffer, mode="w", format="mp4")
+        handle, self._path = tempfile.mkstemp(prefix="talkcurate-clip-", suffix=".mp4")
+        os.close(handle)
+        self._remove = weakref.finalize(self, _remove_file, self._path)  # also if the encoder is dropped
+        self._container = av.open(self._path, mode="w", format="mp4", options={"movflags": "+faststart"})
         self._stream = self._container.add_stream(self._settings.codec, rate=FPS)
         self._stream.width, self._stream.height = self.width, self.height
         self._stream.pix_fmt = "yuv420p"
@@ -69,14 +79,22 @@ class ClipEncoder:
         return self._close()
 
     def _close(self) -> bytes:
-        self._container.mux(self._stream.encode(None))
-        self._container.close()
-        return self._buffer.getvalue()
+        try:
+            self._container.mux(self._stream.encode(None))
+            self._container.close()
+            with open(self._path, "rb") as f:
+                return f.read()
+        finally:
+            self._remove()
 
     def abort(self) -> None:
         self._held = None
-        try:
-            if self._container is not None:
+        if self._container is not None:
+            with contextlib.suppress(av.error.FFmpegError):
                 self._container.close()
-        except av.error.FFmpegError:
-            pass
+            self._remove()
+
+
+def _remove_file(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -125,6 +125,25 @@ def test_dedup_keeps_its_decisions_on_rejected_rows_null(deduped):
     assert all(row["duplicate_of"] is None for row in rows.values() if row["status"] == "rejected")
 
 
+def test_the_run_finds_its_people(run, capsys):
+    """By the default identity model: GRID[0] and its two re-uploads are one person, the portrait's
+    two takes (other words, dedup matches neither) another, GRID[1] and GRID[3] one each."""
+    rows = manifest(run.out)
+    person = {Path(row["source"]).name: row["identity_id"] for row in kept(rows).values()}
+    assert all(row["identity_id"] is None for row in rows.values() if row["status"] == "rejected")
+    groups = [{name for name, p in person.items() if p == one} for one in set(person.values())]
+    assert sorted(map(sorted, groups)) == sorted(
+        [
+            sorted([media.GRID[0].name, *(path.name for path in run.copies)]),
+            [media.GRID[1].name],
+            [media.GRID[3].name],
+            sorted(path.name for path in run.excerpts),
+        ]
+    )
+    code, printed, _ = command(capsys, "inspect", str(run.out), "--by", "identity_id")
+    assert code == 0 and all(p in printed for p in person.values())
+
+
 def test_split_keeps_people_sources_and_duplicates_on_one_side(run, deduped, tmp_path, capsys):
     """By the default identity model: the portrait's two takes (the same person; dedup matched neither)
     are one cluster, the three GRID speakers three, the re-uploads join their original."""
@@ -132,7 +151,7 @@ def test_split_keeps_people_sources_and_duplicates_on_one_side(run, deduped, tmp
     shutil.copytree(deduped[0], out)
     code, printed, _ = command(capsys, "split", str(out), "--val", "0.5")
     assert code == 0
-    assert "split by identity: clips whose identity embeddings have cosine similarity dlib-resnet >= 0.96" in printed
+    assert "split by identity: the clips of each of 4 people (identity_id) are kept on one side" in printed
     rows = manifest(out)
     takes = {row["split"] for path in run.excerpts for row in rows_of(kept(rows), path)}
     assert len(takes) == 1
@@ -186,6 +205,7 @@ def people_manifest(run_out: Path, sources: int, people: int, seed: int = 0) -> 
                     "source": f"source {s}",
                     "source_id": f"{s:016x}",
                     "identity_backend": "insightface",
+                    "identity_id": None,  # split finds these people
                     "identity_embedding": None
                     if s == sources - 1
                     else (embedding / np.linalg.norm(embedding)).tolist(),
@@ -200,7 +220,8 @@ def test_split_by_identity_keeps_each_person_on_one_side(run, tmp_path, capsys):
     table = people_manifest(run.out, sources=48, people=8)
     pq.write_table(table, out / "manifest.parquet")
     code, printed, _ = command(capsys, "split", str(out), "--val", "0.3")
-    assert code == 0 and "split by identity" in printed and "2 kept clips have no embedding" in printed
+    assert code == 0 and "split by identity: the clips of each of 8 people" in printed
+    assert "2 kept clips have no embedding" in printed
     assert "9 clusters" in printed  # 8 people, and the source without embeddings on its own
     rows = manifest(out)
     split = {key: row["split"] for key, row in rows.items()}
@@ -219,7 +240,7 @@ def test_split_by_identity_keeps_each_person_on_one_side(run, tmp_path, capsys):
     without = table.set_column(
         embedding, table.schema.field(embedding), pa.nulls(len(table), table.schema.field(embedding).type)
     )
-    by_source, _ = assign(without, 0.3, 0.5)
+    by_source, _ = assign(without, 0.3)
     assert any(len(side) > 1 for side in person_sides(rows, by_source).values())
 
 
@@ -234,8 +255,8 @@ def person_sides(rows: dict[str, dict], split: dict[str, str]) -> dict[int, set[
 
 def test_split_is_the_same_for_the_same_rows_in_any_order(run):
     table = people_manifest(run.out, sources=20, people=5, seed=1)
-    first, _ = assign(table, 0.4, 0.5)
-    shuffled, _ = assign(table.take(np.random.default_rng(0).permutation(len(table))), 0.4, 0.5)
+    first, _ = assign(table, 0.4)
+    shuffled, _ = assign(table.take(np.random.default_rng(0).permutation(len(table))), 0.4)
     assert first == shuffled and set(first.values()) == {TRAIN, VAL}
 
 
@@ -268,6 +289,9 @@ def test_annotations_survive_an_extended_run(deduped, tmp_path, capsys, run):
     again = kept(manifest(out))
     assert again[added["key"]]["split"] in (TRAIN, VAL)
     assert all(again[key]["split"] == row["split"] for key, row in before.items())
+    # people keep their ids; the new speaker is a new person
+    assert all(after[key]["identity_id"] == row["identity_id"] for key, row in before.items())
+    assert added["identity_id"] is not None and added["identity_id"] not in {r["identity_id"] for r in before.values()}
 
 
 def test_bad_input_is_a_clear_error(run, tmp_path, capsys):

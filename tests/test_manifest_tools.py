@@ -4,7 +4,6 @@ portrait kept, the clip without audio rejected), read back by `verify` and the t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -12,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 from collections import Counter
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 from pipeline.cli import main
 from pipeline.query import select
 from pipeline.verify import verify, verify_sample_list
+from schemas.manifest import SCHEMA_VERSION
 from stages.storage import OutputDir
 from train.data import ClipDataset, DataConfig, Window, list_samples
 
@@ -348,8 +349,7 @@ def test_training_reads_a_sample_list_in_place(demo_shards, sample_list):
     full = {s.key: s for s in list_samples(str(demo_shards))}
     for sample in samples:
         other = full[sample.key]
-        assert dataclasses.replace(sample, identity=None) == dataclasses.replace(other, identity=None)
-        assert sample.identity is not None and np.array_equal(sample.identity, other.identity)
+        assert sample == other and sample.identity_id is not None
     portrait = next(s.key for s in samples if s.num_frames == 250)
     assert_same_sample(read_window(str(sample_list), portrait), read_window(str(demo_shards), portrait))
 
@@ -390,3 +390,22 @@ def test_reading_commands_leave_a_missing_folder_missing(tmp_path, capsys, comma
     assert main(argv) == 2
     assert "no manifest.parquet" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_output_into_a_closed_pipe_ends_quietly(demo_shards):
+    """`talkcurate inspect --json | head -1`: the reader goes away before the output is written."""
+    process = subprocess.Popen(
+        [TALKCURATE, "inspect", str(demo_shards), "--json", "--rows"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and not err.strip(), err.decode()
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    printed = capsys.readouterr().out.strip()
+    assert (
+        exited.value.code == 0 and printed == f"talkcurate {version('talkcurate')} (manifest schema {SCHEMA_VERSION})"
+    )

@@ -198,6 +198,8 @@ def test_a_held_clip_encodes_like_a_streamed_one(monkeypatch):
     assert len(pictures[0]) == len(pictures[1]) == 75
     assert max(np.abs(a - b).mean() for a, b in zip(*pictures)) < 0.1
     assert not held.video.pending
+    # Both are fast start: the frame index (moov) before the frames (mdat).
+    assert all(0 < c.video.mp4.find(b"moov") < c.video.mp4.find(b"mdat") for c in (held, streamed))
     # What travels between workers is the finished MP4.
     again = only_pending(cut(media.GRID[0]))
     assert again.video.pending

@@ -23,7 +23,7 @@ from schemas.text import decode_features, frame_feature_window
 from stages.face_models import MediapipeDetector
 from train.data import Batch, ClipDataset, DataConfig, SampleInfo, View, Window, collate, decode_frames, list_samples
 from train.loader import ClipLoader
-from train.sampler import DistributedClipSampler, identity_groups
+from train.sampler import DistributedClipSampler, balance_labels
 
 PORTRAIT_FRAMES, GRID_FRAMES = 250, 75
 
@@ -67,9 +67,8 @@ def test_listing_is_the_manifests_kept_clips_and_members_are_read_by_key(demo_sh
             row["height"],
             row["source_id"],
         )
-        # the default identity backend's embedding, as the manifest has it
-        assert s.identity_backend == row["identity_backend"] == "dlib-resnet"
-        assert np.array_equal(s.identity, np.asarray(row["identity_embedding"], np.float32))
+        # the person the run found among its clips (pipeline/people.py), as the manifest has it
+        assert s.identity_id == row["identity_id"] and s.identity_id.startswith("person-")
     assert sorted((s.width, s.height, s.num_frames) for s in samples) == [(360, 288, GRID_FRAMES)] * 4 + [
         (720, 1280, PORTRAIT_FRAMES)
     ]
@@ -438,28 +437,14 @@ def test_balancing_by_source_draws_every_source_equally_often():
 
 
 def test_balancing_by_identity_groups_clips_of_one_person():
-    rng = np.random.default_rng(0)
-    people = rng.normal(size=(3, 512))
-    samples = []
-    for i in range(24):
-        person = [0] * 16 + [1] * 4 + [2] * 4
-        embedding = people[person[i]] + 0.3 * rng.normal(size=512)
-        samples.append(
-            SampleInfo(
-                f"{i:03d}",
-                "s.tar",
-                100,
-                360,
-                288,
-                f"src{i % 6}",
-                (embedding / np.linalg.norm(embedding)).astype(np.float32),
-                "insightface",
-            )
-        )
-    samples += [SampleInfo(f"n{i}", "s.tar", 100, 360, 288, "no-embedding", None) for i in range(3)]
-    labels = identity_groups(samples, threshold=0.5)
-    assert len(set(labels[:16])) == len(set(labels[16:20])) == len(set(labels[20:24])) == 1
-    assert len({labels[0], labels[16], labels[20], labels[24]}) == 4 and set(labels[24:]) == {"source:no-embedding"}
+    """Three people (16, 4 and 4 clips over six sources) and a source whose clips have no person:
+    each of the four groups gets a quarter of the epoch's draws."""
+    person = ["person-a"] * 16 + ["person-b"] * 4 + ["person-c"] * 4
+    samples = [SampleInfo(f"{i:03d}", "s.tar", 100, 360, 288, f"src{i % 6}", person[i]) for i in range(24)]
+    samples += [SampleInfo(f"n{i}", "s.tar", 100, 360, 288, "no-embedding") for i in range(3)]
+    labels = balance_labels(samples, "identity")
+    assert labels[:24] == person and set(labels[24:]) == {"source:no-embedding"}
+    assert balance_labels(samples, "source_id") == [s.source_id for s in samples]
     sampler = DistributedClipSampler(samples, config(balance="identity"), 3)
     per_label = Counter(labels[w.index] for batch in epoch_windows(sampler) for w in batch)
     assert sorted(per_label.values()) == [6, 7, 7, 7]

@@ -93,12 +93,7 @@ class DataConfig:
     balance: str = option(
         "",
         "Balance an epoch over groups: '' (every clip once), 'source_id' (each source equally often) or 'identity' "
-        "(each person equally often, by the clips' identity embeddings; clips without one count as their source).",
-    )
-    identity_threshold: float = option(
-        0.0,
-        "Cosine similarity of identity embeddings from which two clips are the same person (balance = 'identity'); "
-        "0: the backend's own (schemas/face.py SAME_PERSON_COSINE: dlib-resnet 0.96, insightface 0.5).",
+        "(each person equally often, by the manifest's identity_id; clips without one count as their source).",
     )
     drop_last: bool = option(
         False,
@@ -148,8 +143,7 @@ class SampleInfo:
     width: int
     height: int
     source_id: str
-    identity: np.ndarray | None  # float32 identity embedding, None where none was recorded
-    identity_backend: str = "none"  # which model made it (schemas/face.py SAME_PERSON_COSINE)
+    identity_id: str | None = None  # the person it shows (the manifest's identity_id), None where unknown
     num_faces: int = 1  # faces the face stage counted in the clip
 
 
@@ -182,8 +176,7 @@ def list_samples(shards: str) -> list[SampleInfo]:
             "width",
             "height",
             "source_id",
-            "identity_backend",
-            "identity_embedding",
+            "identity_id",
             "num_faces",
         ]
         rows = [row for row in pq.read_table(f, columns=columns).to_pylist() if row["status"] == "kept"]
@@ -211,8 +204,7 @@ def list_samples(shards: str) -> list[SampleInfo]:
             width=row["width"],
             height=row["height"],
             source_id=row["source_id"],
-            identity=None if row["identity_embedding"] is None else np.asarray(row["identity_embedding"], np.float32),
-            identity_backend=row["identity_backend"],
+            identity_id=row["identity_id"],
             num_faces=row["num_faces"],
         )
         for row in rows

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from schemas.face import same_person_cosine
 from train.data import DataConfig, SampleInfo, Window
 
 
@@ -47,30 +46,12 @@ def window_length(num_frames: int, lengths: Sequence[int], stride: int) -> int:
     return max((n for n in lengths if (n - 1) * stride + 1 <= num_frames), default=0)
 
 
-def identity_groups(samples: Sequence[SampleInfo], threshold: float = 0.0) -> list[str]:
-    """One label per clip: clips whose identity embeddings are within `threshold` cosine similarity
-    (0: their backend's own, schemas/face.py SAME_PERSON_COSINE) of the same leader (the first clip,
-    in listing order, of that backend that matched none before it) share a person; clips without an
-    embedding are labelled by their source. Costs clips x people."""
-    labels = []
-    leaders: dict[
-        str, list[tuple[int, np.ndarray]]
-    ] = {}  # per backend (their embeddings do not compare): person, embedding
-    count = 0
-    for sample in samples:
-        if sample.identity is None:
-            labels.append(f"source:{sample.source_id}")
-            continue
-        same = threshold or same_person_cosine(sample.identity_backend)
-        known = leaders.setdefault(sample.identity_backend, [])
-        similarity = np.array([leader @ sample.identity for _, leader in known])
-        if len(similarity) and similarity.max() >= same:
-            labels.append(f"person:{known[int(similarity.argmax())][0]}")
-        else:
-            labels.append(f"person:{count}")
-            known.append((count, sample.identity))
-            count += 1
-    return labels
+def balance_labels(samples: Sequence[SampleInfo], balance: str) -> list[str]:
+    """The balancing group of each clip: its source, or its person (identity_id; a clip without one
+    is its source's own group)."""
+    if balance == "identity":
+        return [s.identity_id if s.identity_id is not None else f"source:{s.source_id}" for s in samples]
+    return [s.source_id for s in samples]
 
 
 @dataclass(frozen=True)
@@ -122,11 +103,7 @@ class DistributedClipSampler(torch.utils.data.Sampler[list[Window]]):
 
     def _groups(self, samples: Sequence[SampleInfo]) -> list[np.ndarray]:
         """The eligible clips of each balancing group, groups in label order."""
-        if self.config.balance == "identity":
-            labels = identity_groups(samples, self.config.identity_threshold)
-        else:
-            labels = [s.source_id for s in samples]
-        labels = np.array(labels, dtype=object)[self.eligible]
+        labels = np.array(balance_labels(samples, self.config.balance), dtype=object)[self.eligible]
         return [self.eligible[labels == label] for label in sorted(set(labels))]
 
     # -- the plan -------------------------------------------------------------------------------
