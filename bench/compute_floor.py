@@ -28,12 +28,11 @@ import numpy as np
 from pipeline.config import RunConfig
 from pipeline.definition import ALL_STAGES
 from pipeline.runner import ChainRunner
-from schemas.records import FPS, SAMPLE_RATE, SourceChunk, SourceVideo, Status
+from schemas.records import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, SourceChunk, SourceVideo, Status
 from stages.clip_encoder import ClipEncoder
 from stages.face import IDENTITY_KEYPOINTS, FaceStage
 from stages.face_models import Detection, FaceDetector, FaceMesh, MediapipeDetector, RetinaFaceDetector, quiet_stderr
 from stages.media_io import open_container
-from stages.normalize import SAMPLES_PER_FRAME
 from stages.probe import _video_stream
 from stages.transcribe import TranscribeStage
 from stages.whisper_models import voiced_spans

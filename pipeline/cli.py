@@ -11,6 +11,7 @@ from importlib.metadata import version
 
 from pipeline.config import RunConfig, render_defaults
 from schemas.manifest import SCHEMA_VERSION
+from schemas.records import FPS
 
 
 def _setup_logging(verbosity: int) -> None:
@@ -131,6 +132,11 @@ def _cmd_config(args) -> int:
     return 0
 
 
+def _given(**options):
+    """The options given on the command line (None: not given, so the config's own default holds)."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def _cmd_sample(args) -> int:
     import warnings
 
@@ -140,7 +146,7 @@ def _cmd_sample(args) -> int:
     warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
     trained = load_trained(args.checkpoint, args.step, args.device)
     sampler = SamplerConfig(
-        steps=args.steps, order=args.order, text_scale=args.text_scale, audio_scale=args.audio_scale
+        **_given(steps=args.steps, order=args.order, text_scale=args.text_scale, audio_scale=args.audio_scale)
     )
     frames = generate(
         trained,
@@ -149,12 +155,12 @@ def _cmd_sample(args) -> int:
         args.out,
         args.text,
         sampler,
-        WindowConfig(args.window, args.overlap),
+        WindowConfig(**_given(frames=args.window, overlap=args.overlap)),
         args.seed,
         progress=not args.no_progress,
         reference_video=args.video,
     )
-    print(f"{args.out}: {frames} frames ({frames / 25:.2f} s)")
+    print(f"{args.out}: {frames} frames ({frames / FPS:.2f} s)")
     return 0
 
 
@@ -162,13 +168,9 @@ def _cmd_train_sync(args) -> int:
     from train.sync_training import SyncTrainingConfig, train
 
     logging.getLogger("train").setLevel(logging.INFO)
-    given = {
-        "components": args.components,
-        "context_steps": args.context_steps,
-        "ridge": args.ridge,
-        "version": args.version,
-    }
-    config = SyncTrainingConfig(**{name: value for name, value in given.items() if value is not None})
+    config = SyncTrainingConfig(
+        **_given(components=args.components, context_steps=args.context_steps, ridge=args.ridge, version=args.version)
+    )
     summary = train(args.shards, args.out, config)
     print(
         f"{args.out}: lip-sync model {summary['version']} from {summary['clips']} clips of {summary['sources']} "
@@ -311,12 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--audio", required=True, help="speech, any length; the video is as long")
     sample.add_argument("--text", default="", help="caption")
     sample.add_argument("--out", required=True, help="output mp4 (H.264, 25 fps, the speech muxed)")
-    sample.add_argument("--steps", type=int, default=30, help="denoising steps")
-    sample.add_argument("--order", type=int, default=1, choices=(1, 2), help="1: Euler, 2: Heun")
-    sample.add_argument("--text-scale", type=float, default=5.0, help="caption guidance scale (1: none)")
-    sample.add_argument("--audio-scale", type=float, default=4.0, help="audio guidance scale (1: none)")
-    sample.add_argument("--window", type=int, default=16, help="frames denoised together")
-    sample.add_argument("--overlap", type=int, default=5, help="frames shared with the previous window, blended")
+    sample.add_argument("--steps", type=int, help="denoising steps (default: train.sampling.SamplerConfig's)")
+    sample.add_argument("--order", type=int, choices=(1, 2), help="1: Euler, 2: Heun (default: SamplerConfig's)")
+    sample.add_argument("--text-scale", type=float, help="caption guidance scale (1: none; default: SamplerConfig's)")
+    sample.add_argument("--audio-scale", type=float, help="audio guidance scale (1: none; default: SamplerConfig's)")
+    sample.add_argument("--window", type=int, help="frames denoised together (default: train.generate.WindowConfig's)")
+    sample.add_argument(
+        "--overlap", type=int, help="frames shared with the previous window, blended (default: WindowConfig's)"
+    )
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--device", default="cpu")
     sample.add_argument("--no-progress", action="store_true", help="no progress bars")

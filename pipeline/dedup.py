@@ -51,8 +51,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.inspect import load
-from pipeline.output import MANIFEST, annotated, write_annotation, write_manifest
+from pipeline.output import annotated, write_annotation, write_manifest
 from schemas.fingerprint import Fingerprint, audio_bit_error_rate, motion_correlations, phash_distances
+from schemas.manifest import MANIFEST
 from schemas.records import Status
 from stages.storage import OutputDir
 

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from schemas.manifest import MANIFEST_SCHEMA, SCHEMA_VERSION, manifest_row, rows_to_table
+from schemas.manifest import INDEX, MANIFEST, MANIFEST_SCHEMA, SCHEMA_VERSION, manifest_row, rows_to_table
 from schemas.records import CandidateClip, ChunkDone, Status
 from stages.shard_writer import SHARD_FOLDER, ShardRecord, ShardWriterStage
 from stages.storage import TMP_SUFFIX, OutputDir
@@ -45,8 +45,6 @@ CONFIG_RECORD = f"{JOURNAL}/config.json"
 ANNOTATIONS = f"{JOURNAL}/annotations"
 # annotation file name -> the manifest column it fills
 ANNOTATION_COLUMNS = {"dedup": "duplicate_of", "split": "split", "people": "identity_id"}
-MANIFEST = "manifest.parquet"
-INDEX = "index.json"
 
 
 class ConfigMismatch(ValueError):

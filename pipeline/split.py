@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from pipeline.inspect import load
-from pipeline.output import MANIFEST, annotated, write_annotation, write_manifest
+from pipeline.output import annotated, write_annotation, write_manifest
 from pipeline.people import assign as assign_people
 from pipeline.people import identify
+from schemas.manifest import MANIFEST
 from schemas.records import Status
 from stages.storage import OutputDir
 

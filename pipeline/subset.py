@@ -20,8 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.inspect import load
-from pipeline.output import INDEX, MANIFEST, index_document, write_manifest_and_index
+from pipeline.output import index_document, write_manifest_and_index
 from pipeline.query import select
+from schemas.manifest import INDEX, MANIFEST
 from schemas.sample_list import SUFFIX as SAMPLE_LIST_SUFFIX
 from schemas.sample_list import SampleList, is_sample_list
 from stages.shard_writer import SHARD_FOLDER, ShardRecord, ShardWriterStage

@@ -14,6 +14,12 @@ from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status
 from schemas.sync import SyncResult
 from schemas.text import Transcript
 
+MANIFEST = "manifest.parquet"
+"""A run's manifest, in its output folder: one row per candidate clip (MANIFEST_SCHEMA)."""
+
+INDEX = "index.json"
+"""A run's shard index, in its output folder (wids-shard-index-v1)."""
+
 SCHEMA_VERSION = "1.7"
 """Bumped whenever a manifest column or a sample member changes meaning."""
 

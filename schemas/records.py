@@ -26,6 +26,9 @@ FPS = 25
 SAMPLE_RATE = 16_000
 """Sample rate of every normalized clip's mono audio."""
 
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
+"""Audio samples per video frame (640)."""
+
 
 class Status(StrEnum):
     PENDING = "pending"  # still moving through the stages

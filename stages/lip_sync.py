@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from schemas.face import LIPS_INNER, LIPS_OUTER
-from schemas.records import SAMPLE_RATE
-from stages.sync_models import SAMPLES_PER_FRAME, SyncEstimate
+from schemas.records import SAMPLE_RATE, SAMPLES_PER_FRAME
+from stages.sync_models import SyncEstimate
 
 FORMAT = "talkcurate-lip-sync-v2"
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "models" / "lip_sync.npz"

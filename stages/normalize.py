@@ -24,14 +24,13 @@ import av
 import av.filter
 import numpy as np
 
-from schemas.records import FPS, SAMPLE_RATE, ProbeInfo, SourceChunk, SourceVideo
+from schemas.records import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, ProbeInfo, SourceChunk, SourceVideo
 from stages.base import LazyWork, Resources, Stage, option
 from stages.media_io import open_container
 from stages.probe import _video_stream
 
 log = logging.getLogger(__name__)
 
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
 _TIMESTAMP_JITTER = SAMPLE_RATE // 500
 """2 ms. Containers with coarse timestamps (Matroska and WebM count milliseconds) stamp audio
 frames up to about a millisecond away from where the previous frame ended; placed exactly by

@@ -57,11 +57,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from schemas.records import SAMPLE_RATE, SAMPLES_PER_FRAME
+
 MODEL_PATH_OPTION = "sync.syncnet_model_path"
 
-FPS = 25
-SAMPLE_RATE = 16000
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 MFCC_PER_FRAME = 4  # python_speech_features' default 10 ms step: 100 Hz
 VIDEO_WINDOW = 5  # frames per lip window
 AUDIO_WINDOW = VIDEO_WINDOW * MFCC_PER_FRAME  # 20 MFCC frames

@@ -28,9 +28,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from pipeline.browse import FACE_TINT, LIP_TINT, MEDIA_FOLDER, PAGE, BrowseError, build_site
 from pipeline.cli import main
-from pipeline.output import MANIFEST
 from schemas.face import decode_face_npz, face_and_lip_masks
-from schemas.manifest import MEMBER_AUDIO, MEMBER_CAPTION, MEMBER_FACE, MEMBER_VIDEO
+from schemas.manifest import MANIFEST, MEMBER_AUDIO, MEMBER_CAPTION, MEMBER_FACE, MEMBER_VIDEO
 from stages.media_io import decode_audio
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

@@ -15,9 +15,9 @@ import media
 import numpy as np
 import pytest
 
-from schemas.records import FPS, SAMPLE_RATE, ProbedSource, SourceVideo, Status
+from schemas.records import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, ProbedSource, SourceVideo, Status
 from stages.chunk import ChunkStage
-from stages.normalize import SAMPLES_PER_FRAME, NormalizedChunk, NormalizeStage, output_size
+from stages.normalize import NormalizedChunk, NormalizeStage, output_size
 from stages.probe import ProbeStage
 
 

@@ -35,14 +35,13 @@ from pipeline.inputs import discover
 from pipeline.placement import PlacementError
 from pipeline.run import RunResult, run
 from schemas.manifest import SAMPLE_MEMBERS
-from schemas.records import FPS, SAMPLE_RATE
+from schemas.records import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from stages.sync import SyncStage
 
 pytestmark = pytest.mark.slow
 
 SETTINGS = ["shards.target_shard_mb=0.3"]  # several shards, published while the run goes on
 SET_ARGS = [arg for setting in SETTINGS for arg in ("--set", setting)]
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
 COMPARED = ("key", "source", "status", "reason", "start_s", "end_s")  # what a resumed run must reproduce
 
 

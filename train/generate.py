@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 
-from schemas.records import FPS, SAMPLE_RATE
+from schemas.records import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from schemas.text import frame_feature_window
 from stages.media_io import decode_audio
 from train.checkpoint import Checkpointer
@@ -32,7 +32,6 @@ from train.sampling import SamplerConfig, guided, sliding_denoise
 from train.text_encoder import TextEncoder
 
 log = logging.getLogger(__name__)
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
 
 
 @dataclass

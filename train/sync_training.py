@@ -26,10 +26,9 @@ import soundfile
 
 from schemas.face import NUM_LANDMARKS, decode_face_npz
 from schemas.manifest import MEMBER_AUDIO, MEMBER_FACE
-from schemas.records import SAMPLE_RATE
+from schemas.records import SAMPLE_RATE, SAMPLES_PER_FRAME
 from stages import lip_sync
 from stages.lip_sync import RIGID_POINTS, audio_features, mouth_shape, pixel_points
-from stages.sync_models import SAMPLES_PER_FRAME
 from train.data import ShardReader, dataset_source, list_samples
 
 log = logging.getLogger(__name__)
