@@ -149,6 +149,10 @@ def ray_session(address: str | None, config: RunConfig):
         # runtimes, Ray's own) a malloc arena; over a long input their fragments added 100-200 MB to
         # a worker's peak. Two arenas keep it flat; an explicit setting wins.
         os.environ.setdefault("MALLOC_ARENA_MAX", "2")
+        # Ray starts its workers at niceness 15, for its control plane's sake; on a machine doing
+        # other work that starves the run: beside a CPU-bound process each worker got 6% of a core
+        # and a 40 s run took over 10 minutes. The workers are the run's work: normal priority.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         with redirected_to_devnull(0):
             ray.init(
                 address="local",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from schemas.face import FaceResult
@@ -275,3 +277,20 @@ def _face_metadata(face: FaceResult | None) -> dict[str, Any] | None:
 
 def encode_metadata(meta: dict[str, Any]) -> bytes:
     return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def decode_face_member(sample: dict[str, Any]) -> dict[str, Any]:
+    """A sample with `KEY.face.npz` decoded into one member per array (schemas/face.py
+    FaceTrackData): "face.landmarks", "face.boxes", ... in place of "face.npz"; the other members as
+    they are. For the readers that leave that two-part suffix as bytes: Ray Data
+    (`read_webdataset(..., decoder=[True, decode_face_member])`: one column per array), wids (keys
+    with a leading dot, file objects) and webdataset (`.map(decode_face_member)`, bytes)."""
+    decoded = dict(sample)
+    for key in (MEMBER_FACE, f".{MEMBER_FACE}"):
+        value = decoded.pop(key, None)
+        if value is None:
+            continue
+        prefix = key.removesuffix(".npz")
+        with np.load(io.BytesIO(value.read() if hasattr(value, "read") else value)) as arrays:
+            decoded.update((f"{prefix}.{name}", arrays[name]) for name in arrays.files)
+    return decoded

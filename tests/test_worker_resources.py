@@ -54,3 +54,18 @@ def test_caption_language_names_do_not_load_torch():
         "print(language_name('en'), language_name('de'), language_name('xx'), 'torch' in sys.modules)"
     )
     assert _python(code) == "English German xx False"
+
+
+def test_the_runs_workers_run_at_normal_priority():
+    """Ray starts workers at niceness 15; beside any CPU-bound process they then starve (6% of a
+    core each, a 40 s run past 10 minutes). The local instance a run starts keeps them at 0."""
+    code = (
+        "import os, ray\n"
+        "from pipeline.config import RunConfig\n"
+        "from pipeline.executor import ray_session\n"
+        "config = RunConfig()\n"
+        "config.execution.num_cpus = 1\n"
+        "with ray_session(None, config):\n"
+        "    print(ray.get(ray.remote(lambda: os.nice(0)).remote()))\n"
+    )
+    assert _python(code) == "0"
