@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
+from pipeline.forest import root
 from pipeline.inspect import load
 from pipeline.output import annotated, write_annotation, write_manifest
 from schemas.fingerprint import Fingerprint, audio_bit_error_rate, motion_correlations, phash_distances
@@ -238,18 +239,11 @@ def _video_matches(clips: list[Clip], thresholds: DedupThresholds) -> list[Match
 def _groups(clips: list[Clip], matches: list[Match]) -> dict[int, int]:
     """Each duplicate -> the clip kept for its group (connected by matches)."""
     parent = list(range(len(clips)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
     for match in matches:
-        parent[root(match.first)] = root(match.second)
+        parent[root(parent, match.first)] = root(parent, match.second)
     members: dict[int, list[int]] = defaultdict(list)
     for i in range(len(clips)):
-        members[root(i)].append(i)
+        members[root(parent, i)].append(i)
     kept_of = {}
     for group in members.values():
         best = min(

@@ -1,8 +1,8 @@
 """`identity_id`: which person a kept clip shows, from the face stage's identity embeddings.
 
 People are found among the kept clips of one identity backend (embeddings of two backends do not
-compare). Two clips are linked when each is among the other's NEIGHBOURS most similar clips, in
-either direction, and their cosine similarity is at least the backend's same-person threshold
+compare). Two clips are linked when one is among the other's NEIGHBOURS most similar clips and
+their cosine similarity is at least the backend's same-person threshold
 (schemas/face.py SAME_PERSON_COSINE). Links are taken most similar first; a link joins two groups
 only when their clips are that alike on average, every clip of one with every clip of the other
 (average linkage, from the groups' embedding sums): a clip that looks like two people joins one of
@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.forest import root
 from pipeline.output import annotation, write_annotation
 from pipeline.similarity import similar_pairs
 from schemas.face import same_person_cosine
@@ -92,14 +93,8 @@ class _People:
                 first_of[name] = i
                 self.name[i] = name
 
-    def root(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
     def link(self, i: int, j: int) -> None:
-        a, b = self.root(i), self.root(j)
+        a, b = root(self.parent, i), root(self.parent, j)
         if a == b or (a in self.name and b in self.name):  # named people stay apart
             return
         # average linkage: the mean similarity of every clip of one group to every clip of the other
@@ -108,7 +103,7 @@ class _People:
         self._union(a, b)
 
     def _union(self, a: int, b: int) -> None:
-        a, b = self.root(a), self.root(b)
+        a, b = root(self.parent, a), root(self.parent, b)
         if a == b:
             return
         keep, gone = min(a, b), max(a, b)  # the root is the group's first clip
@@ -120,7 +115,8 @@ class _People:
 
     def groups(self) -> list[tuple[str | None, int]]:
         """Each clip's group: its name (None for a group found now) and its first clip."""
-        return [(self.name.get(root), root) for root in map(self.root, range(len(self.parent)))]
+        firsts = [root(self.parent, i) for i in range(len(self.parent))]
+        return [(self.name.get(first), first) for first in firsts]
 
 
 def identify(out: OutputDir, table: pa.Table) -> dict[str, str | None]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from pipeline.forest import root
 from pipeline.inspect import load
 from pipeline.output import annotated, write_annotation, write_manifest
 from pipeline.people import assign as assign_people
@@ -121,10 +122,7 @@ class _Clusters:
         self.parent = {source: source for source in sources}
 
     def stable_id(self, source: str) -> str:
-        while self.parent[source] != source:
-            self.parent[source] = self.parent[self.parent[source]]
-            source = self.parent[source]
-        return source
+        return root(self.parent, source)
 
     def join(self, a: str, b: str) -> None:
         a, b = self.stable_id(a), self.stable_id(b)
