@@ -32,8 +32,7 @@ from schemas.records import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, SourceChunk, So
 from stages.clip_encoder import ClipEncoder
 from stages.face import IDENTITY_KEYPOINTS, FaceStage
 from stages.face_models import Detection, FaceDetector, FaceMesh, MediapipeDetector, RetinaFaceDetector, quiet_stderr
-from stages.media_io import open_container
-from stages.probe import _video_stream
+from stages.media_io import open_container, video_stream
 from stages.transcribe import TranscribeStage
 from stages.whisper_models import voiced_spans
 
@@ -46,7 +45,7 @@ def decode_inputs(files: list[str]) -> dict:
         frames = 0
         try:
             with open_container(path) as container:
-                video = _video_stream(container)
+                video = video_stream(container)
                 streams = [s for s in (video, *container.streams.audio[:1]) if s is not None]
                 if video is not None:
                     video.thread_type = "AUTO"

@@ -16,9 +16,9 @@ from fractions import Fraction
 
 import av
 
+from schemas.frames import EncoderSettings
 from schemas.records import FPS, EncodedVideo
 from stages.base import worker_threads
-from stages.normalize import EncoderSettings
 
 _TIME_BASE = Fraction(1, FPS)
 

@@ -21,6 +21,14 @@ av.logging.set_level(None)
 logging.getLogger("libav").setLevel(logging.CRITICAL)
 
 
+def video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    """The container's video stream: the first that is not cover art."""
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    return None
+
+
 def is_local(uri: str) -> bool:
     scheme = urlparse(uri).scheme
     return scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")

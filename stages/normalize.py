@@ -24,10 +24,10 @@ import av
 import av.filter
 import numpy as np
 
+from schemas.frames import EncoderSettings, NormalizedFrame
 from schemas.records import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, ProbeInfo, SourceChunk, SourceVideo
 from stages.base import LazyWork, Resources, Stage, option
-from stages.media_io import open_container
-from stages.probe import _video_stream
+from stages.media_io import open_container, video_stream
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +47,6 @@ def output_size(width: int, height: int, max_short_side: int) -> tuple[int, int]
     if max_short_side and min(width, height) > max_short_side:
         scale = max_short_side / min(width, height)
     return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
-
-
-@dataclass
-class NormalizedFrame:
-    index: int  # on the source's 25 fps grid
-    picture: av.VideoFrame  # yuv420p at the output size, ready to encode
-    small: np.ndarray | None  # BGR at the detection size requested by the consumer
-    analysis: np.ndarray | None  # RGB at the analysis size, shared with frame-level stages (faces)
-
-
-@dataclass(frozen=True)
-class EncoderSettings:
-    codec: str
-    crf: int
-    preset: str
 
 
 class NormalizedChunk:
@@ -148,7 +133,7 @@ class NormalizedChunk:
         audio_end_sample = end_frame * SAMPLES_PER_FRAME
 
         with open_container(chunk.source.uri) as container:
-            video = _video_stream(container)
+            video = video_stream(container)
             audio = container.streams.audio[0]
             video.thread_type = "AUTO"
             if self._strict:

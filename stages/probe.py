@@ -15,14 +15,7 @@ import av
 
 from schemas.records import ProbedSource, ProbeInfo, Rejected, SourceVideo
 from stages.base import Resources, Stage, option
-from stages.media_io import file_size, open_binary, open_container
-
-
-def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
-    for stream in container.streams.video:
-        if not stream.disposition & av.stream.Disposition.attached_pic:  # cover art is not video
-            return stream
-    return None
+from stages.media_io import file_size, open_binary, open_container, video_stream
 
 
 def _seconds(value: int | None, time_base) -> float | None:
@@ -85,7 +78,7 @@ class ProbeStage(Stage[SourceVideo, ProbedSource]):
             return self._probe_open(item, container, size)
 
     def _probe_open(self, item: SourceVideo, container: av.container.InputContainer, size: int):
-        video = _video_stream(container)
+        video = video_stream(container)
         audio = container.streams.audio[0] if container.streams.audio else None
         if video is None:
             return Rejected("no_video", "the input has no video stream")
@@ -178,7 +171,7 @@ class ProbeStage(Stage[SourceVideo, ProbedSource]):
         """The first decoded frame of the stream, after `decode_check_frames` decode without error."""
         try:
             with open_container(uri) as container:
-                stream = _video_stream(container) if kind == "video" else container.streams.audio[0]
+                stream = video_stream(container) if kind == "video" else container.streams.audio[0]
                 first = None
                 for count, frame in enumerate(container.decode(stream)):
                     first = first or frame

@@ -19,10 +19,11 @@ import numpy as np
 from scenedetect.common import FrameTimecode
 from scenedetect.detectors import AdaptiveDetector, ContentDetector, HashDetector, HistogramDetector
 
+from schemas.frames import NormalizedFrame
 from schemas.records import FPS, CandidateClip, Status
 from stages.base import Resources, Stage, option
 from stages.clip_encoder import ClipEncoder
-from stages.normalize import NormalizedChunk, NormalizedFrame
+from stages.normalize import NormalizedChunk
 
 _RATE = Fraction(FPS)
 
