@@ -12,7 +12,6 @@ import base64
 import hashlib
 import io
 import json
-import logging
 import os
 import re
 import shutil
@@ -31,6 +30,7 @@ import webdataset as wds
 from runs import Talkcurate, talkcurate
 
 from pipeline.config import RunConfig
+from pipeline.executor import ray_session
 from pipeline.inputs import discover
 from pipeline.placement import PlacementError
 from pipeline.run import RunResult, run
@@ -94,16 +94,10 @@ def listing(folders: list[Path]) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray instance for the in-process runs (the executor uses an initialized Ray)."""
-    if ray.is_initialized():
+    """One local Ray instance for the in-process runs (the executor uses an initialized Ray),
+    started as a run starts its own: with its workers at normal priority, among other settings."""
+    with ray_session(None, RunConfig()):
         yield
-        return
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def run_config(*overrides: str) -> RunConfig:
