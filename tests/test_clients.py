@@ -5,7 +5,6 @@ arrays decoded by schemas.manifest.decode_face_member."""
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -14,6 +13,8 @@ import ray
 import webdataset as wds
 import wids
 
+from pipeline.config import RunConfig
+from pipeline.executor import ray_session
 from schemas.face import decode_face_npz
 from schemas.manifest import decode_face_member
 
@@ -51,11 +52,10 @@ def test_webdataset(demo_shards, kept):
 
 def test_ray_data(demo_shards, kept):
     shards = sorted(str(p) for p in (demo_shards / "shards").glob("*.tar"))
-    ray.init(num_cpus=1, include_dashboard=False, logging_level=logging.ERROR)
-    try:
+    config = RunConfig()
+    config.execution.num_cpus = 1
+    with ray_session(None, config):  # a local instance of its own, as a run starts one
         rows = ray.data.read_webdataset(shards, decoder=[True, decode_face_member]).take_all()
-    finally:
-        ray.shutdown()
     assert sorted(row["__key__"] for row in rows) == sorted(kept)
     key = rows[0]["__key__"]
     assert_face(rows[0], "face", expected_face(demo_shards, key))
