@@ -191,6 +191,10 @@ def execute(sources: list[SourceVideo], output: RunOutput, config: RunConfig, ad
             ds = _add_group(ds, group, keep_frames, config, max_inputs=None if position else len(todo))
         output.open_writer(config.stages["shards"])
         finished_earlier, done_at_start = len(sources) - len(todo), len(output.done_sources)
+
+        def sources_done() -> int:  # of this run's sources, those finished by earlier runs included
+            return finished_earlier + len(output.done_sources) - done_at_start
+
         progress = Progress(len(sources), finished_earlier) if config.execution.progress else None
         for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2):
             for item in _items(batch):
@@ -199,8 +203,8 @@ def execute(sources: list[SourceVideo], output: RunOutput, config: RunConfig, ad
                     continue
                 output.add(item)
                 if progress:
-                    progress.observe(item, finished_earlier + len(output.done_sources) - done_at_start)
+                    progress.observe(item, sources_done())
         output.close()
         if progress:
-            progress.close(finished_earlier + len(output.done_sources) - done_at_start)
+            progress.close(sources_done())
     return stats

@@ -41,8 +41,9 @@ def run(inputs: list[str], out_uri: str, config: RunConfig, address: str | None 
     table = output.records()
     identify(out, table)  # people first: the manifest shows every kept clip's identity_id
     table = annotated(out, table)
-    write_manifest_and_index(out, table, output.index())
-    summary = summarize(table, output.index())
+    index = output.index()
+    write_manifest_and_index(out, table, index)
+    summary = summarize(table, index)
     stage_stats = stats.as_dict()
     wall = time.perf_counter() - started
     out.write_atomic(REPORT, render_report(table, summary, stage_stats).encode())
