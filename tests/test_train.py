@@ -77,10 +77,12 @@ def test_two_ranks_train_the_tiny_preset_and_checkpoint(shards, tmp_path):
 
 
 def test_a_stopped_and_resumed_run_repeats_the_uninterrupted_one(shards, tmp_path):
-    plan = "curriculum=[{steps=5, num_frames=4, lr=0.002}, {steps=5, lr=0.002}]"
-    whole = train(tmp_path / "whole", shards, plan)
-    first = train(tmp_path / "split", shards, plan, "stop_after=7")
-    second = train(tmp_path / "split", shards, plan)
+    # The last step (10) is a checkpoint step: the run ends on it without saving it twice.
+    plan = ["curriculum=[{steps=5, num_frames=4, lr=0.002}, {steps=5, lr=0.002}]", "checkpoint.every=5"]
+    whole = train(tmp_path / "whole", shards, *plan)
+    assert sorted(p.name for p in (tmp_path / "whole" / "checkpoints").iterdir()) == ["step-10", "step-5"]
+    first = train(tmp_path / "split", shards, *plan, "stop_after=7")
+    second = train(tmp_path / "split", shards, *plan)
     assert [r["step"] for r in first] == list(range(1, 8)) and [r["step"] for r in second] == list(range(8, 11))
     assert [(r["loss"], r["keys"]) for r in first + second] == [(r["loss"], r["keys"]) for r in whole]
 

@@ -104,6 +104,8 @@ class Trainer:
         return True
 
     def save(self) -> None:
+        if self.checkpoints.latest() == self.step:
+            return  # the last step was a checkpoint step too: it is saved already
         path = self.checkpoints.save(self.step, self.model, self.optimizer, self._rank_state())
         if self.rank == 0:
             log.info("checkpoint %s", path)
