@@ -1,4 +1,4 @@
-"""Run configuration: one section per stage (the stage's own fields) plus `execution`.
+"""Run configuration: one section per stage (the stage's own fields) plus `inputs` and `execution`.
 
 Defaults live on the stage classes, each field with its documentation; `talkcurate config`
 prints them as a commented TOML file (the one in configs/default.toml). A file given with
@@ -15,8 +15,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.definition import ALL_STAGES
+from pipeline.inputs import SOURCE_PATHS
 from schemas.manifest import SCHEMA_VERSION
 from stages.base import Stage, option
+
+
+@dataclass
+class InputsConfig:
+    """How the run names its inputs in what it writes."""
+
+    name: typing.ClassVar[str] = "inputs"
+
+    source_paths: str = option(
+        "relative",
+        "How the manifest's `source` and each KEY.json record a local input: `relative` to the input argument that "
+        "named it (a folder, or a list file's folder; a file named on its own by its base name), as `given` on the "
+        "command line or in the list file, or `absolute` (this machine's paths, which a shared dataset would carry). "
+        "URIs are recorded as they are.",
+    )
+
+    def validate(self) -> None:
+        if self.source_paths not in SOURCE_PATHS:
+            raise ValueError(f"inputs.source_paths must be one of {', '.join(SOURCE_PATHS)}")
 
 
 @dataclass
@@ -63,17 +83,20 @@ class ExecutionConfig:
 @dataclass
 class RunConfig:
     stages: dict[str, Stage] = field(default_factory=lambda: {cls.name: cls() for cls in ALL_STAGES})
+    inputs: InputsConfig = field(default_factory=InputsConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     def section(self, name: str) -> Any:
         if name == ExecutionConfig.name:
             return self.execution
+        if name == InputsConfig.name:
+            return self.inputs
         if name not in self.stages:
             raise KeyError(f"unknown config section {name!r}; sections: {', '.join(self.section_names())}")
         return self.stages[name]
 
     def section_names(self) -> list[str]:
-        return [*self.stages, ExecutionConfig.name]
+        return [InputsConfig.name, *self.stages, ExecutionConfig.name]
 
     def set(self, dotted: str, value: Any) -> None:
         section_name, _, key = dotted.partition(".")
@@ -84,6 +107,7 @@ class RunConfig:
         setattr(section, key, _coerce(fields[key], value, dotted))
 
     def validate(self) -> None:
+        self.inputs.validate()
         self.execution.validate()
         for stage in self.stages.values():
             stage.validate()
@@ -93,6 +117,7 @@ class RunConfig:
         """Everything that decides what a run writes: a resumed run must match it."""
         return {
             "schema_version": SCHEMA_VERSION,
+            InputsConfig.name: dataclasses.asdict(self.inputs),
             **{name: dataclasses.asdict(stage) for name, stage in self.stages.items()},
         }
 

@@ -57,8 +57,8 @@ def summarize(table: pa.Table, index: dict) -> dict[str, Any]:
             values = np.array([r[column] for r in kept if r[column] is not None], dtype=float)
             scores[column] = _distribution(values)
     return {
-        "sources": len({r["source"] for r in rows}),
-        "sources_with_kept_clips": len({r["source"] for r in kept}),
+        "sources": len({r["source_id"] for r in rows}),  # names may repeat (inputs.source_paths)
+        "sources_with_kept_clips": len({r["source_id"] for r in kept}),
         "candidate_clips": len(rows),
         "kept": len(kept),
         "rejected": len(rejected),

@@ -49,7 +49,9 @@ def _histogram(values: np.ndarray, title: str, xlabel: str) -> str:
     return _png(fig)
 
 
-def render_report(table: pa.Table, summary: dict[str, Any], stage_stats: dict[str, dict] | None) -> str:
+def render_report(
+    table: pa.Table, summary: dict[str, Any], stage_stats: dict[str, dict] | None, skipped: list[dict] = ()
+) -> str:
     kept = table.filter(pa.compute.equal(table["status"], "kept"))
     images = [
         ("Funnel", _funnel(summary)),
@@ -68,6 +70,13 @@ def render_report(table: pa.Table, summary: dict[str, Any], stage_stats: dict[st
             f"<tr><td>{esc(name)}</td><td>{s['items']}</td><td>{s['wall_s']:.1f}</td>"
             f"<td>{s['cpu_s']:.1f}</td><td>{speed:.1f}</td></tr>"
         )
+    skipped_rows = "".join(f"<tr><td>{esc(s['path'])}</td><td>{esc(s['reason'])}</td></tr>" for s in skipped)
+    skipped_table = (
+        "<h2>Files the input scan skipped (last run)</h2>"
+        f"<table><tr><th>file</th><th>why</th></tr>{skipped_rows}</table>"
+        if skipped
+        else ""
+    )
     plots = "".join(
         f'<h2>{esc(title)}</h2><img alt="{esc(title)}" src="data:image/png;base64,{data}">' for title, data in images
     )
@@ -83,5 +92,6 @@ def render_report(table: pa.Table, summary: dict[str, Any], stage_stats: dict[st
 {plots}
 <h2>Stages (last run)</h2><table><tr><th>stage</th><th>items</th><th>wall s</th><th>CPU s</th>
 <th>video s per wall s</th></tr>{stage_rows}</table>
+{skipped_table}
 </body></html>
 """

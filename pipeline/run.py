@@ -32,7 +32,12 @@ class RunResult:
 
 def run(inputs: list[str], out_uri: str, config: RunConfig, address: str | None = None) -> RunResult:
     started = time.perf_counter()
-    sources = discover(inputs)
+    found = discover(inputs, config.inputs.source_paths)
+    sources = found.sources
+    if found.skipped:
+        shown = "; ".join(f"{path} ({why})" for path, why in found.skipped[:10])
+        more = f"; and {len(found.skipped) - 10} more (summary.json)" if len(found.skipped) > 10 else ""
+        log.info("the input scan skipped %d files: %s%s", len(found.skipped), shown, more)
     out = OutputDir(out_uri, create=True)
     output = RunOutput(out, config.fingerprint())
     todo = sum(s.source_id not in output.done_sources for s in sources)
@@ -46,12 +51,8 @@ def run(inputs: list[str], out_uri: str, config: RunConfig, address: str | None 
     summary = summarize(table, index)
     stage_stats = stats.as_dict()
     wall = time.perf_counter() - started
-    out.write_atomic(REPORT, render_report(table, summary, stage_stats).encode())
-    out.write_atomic(
-        SUMMARY,
-        json.dumps(
-            {"summary": summary, "last_run": {"sources_processed": todo, "wall_s": wall, "stages": stage_stats}},
-            indent=1,
-        ).encode(),
-    )
+    skipped = [{"path": path, "reason": why} for path, why in found.skipped]
+    out.write_atomic(REPORT, render_report(table, summary, stage_stats, skipped).encode())
+    last_run = {"sources_processed": todo, "wall_s": wall, "stages": stage_stats, "skipped_inputs": skipped}
+    out.write_atomic(SUMMARY, json.dumps({"summary": summary, "last_run": last_run}, indent=1).encode())
     return RunResult(summary, stage_stats, todo, wall)

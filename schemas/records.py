@@ -43,14 +43,15 @@ def source_id_for(uri: str) -> str:
 
 @dataclass(frozen=True)
 class SourceVideo:
-    """One input as the user named it."""
+    """One input: where it is read from, its id, and the name the manifest records for it."""
 
     uri: str
     source_id: str
+    name: str  # `uri`, or relative to the input that named it (inputs.source_paths)
 
     @classmethod
-    def from_uri(cls, uri: str) -> SourceVideo:
-        return cls(uri=uri, source_id=source_id_for(uri))
+    def from_uri(cls, uri: str, name: str | None = None) -> SourceVideo:
+        return cls(uri=uri, source_id=source_id_for(uri), name=uri if name is None else name)
 
     def reject(self, reason: str, detail: str, stage: str) -> CandidateClip:
         return CandidateClip.for_span(self, 0, 0, chunk_index=0).reject(reason, detail, stage)

@@ -26,6 +26,8 @@ import av
 import pyarrow.parquet as pq
 import pytest
 
+from schemas.records import source_id_for
+
 TALKCURATE = str(Path(sys.executable).with_name("talkcurate"))
 TAG = "TALKCURATE_TEST_RUN"
 
@@ -239,7 +241,8 @@ def comparable(samples: dict[str, dict[str, bytes]]) -> dict[str, dict[str, obje
 def reference_for(reference: dict[str, bytes], sources: list[str]) -> tuple[list[tuple], dict[str, dict[str, object]]]:
     """What a run over `sources` must give, taken from a reference run over them and more (same
     settings): its `compared` manifest rows and its `comparable` samples."""
-    rows = [row for row in manifest_of(reference) if row["source"] in sources]
+    ids = {source_id_for(os.path.abspath(source)) for source in sources}
+    rows = [row for row in manifest_of(reference) if row["source_id"] in ids]
     keys = {row["key"] for row in rows}
     return compared(rows), {
         key: members for key, members in comparable(shard_samples(reference)).items() if key in keys

@@ -26,6 +26,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.split import TRAIN, VAL, assign
+from schemas.records import source_id_for
 from train.data import list_samples
 
 pytestmark = pytest.mark.slow
@@ -93,12 +94,12 @@ def deduped(run, tmp_path_factory) -> tuple[Path, str]:
 
 
 def rows_of(rows: dict[str, dict], source: Path) -> list[dict]:
-    return [row for row in rows.values() if row["source"] == str(source)]
+    return [row for row in rows.values() if row["source_id"] == source_id_for(str(source))]
 
 
 def test_every_input_has_a_kept_clip_with_fingerprints(run):
     rows = kept(manifest(run.out))
-    assert {row["source"] for row in rows.values()} == set(map(str, run.inputs))
+    assert {row["source_id"] for row in rows.values()} == {source_id_for(str(p)) for p in run.inputs}
     for row in rows.values():
         assert len(row["video_phash"]) == 8 and len(row["video_motion"]) == row["num_frames"]
         assert len(row["audio_fingerprint"]) == 4 * (row["num_frames"] - 1)
@@ -264,7 +265,8 @@ def test_split_warns_when_a_side_is_empty(run, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     table = pq.read_table(run.out / "manifest.parquet")
-    pq.write_table(table.filter(pc.equal(table["source"], str(media.GRID[1]))), out / "manifest.parquet")  # one cluster
+    one_cluster = table.filter(pc.equal(table["source_id"], source_id_for(str(media.GRID[1]))))
+    pq.write_table(one_cluster, out / "manifest.parquet")
     code, printed, _ = command(capsys, "split", str(out), "--val", "0.5")
     assert code == 0 and "1 clusters, 1 kept clips" in printed
     assert (
@@ -280,7 +282,7 @@ def test_annotations_survive_an_extended_run(deduped, tmp_path, capsys, run):
     extended = curate([*run.inputs, LATER], out)
     assert "1 kept clips came after the last `talkcurate dedup`" in extended.stderr
     after = kept(manifest(out))
-    (added,) = [row for row in after.values() if row["source"] == str(LATER)]
+    (added,) = rows_of(after, LATER)
     assert added["duplicate_of"] is None and added["split"] is None
     for key, row in before.items():
         assert (after[key]["duplicate_of"], after[key]["split"]) == (row["duplicate_of"], row["split"])

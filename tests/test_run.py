@@ -27,15 +27,15 @@ import pytest
 import ray
 import soundfile
 import webdataset as wds
-from runs import Talkcurate, talkcurate
+from runs import Talkcurate, output_files, shard_samples, talkcurate
 
 from pipeline.config import RunConfig
 from pipeline.executor import ray_session
-from pipeline.inputs import discover
+from pipeline.inputs import InputError, discover
 from pipeline.placement import PlacementError
 from pipeline.run import RunResult, run
 from schemas.manifest import SAMPLE_MEMBERS
-from schemas.records import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from schemas.records import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, source_id_for
 from stages.sync import SyncStage
 
 pytestmark = pytest.mark.slow
@@ -134,7 +134,7 @@ class Curated:
     worker_cwd: str
 
     def rows_of(self, source: Path | str) -> list[dict]:
-        return [r for r in self.rows if r["source"] == str(source)]
+        return [r for r in self.rows if r["source_id"] == source_id_for(os.path.abspath(source))]
 
     @property
     def kept(self) -> dict[str, dict]:
@@ -174,9 +174,15 @@ def curated(local_ray, tmp_path_factory, broken_media, hostile_media, cut_media)
 
 
 def test_every_input_has_rows_and_the_run_went_on(curated):
-    sources = [s.uri for s in discover(curated.inputs)]
+    sources = discover(curated.inputs).sources
     assert len(sources) == 6 + len(curated.broken) + len(curated.hostile) + len(curated.cuts)
-    assert {r["source"] for r in curated.rows} == set(sources)
+    assert {r["source_id"] for r in curated.rows} == {s.source_id for s in sources}
+    # Recorded relative to the input that named them (inputs.source_paths): no path of this machine.
+    assert {r["source"] for r in curated.rows} == {s.name for s in sources}
+    assert not [r["source"] for r in curated.rows if os.path.isabs(r["source"]) or "pytest-" in r["source"]]
+    # The scan names what it left out: the demo folder's attribution file.
+    skipped = json.loads((curated.out / "summary.json").read_text())["last_run"]["skipped_inputs"]
+    assert {"path": str(media.DEMO / "SOURCES.md"), "reason": ".md is not a video suffix"} in skipped
     assert curated.result.sources_processed == len(sources)
     for grid in media.GRID + [media.PORTRAIT]:  # the good demo clips
         assert [r["status"] for r in curated.rows_of(grid)] == ["kept"], grid
@@ -204,7 +210,7 @@ def test_hostile_names_give_samples_under_their_exact_path(curated):
     for path in curated.hostile:
         rows = curated.rows_of(path)
         assert rows and all(r["status"] == "kept" for r in rows), path
-        assert all(r["source"] == str(path) and "." not in r["key"] for r in rows)
+        assert all(r["source"] == path.name and "." not in r["key"] for r in rows)
 
 
 def test_hard_cuts_start_new_clips(curated):
@@ -363,7 +369,7 @@ def test_inspect_agrees_with_the_manifest(curated, tmp_path):
     assert summary["rejected"] == sum(rejected.values())
     assert summary["rejected_by_reason"] == dict(rejected)
     assert summary["candidate_clips"] == len(curated.rows)
-    assert summary["sources"] == len({r["source"] for r in curated.rows})
+    assert summary["sources"] == len({r["source_id"] for r in curated.rows})
     kept_seconds = sum(r["end_s"] - r["start_s"] for r in curated.kept.values())
     assert summary["hours_kept"] * 3600 == pytest.approx(kept_seconds)
     index = read_index(curated.out)
@@ -474,7 +480,8 @@ def test_list_file_and_single_file_inputs(local_ray, tmp_path, monkeypatch):
     # The relatively listed file is also named directly: still one source.
     result = run([str(list_file), os.path.relpath(single), str(relative)], str(out), run_config())
     rows = manifest_rows(out)
-    assert sorted({r["source"] for r in rows}) == sorted(map(str, [media.GRID[0], relative, single]))
+    # Each named relative to the input that named it: the list file's folder, or the file's own.
+    assert sorted({r["source"] for r in rows}) == sorted([media.GRID[0].name, f"sub/{relative.name}", single.name])
     assert [r["status"] for r in rows] == ["kept"] * 3
     assert result.sources_processed == 3
     assert {s["__key__"] for s in read_samples(out)} == {r["key"] for r in rows}
@@ -545,7 +552,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(curated, tmp_path):
     with Talkcurate(args, tmp_path / "run4") as proc:
         assert proc.finish() == 0, proc.output()[-3000:]
         processed = re.search(r"^(\d+) sources processed", proc.stdout.read_text(), re.MULTILINE)
-    total = len({r["source"] for r in curated.rows})
+    total = len({r["source_id"] for r in curated.rows})
     assert processed and int(processed.group(1)) == total - done  # done sources were not redone
 
     rows = manifest_rows(out)
@@ -555,6 +562,9 @@ def test_killed_runs_resume_to_the_uninterrupted_result(curated, tmp_path):
     keys = [s["__key__"] for s in samples]
     assert len(keys) == len(set(keys))  # no sample written twice
     assert set(keys) == set(kept) == set(curated.kept)
+    # Byte for byte, videos included: a worker runs x264 on one thread (OMP_NUM_THREADS is its CPUs),
+    # where the same pictures give the same stream (issue 15).
+    assert shard_samples(output_files(out)) == shard_samples(output_files(curated.out))
     assert all(kept[s["__key__"]] == Path(s["__url__"]).relative_to(out).as_posix() for s in samples)
     assert {e["url"] for e in read_index(out)["shardlist"]} == shard_files(out)
     assert not [p for p in out.rglob("*") if p.name.endswith(".partial")]
@@ -576,7 +586,7 @@ def test_a_run_in_a_terminal_finishes_with_progress_and_no_library_noise(tmp_pat
     assert "W0000" not in output and "XNNPACK" not in output and "GetPrototype" not in output
 
 
-def test_inputs_are_listed_once_and_largest_first(tmp_path):
+def test_inputs_are_listed_once_and_largest_first(tmp_path, monkeypatch):
     """The run starts the biggest inputs first, so no big file is left to one worker at the end;
     a file named twice (in a folder, directly and in a list) is one source."""
     folder = tmp_path / "in"
@@ -586,6 +596,29 @@ def test_inputs_are_listed_once_and_largest_first(tmp_path):
     (folder / ".hidden.mp4").write_bytes(b"\0" * 9999)
     listed = tmp_path / "more.txt"
     listed.write_text(f"# a comment\n{folder / 'd.mov'}\nin/a.mp4\n")
-    sources = discover([str(folder), str(folder / "b.mp4"), str(listed)])
+    (folder / "talk.m4a").write_bytes(b"\0" * 50)
+    (folder / ".cache").mkdir()
+    found = discover([str(folder), str(folder / "b.mp4"), str(listed)])
+    sources = found.sources
     assert [Path(s.uri).name for s in sources] == ["c.mkv", "a.mp4", "b.mp4", "d.mov"]
-    assert len({s.source_id for s in sources}) == 4
+    assert all(os.path.isabs(s.uri) for s in sources) and len({s.source_id for s in sources}) == 4
+    # The scan names what it left out, and why.
+    assert found.skipped == [
+        (str(folder / ".cache"), "hidden folder"),
+        (str(folder / ".hidden.mp4"), "hidden file"),
+        (str(folder / "notes.txt.bak"), ".bak is not a video suffix"),
+        (str(folder / "talk.m4a"), ".m4a is audio only: a sample needs a video with sound"),
+    ]
+    # What the manifest records (inputs.source_paths); the same sources whichever way they are named.
+    monkeypatch.chdir(tmp_path)
+    named = {
+        mode: [s.name for s in discover(["in", "in/b.mp4", str(listed)], mode).sources]
+        for mode in ("relative", "given", "absolute")
+    }
+    assert named == {
+        "relative": ["nested/c.mkv", "a.mp4", "b.mp4", "d.mov"],
+        "given": ["in/nested/c.mkv", "in/a.mp4", "in/b.mp4", "in/d.mov"],
+        "absolute": [s.uri for s in sources],
+    }
+    with pytest.raises(InputError, match="source_paths must be one of"):
+        discover([str(folder)], "home")
