@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.dataset_card import CARD, dataset_card
 from schemas.manifest import INDEX, MANIFEST, MANIFEST_SCHEMA, SCHEMA_VERSION, manifest_row, rows_to_table
 from schemas.records import CandidateClip, ChunkDone, Status
 from stages.shard_writer import SHARD_FOLDER, ShardRecord, ShardWriterStage
@@ -195,9 +196,10 @@ def index_document(shards: list[ShardRecord], **extra) -> dict:
 
 
 def write_manifest_and_index(out: OutputDir, manifest: pa.Table, index: dict) -> None:
-    """Publish `manifest.parquet` and `index.json`, each atomically."""
+    """Publish `manifest.parquet`, `index.json` and the dataset card, each atomically."""
     write_manifest(out, manifest)
     out.write_atomic(INDEX, json.dumps(index, indent=1).encode())
+    out.write_atomic(CARD, dataset_card().encode())
 
 
 def write_manifest(out: OutputDir, manifest: pa.Table) -> None:

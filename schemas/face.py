@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+import pyarrow as pa
 
 NUM_LANDMARKS = 478  # 468 mesh points plus 10 iris points (refine_landmarks)
 
@@ -91,6 +92,18 @@ class FaceTrackData:
     @property
     def num_frames(self) -> int:
         return len(self.landmarks)
+
+
+FACE_ARRAYS_TYPE = pa.struct(
+    [
+        pa.field("landmarks", pa.list_(pa.list_(pa.list_(pa.float16())))),
+        pa.field("boxes", pa.list_(pa.list_(pa.float32()))),
+        pa.field("detected", pa.list_(pa.bool_())),
+        pa.field("mouth_opening", pa.list_(pa.float32())),
+        pa.field("crop_box", pa.list_(pa.float32())),
+    ]
+)
+"""`KEY.face.npz` as nested lists, for readers that type the members of a sample (a dataset card)."""
 
 
 def encode_face_npz(data: FaceTrackData) -> bytes:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import types
+import typing
 from typing import Any
 
 import numpy as np
@@ -12,9 +14,9 @@ import pyarrow as pa
 
 from schemas.face import FaceResult
 from schemas.fingerprint import Fingerprint
-from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status
+from schemas.records import FPS, SAMPLE_RATE, CandidateClip, ProbeInfo, Status
 from schemas.sync import SyncResult
-from schemas.text import Transcript
+from schemas.text import Caption, Transcript, Word
 
 MANIFEST = "manifest.parquet"
 """A run's manifest, in its output folder: one row per candidate clip (MANIFEST_SCHEMA)."""
@@ -22,7 +24,7 @@ MANIFEST = "manifest.parquet"
 INDEX = "index.json"
 """A run's shard index, in its output folder (wids-shard-index-v1)."""
 
-SCHEMA_VERSION = "1.7"
+SCHEMA_VERSION = "1.8"
 """Bumped whenever a manifest column or a sample member changes meaning."""
 
 # Shard member suffixes of one sample (the WebDataset key is everything before the first dot).
@@ -39,7 +41,7 @@ MEMBER_WHISPER_FEATURES = (
 MANIFEST_SCHEMA = pa.schema(
     [
         pa.field("key", pa.string(), nullable=False),
-        pa.field("source", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # as inputs.source_paths records it
         pa.field("source_id", pa.string(), nullable=False),
         pa.field("start_s", pa.float64(), nullable=False),
         pa.field("end_s", pa.float64(), nullable=False),
@@ -111,7 +113,7 @@ def manifest_row(clip: CandidateClip, shard: str | None) -> dict[str, Any]:
     probe = clip.probe
     return {
         "key": clip.key,
-        "source": clip.source.uri,
+        "source": clip.source.name,
         "source_id": clip.source.source_id,
         "start_s": clip.start_s,
         "end_s": clip.end_s,
@@ -187,19 +189,20 @@ def _sync_columns(sync: SyncResult | None) -> dict[str, Any]:
     }
 
 
+_TRANSCRIPT_COLUMNS = (
+    "transcript",
+    "language",
+    "transcript_backend",
+    "speech_ratio",
+    "voiced_ratio",
+    "no_speech_prob",
+    "avg_logprob",
+)
+
+
 def _transcript_columns(transcript: Transcript | None) -> dict[str, Any]:
     if transcript is None:
-        return dict.fromkeys(
-            (
-                "transcript",
-                "language",
-                "transcript_backend",
-                "speech_ratio",
-                "voiced_ratio",
-                "no_speech_prob",
-                "avg_logprob",
-            )
-        )
+        return dict.fromkeys(_TRANSCRIPT_COLUMNS)
     return {
         "transcript": transcript.text,
         "language": transcript.language or None,
@@ -211,13 +214,14 @@ def _transcript_columns(transcript: Transcript | None) -> dict[str, Any]:
     }
 
 
+def _transcript_key(column: str) -> str:
+    return column.removeprefix("transcript_") if column != "transcript" else "text"
+
+
 def _transcript_metadata(transcript: Transcript | None) -> dict[str, Any] | None:
     if transcript is None:
         return None
-    meta = {
-        name.removeprefix("transcript_") if name != "transcript" else "text": value
-        for name, value in _transcript_columns(transcript).items()
-    }
+    meta = {_transcript_key(name): value for name, value in _transcript_columns(transcript).items()}
     meta["words"] = [dataclasses.asdict(word) for word in transcript.words]
     meta["features_member"] = None if transcript.features is None else MEMBER_WHISPER_FEATURES
     return meta
@@ -227,13 +231,86 @@ def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
 
 
+_SOURCE_INFO = (
+    "duration_s",
+    "fps",
+    "variable_frame_rate",
+    "width",
+    "height",
+    "rotation",
+    "video_codec",
+    "audio_codec",
+    "audio_sample_rate",
+    "audio_channels",
+)
+BACKENDS = ("caption", "face", "identity", "sync", "transcript")  # the stages that name the backend they ran
+
+
+def _arrow_type(hint: Any) -> pa.DataType:
+    """The Arrow type of a record field's type hint (JSON numbers: float64 and int64)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if typing.get_origin(hint) in (list, tuple):
+        return pa.list_(_arrow_type(typing.get_args(hint)[0]))
+    if dataclasses.is_dataclass(hint):
+        return _record_type(hint)
+    return {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}[hint]
+
+
+def _record_type(cls: type, only: tuple[str, ...] | None = None) -> pa.StructType:
+    hints = typing.get_type_hints(cls)
+    names = only or [f.name for f in dataclasses.fields(cls)]
+    return pa.struct([pa.field(name, _arrow_type(hints[name])) for name in names])
+
+
+def _columns_type(columns: tuple[str, ...], rename: Any = str) -> list[pa.Field]:
+    return [pa.field(rename(name), MANIFEST_SCHEMA.field(name).type) for name in columns]
+
+
+SAMPLE_METADATA_TYPE = pa.struct(
+    [
+        pa.field("schema_version", pa.string()),
+        pa.field("key", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("source_id", pa.string()),
+        pa.field("start_s", pa.float64()),
+        pa.field("end_s", pa.float64()),
+        pa.field("fps", pa.int64()),
+        pa.field("num_frames", pa.int64()),
+        pa.field("sample_rate", pa.int64()),
+        pa.field("width", pa.int64()),
+        pa.field("height", pa.int64()),
+        pa.field("source_info", _record_type(ProbeInfo, _SOURCE_INFO)),
+        pa.field(
+            "face",
+            pa.struct(
+                _columns_type(tuple(c for c in _FACE_COLUMNS if c != "identity_embedding"))
+                + [pa.field("crop_box", pa.list_(pa.float64())), pa.field("member", pa.string())]
+            ),
+        ),
+        pa.field("sync", _record_type(SyncResult)),
+        pa.field(
+            "transcript",
+            pa.struct(
+                _columns_type(_TRANSCRIPT_COLUMNS, _transcript_key)
+                + [pa.field("words", pa.list_(_record_type(Word))), pa.field("features_member", pa.string())]
+            ),
+        ),
+        pa.field("caption", _record_type(Caption)),
+        pa.field("backends", pa.struct([pa.field(name, pa.string()) for name in BACKENDS])),
+    ]
+)
+"""`KEY.json` typed: every key of every sample (null where a stage did not run or found nothing), so
+a reader's types never depend on which samples it happens to see first."""
+
+
 def sample_metadata(clip: CandidateClip) -> dict[str, Any]:
     """`KEY.json`: everything a trainer or a person needs to know about one sample."""
     probe = clip.probe
     return {
         "schema_version": SCHEMA_VERSION,
         "key": clip.key,
-        "source": clip.source.uri,
+        "source": clip.source.name,
         "source_id": clip.source.source_id,
         "start_s": clip.start_s,
         "end_s": clip.end_s,
@@ -242,25 +319,12 @@ def sample_metadata(clip: CandidateClip) -> dict[str, Any]:
         "sample_rate": SAMPLE_RATE,
         "width": clip.video.width if clip.video else None,
         "height": clip.video.height if clip.video else None,
-        "source_info": None
-        if probe is None
-        else {
-            "duration_s": probe.duration_s,
-            "fps": probe.fps,
-            "variable_frame_rate": probe.variable_frame_rate,
-            "width": probe.width,
-            "height": probe.height,
-            "rotation": probe.rotation,
-            "video_codec": probe.video_codec,
-            "audio_codec": probe.audio_codec,
-            "audio_sample_rate": probe.audio_sample_rate,
-            "audio_channels": probe.audio_channels,
-        },
+        "source_info": None if probe is None else {name: getattr(probe, name) for name in _SOURCE_INFO},
         "face": _face_metadata(clip.face),
         "sync": None if clip.sync is None else dataclasses.asdict(clip.sync),
         "transcript": _transcript_metadata(clip.transcript),
         "caption": None if clip.caption is None else dataclasses.asdict(clip.caption),
-        "backends": dict(clip.backends),
+        "backends": {name: clip.backends.get(name) for name in BACKENDS},
     }
 
 

@@ -1,12 +1,16 @@
 """A run's output read by the libraries people already use, as the README shows: webdataset, Ray
 Data and wids (random access through index.json, the shards read where they are), with the face
-arrays decoded by schemas.manifest.decode_face_member."""
+arrays decoded by schemas.manifest.decode_face_member; Hugging Face datasets through the output's
+dataset card."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
+import datasets
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -14,9 +18,10 @@ import webdataset as wds
 import wids
 
 from pipeline.config import RunConfig
+from pipeline.dataset_card import SAMPLE_TYPE
 from pipeline.executor import ray_session
 from schemas.face import decode_face_npz
-from schemas.manifest import decode_face_member
+from schemas.manifest import SAMPLE_METADATA_TYPE, decode_face_member
 
 pytestmark = pytest.mark.slow
 
@@ -70,3 +75,55 @@ def test_wids_reads_the_shards_in_place(demo_shards, kept, tmp_path, monkeypatch
     assert last["__key__"] in kept and last[".json"]["key"] == last["__key__"]
     assert_face(last, ".face", expected_face(demo_shards, last["__key__"]))
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # nothing copied
+
+
+def test_hugging_face_datasets_reads_the_dataset_card(demo_shards, kept, tmp_path, monkeypatch):
+    """`load_dataset(DIR)` takes its types from DIR/README.md: the videos and audio as bytes (so no
+    torchcodec, which is not installed), KEY.json with the types of SAMPLE_METADATA_TYPE whatever
+    the first samples hold, the face arrays and Whisper features as nested lists."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert importlib.util.find_spec("torchcodec") is None
+    clips = datasets.load_dataset(str(demo_shards), split="train")
+    assert clips.features.arrow_schema.remove_metadata() == pa.schema(list(SAMPLE_TYPE))
+    assert sorted(clips["__key__"]) == sorted(kept)
+    tars = {
+        s["__key__"]: s
+        for p in (demo_shards / "shards").glob("*.tar")
+        for s in wds.WebDataset(str(p), shardshuffle=False)
+    }
+    for clip in clips:
+        key, meta = clip["__key__"], clip["json"]
+        assert clip["mp4"] == tars[key]["mp4"] and clip["wav"] == tars[key]["wav"]
+        assert meta["key"] == key and meta["sync"]["offset_ms"] == kept[key]["sync_offset_ms"]
+        assert meta["transcript"]["words"] == json.loads(tars[key]["json"])["transcript"]["words"]
+        face = expected_face(demo_shards, key)
+        assert np.asarray(clip["face.npz"]["landmarks"], np.float16).shape == face["landmarks"].shape
+        np.testing.assert_array_equal(np.asarray(clip["face.npz"]["mouth_opening"], np.float32), face["mouth_opening"])
+        assert np.asarray(clip["whisper.npy"]).ndim == 2  # the demo run stores Whisper features
+    streamed = next(iter(datasets.load_dataset(str(demo_shards), split="train", streaming=True)))
+    assert streamed["__key__"] in kept and streamed["json"]["key"] == streamed["__key__"]
+
+
+def test_every_sample_json_has_exactly_the_typed_fields(demo_shards):
+    """KEY.json carries every field of SAMPLE_METADATA_TYPE, null or not, and nothing else: the
+    dataset card's types cover it, and a new field must be typed there."""
+
+    def check(value, data_type: pa.DataType, where: str) -> None:
+        if value is None:
+            return
+        if pa.types.is_struct(data_type):
+            assert set(value) == {f.name for f in data_type}, where
+            for f in data_type:
+                check(value[f.name], f.type, f"{where}.{f.name}")
+        elif pa.types.is_list(data_type):
+            for item in value:
+                check(item, data_type.value_type, f"{where}[]")
+
+    samples = [
+        s for p in (demo_shards / "shards").glob("*.tar") for s in wds.WebDataset(str(p), shardshuffle=False).decode()
+    ]
+    assert samples
+    for sample in samples:
+        check(sample["json"], SAMPLE_METADATA_TYPE, sample["__key__"])
+    pa.array([s["json"] for s in samples], SAMPLE_METADATA_TYPE)  # and each value has its field's type
