@@ -37,11 +37,21 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_inspect(args) -> int:
-    from pipeline.inspect import inspection, load, render_inspection
+    from pipeline.inspect import inspection, load, render_inspection, render_rows
     from stages.storage import OutputDir
 
     columns = _names(args.columns) if args.columns is not None else [] if args.rows else None
     table, index = load(OutputDir(args.dir))
+    if args.sql is not None:
+        if args.where or args.by or args.hist or columns is not None:
+            raise ValueError("--sql is a whole query: use it without --where, --by, --hist, --rows and --columns")
+        from pipeline.sql import read_tables, run_sql
+
+        rows = run_sql(table, args.sql, read_tables(args.table or [])).to_pylist()
+        print("\n".join(json.dumps(row, default=str) for row in rows) if args.json else render_rows(rows))
+        return 0
+    if args.table:
+        raise ValueError("--table names a table for --sql")
     report = inspection(table, index, args.where, _names(args.by), args.hist or [], args.bins, columns)
     print(json.dumps(report, indent=1) if args.json else render_inspection(report))
     return 0
@@ -222,7 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the selected rows (key, status, reason, shard, duration_s and the --where columns)",
     )
     inspect.add_argument("--columns", metavar="COLUMN[,COLUMN]", help="list the selected rows with these columns")
-    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.add_argument(
+        "--sql",
+        metavar="QUERY",
+        help='a SQL query (DuckDB) over the table `manifest`, e.g. "select language, sum(duration_s) from manifest '
+        "where status = 'kept' group by all\"; it cannot read or write files",
+    )
+    inspect.add_argument(
+        "--table",
+        action="append",
+        metavar="NAME=FILE",
+        help="a table of yours (.parquet, .csv, .json lines) for --sql to join (repeatable)",
+    )
+    inspect.add_argument("--json", action="store_true", help="machine-readable output (with --sql: a JSON line a row)")
     inspect.set_defaults(func=_cmd_inspect)
 
     subset = commands.add_parser("subset", help="the samples a predicate selects, as a new shard set or a sample list")

@@ -252,6 +252,10 @@ def render_inspection(report: dict[str, Any]) -> str:
     for h in report.get("histograms", []):
         lines += ["", *_render_histogram(h)]
     if "rows" in report:
-        columns = list(report["rows"][0]) if report["rows"] else []
-        lines += ["", *_table(columns, [list(r.values()) for r in report["rows"]])] if columns else ["", "(no rows)"]
+        lines += ["", render_rows(report["rows"])]
     return "\n".join(lines)
+
+
+def render_rows(rows: list[dict[str, Any]]) -> str:
+    """Rows as aligned columns, `(no rows)` when there are none."""
+    return "\n".join(_table(list(rows[0]), [list(r.values()) for r in rows])) if rows else "(no rows)"

@@ -241,6 +241,58 @@ def test_python_in_a_predicate_is_never_run(demo_shards, tmp_path, monkeypatch, 
     assert list(tmp_path.iterdir()) == []
 
 
+# -- inspect --sql --------------------------------------------------------------------------------
+
+
+def test_sql_gives_what_pyarrow_computes_and_joins_the_users_tables(demo_shards, tmp_path, capsys):
+    table = manifest(demo_shards)
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text("key,rating\n" + "".join(f"{k},{i % 3}\n" for i, k in enumerate(table["key"].to_pylist())))
+    query = (
+        "select key, round(duration_s * 1000) as ms, upper(language) as lang, r.rating from manifest "
+        "join ratings r using (key) where status = 'kept' and sync_confidence between 0.3 and 2 order by key"
+    )
+    assert main(["inspect", str(demo_shards), "--sql", query, "--table", f"ratings={ratings}", "--json"]) == 0
+    got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    rating = {k: i % 3 for i, k in enumerate(table["key"].to_pylist())}
+    kept = table.filter(
+        (field("status") == "kept") & (field("sync_confidence") >= 0.3) & (field("sync_confidence") <= 2)
+    ).sort_by("key")
+    expected = [
+        {"key": k, "ms": round(r["duration_s"] * 1000), "lang": r["language"].upper(), "rating": rating[k]}
+        for k, r in ((r["key"], r) for r in kept.to_pylist())
+    ]
+    assert got == expected
+    assert len(got) >= 4
+    # As a table for people: a header and a row per result.
+    assert main(["inspect", str(demo_shards), "--sql", "select count(*) as n from manifest"]) == 0
+    assert capsys.readouterr().out.split() == ["n", str(table.num_rows)]
+
+
+def test_sql_cannot_touch_files_and_errors_are_clear(demo_shards, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    refusals = {
+        "copy manifest to 'out.csv'": "file system operations are disabled",
+        "select * from read_csv('/etc/passwd')": "file system operations are disabled",
+        "attach 'other.db'": "file system operations are disabled",
+        "install httpfs": "Permission Error",
+        "set enable_external_access = true": "Cannot change configuration",
+        "select * from os": "Table with name os does not exist",  # Python's variables are not tables
+        "select 1; copy manifest to 'out.parquet'": "file system operations are disabled",
+        "select nonsense from manifest": "nonsense",
+        "": "the query is empty",
+    }
+    for query, message in refusals.items():
+        assert message in cli_error(capsys, "inspect", str(demo_shards), "--sql", query), query
+    assert "cannot read" in cli_error(
+        capsys, "inspect", str(demo_shards), "--sql", "select 1", "--table", "mine=missing.csv"
+    )
+    assert "without --where" in cli_error(
+        capsys, "inspect", str(demo_shards), "--sql", "select 1", "--where", "status = 'kept'"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_grouping_and_histogram_columns_are_clear_errors(demo_shards, capsys):
     assert "--by: no column 'speaker'" in cli_error(capsys, "inspect", str(demo_shards), "--by", "speaker")
     assert "--by: 'identity_embedding' is a list<element: float> column" in cli_error(
