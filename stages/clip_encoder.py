@@ -4,11 +4,14 @@ the MP4 is first read (`defer`), so a clip rejected before then is never encoded
 The MP4 is "fast start" (moov before mdat): a reader streaming a sample from object storage
 learns the frame index from the first bytes instead of fetching the end first. FFmpeg's muxer
 moves the moov by rewriting its output file, so the encoder writes a small temporary file and
-returns its bytes."""
+returns its bytes. A worker killed mid-encode (kill -9, the OOM killer) leaves that file behind;
+the next encoder process on the machine removes the files of processes that are gone."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import glob
 import os
 import tempfile
 import weakref
@@ -21,6 +24,7 @@ from schemas.records import FPS, EncodedVideo
 from stages.base import worker_threads
 
 _TIME_BASE = Fraction(1, FPS)
+_TEMP_PREFIX = "talkcurate-clip-"  # then the writing process's id
 
 
 class ClipEncoder:
@@ -33,7 +37,8 @@ class ClipEncoder:
         self.num_frames = 0
 
     def _open(self) -> None:
-        handle, self._path = tempfile.mkstemp(prefix="talkcurate-clip-", suffix=".mp4")
+        remove_orphaned_files()
+        handle, self._path = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-", suffix=".mp4")
         os.close(handle)
         self._remove = weakref.finalize(self, _remove_file, self._path)  # also if the encoder is dropped
         self._container = av.open(self._path, mode="w", format="mp4", options={"movflags": "+faststart"})
@@ -98,3 +103,22 @@ class ClipEncoder:
 def _remove_file(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+@functools.cache
+def remove_orphaned_files() -> None:
+    """Remove the temporary files of encoder processes that no longer exist (once per process)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{_TEMP_PREFIX}*-*.mp4")):
+        pid = os.path.basename(path)[len(_TEMP_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            _remove_file(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True

@@ -4,8 +4,11 @@ every frame of a chunk accounted for by exactly one row, corrupt data as `decode
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import re
+import subprocess
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,7 +17,9 @@ import media
 import numpy as np
 import pytest
 
+from schemas.frames import EncoderSettings
 from schemas.records import FPS, CandidateClip, ProbedSource, SourceChunk, SourceVideo, Status
+from stages import clip_encoder
 from stages.chunk import ChunkStage
 from stages.clip_encoder import ClipEncoder
 from stages.encode import EncodeStage
@@ -215,6 +220,24 @@ def test_a_held_clip_encodes_like_a_streamed_one(monkeypatch):
             f"{len(differing)} decode differently (first {differing[:5]}), x264 settings "
             + ("the same" if settings[0] == settings[1] else f"differ: {settings}")
         )
+
+
+def test_a_killed_encoders_temporary_file_is_removed_by_the_next_one(tmp_path, monkeypatch):
+    """An encoder writes its MP4 through a temporary file, which a worker killed mid-encode leaves
+    behind; the next encoder process on the machine removes the files of processes that are gone."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen(["true"])  # a process that has exited: its id names no process
+    dead.wait()
+    orphan = tmp_path / f"talkcurate-clip-{dead.pid}-x1y2.mp4"
+    mine = tmp_path / f"talkcurate-clip-{os.getpid()}-a1b2.mp4"  # a live process's file in use
+    other = tmp_path / "talkcurate-clip-notes.mp4"  # not named by a process: never touched
+    for path in (orphan, mine, other):
+        path.write_bytes(b"half an mp4")
+    clip_encoder.remove_orphaned_files.cache_clear()
+    encoder = ClipEncoder(64, 64, EncoderSettings("libx264", 23, "ultrafast"))
+    assert not orphan.exists() and mine.exists() and other.exists()
+    encoder.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other.name])  # its own file went too
 
 
 def decoded(mp4: bytes) -> list[np.ndarray]:
