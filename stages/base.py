@@ -98,6 +98,11 @@ class Stage(Generic[In, Out]):
         them, when `settles()`. One result per item, in order."""
         return items
 
+    def required_modules(self) -> tuple[str, ...]:
+        """The modules `setup` imports with this configuration (the model packages), so a run can
+        say which are missing before it starts any worker."""
+        return ()
+
     def worker_resources(self) -> Resources:
         """What one worker of this stage needs with this configuration (a stage whose `device`
         option names a GPU asks for one)."""

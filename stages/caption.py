@@ -54,6 +54,9 @@ class CaptionStage(Stage[CandidateClip, CandidateClip]):
     def worker_resources(self) -> Resources:
         return self.resources.on(self.device) if self.vlm_path else self.resources
 
+    def required_modules(self) -> tuple[str, ...]:
+        return ("torch", "transformers") if self.vlm_path else ()
+
     def setup(self) -> None:
         self._captioner: Captioner = (
             VlmCaptioner(self.vlm_path, self.device, self.prompt, self.max_new_tokens)

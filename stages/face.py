@@ -168,6 +168,16 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
                 "frames)"
             )
 
+    def required_modules(self) -> tuple[str, ...]:
+        identity = (
+            ("onnxruntime",)
+            if self.identity_model_path
+            else ("dlib", "face_recognition_models")
+            if self.identity_backend == "dlib-resnet"
+            else ()
+        )
+        return ("mediapipe", "retinaface", "onnxruntime", *identity)
+
     def setup(self) -> None:
         self._mediapipe = MediapipeDetector(self.min_detection_confidence)
         self._retinaface = RetinaFaceDetector(self.min_detection_confidence, self.retinaface_max_side)

