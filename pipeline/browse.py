@@ -2,12 +2,13 @@
 
 The page (`browse_page.html`, plain HTML, CSS and JavaScript, nothing from the network) shows
 every manifest row as a card: kept samples with a thumbnail, rejected rows with their reason.
-Filters select by status, reason and a score range; a card opens the sample: its frame with the
-face and lip masks tinted, the clip with its audio, transcript (with word times), caption and
-every column of the manifest.
+Filters select by status, reason, person (the run's `identity_id`) and a score range; a strip
+shows each person's face with their clips and seconds, and picks that person on a click. A card
+opens the sample: its frame with the face and lip masks tinted, the clip with its audio,
+transcript (with word times), caption and every column of the manifest.
 
 Kept samples are read from their shards one shard at a time, one sample's members at a time.
-Per sample the site gets a thumbnail and an overlay (JPEG of the middle frame) and a preview:
+Per sample the site gets a thumbnail, a face crop and an overlay (JPEGs of the middle frame) and a preview:
 the sample's H.264 packets copied unchanged next to its WAV encoded as AAC, in one mp4 a browser
 plays with sound. At most `limit` kept samples and `limit` rejected rows go on the page, which
 says so when the run has more.
@@ -56,6 +57,7 @@ DATA_ELEMENT = 'id="browse-data"'  # how an earlier page is recognized
 DEFAULT_LIMIT = 200
 REQUIRED_COLUMNS = ("key", "source", "status", "start_s", "end_s", "shard", "reason")
 THUMB_SIDE = 320  # long side of a card's thumbnail, px
+FACE_SIDE = 96  # long side of a person's face in the people strip, px
 OVERLAY_SIDE = 640  # long side of the detail view's mask overlay, px
 FACE_TINT = (0, 190, 255)  # RGB: the face mask
 LIP_TINT = (255, 40, 150)  # RGB: the lip mask, drawn over the face's
@@ -132,6 +134,7 @@ def build_site(run_dir: str, page_dir: str | Path, limit: int | None = None) -> 
         "rejected_total": site.rejected_total,
         "rejected_shown": site.rejected_shown,
         "score_columns": [f.name for f in table.schema if _is_score(f)],
+        "people": people(samples),
         "samples": samples,
     }
     (folder / PAGE).write_text(render_page(data), encoding="utf-8")
@@ -184,6 +187,22 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 def _is_score(f: pa.Field) -> bool:
     return (pa.types.is_floating(f.type) or pa.types.is_integer(f.type)) and f.name not in ("start_s", "end_s")
+
+
+def people(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each person (`identity_id`) among the page's kept samples: clips, seconds and the face of
+    the first with media; most clips first."""
+    found: dict[str, dict[str, Any]] = {}
+    for sample in samples:
+        person = sample.get("identity_id")
+        if sample["status"] != "kept" or not person:
+            continue
+        entry = found.setdefault(person, {"id": person, "clips": 0, "seconds": 0.0, "face": None})
+        entry["clips"] += 1
+        entry["seconds"] += sample["end_s"] - sample["start_s"]
+        if entry["face"] is None and sample.get("media"):
+            entry["face"] = sample["media"]["face"]
+    return sorted(found.values(), key=lambda p: (-p["clips"], p["id"]))
 
 
 def _page_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -250,8 +269,14 @@ def _sample_media(members: dict[str, bytes], folder: Path, stem: str) -> dict[st
     index, rgb = middle_frame(members[MEMBER_VIDEO])
     track = decode_face_npz(members[MEMBER_FACE])
     landmarks = track.landmarks[min(index, track.num_frames - 1)]
-    media = {"thumb": f"{stem}.thumb.jpg", "overlay": f"{stem}.overlay.jpg", "preview": f"{stem}.mp4"}
+    media = {
+        "thumb": f"{stem}.thumb.jpg",
+        "face": f"{stem}.face.jpg",
+        "overlay": f"{stem}.overlay.jpg",
+        "preview": f"{stem}.mp4",
+    }
     (folder / media["thumb"]).write_bytes(_jpeg(_fit(rgb, THUMB_SIDE)))
+    (folder / media["face"]).write_bytes(_jpeg(_fit(face_crop(rgb, track.crop_box), FACE_SIDE)))
     (folder / media["overlay"]).write_bytes(_jpeg(mask_overlay(_fit(rgb, OVERLAY_SIDE), landmarks)))
     mux_preview(members[MEMBER_VIDEO], members[MEMBER_AUDIO], folder / media["preview"])
     meta = json.loads(members[MEMBER_META])
@@ -262,6 +287,14 @@ def _sample_media(members: dict[str, bytes], folder: Path, stem: str) -> dict[st
         "words": transcript.get("words") or [],
         "caption_member": members[MEMBER_CAPTION].decode("utf-8", errors="replace"),
     }
+
+
+def face_crop(rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The frame inside the clip's face crop box (x0, y0, x1, y1 in [0, 1]), at least a pixel."""
+    height, width = rgb.shape[:2]
+    x0, x1 = (int(np.clip(round(v * width), 0, width - 1)) for v in (box[0], box[2]))
+    y0, y1 = (int(np.clip(round(v * height), 0, height - 1)) for v in (box[1], box[3]))
+    return rgb[y0 : max(y1, y0 + 1), x0 : max(x1, x0 + 1)]
 
 
 def middle_frame(mp4: bytes) -> tuple[int, np.ndarray]:

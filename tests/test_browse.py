@@ -163,9 +163,17 @@ def test_media_come_from_the_shards(page, demo_shards):
     kept = {r["key"]: r for r in _manifest(demo_shards) if r["status"] == "kept"}
     samples = {s["key"]: s for s in data["samples"]}
     assert set(samples) == {r["key"] for r in _manifest(demo_shards)}
-    assert len(list((page / MEDIA_FOLDER).iterdir())) == 3 * len(kept)
+    assert len(list((page / MEDIA_FOLDER).iterdir())) == 4 * len(kept)
     rejected = next(s for s in data["samples"] if s["status"] == "rejected")
     assert rejected["reason"] == "no_audio" and "media" not in rejected
+    # One entry per person of the kept clips, with their clips, seconds and a face from their first clip.
+    people = {p["id"]: p for p in data["people"]}
+    assert set(people) == {r["identity_id"] for r in kept.values()} and len(people) >= 2
+    for person, entry in people.items():
+        theirs = [r for r in kept.values() if r["identity_id"] == person]
+        assert entry["clips"] == len(theirs)
+        assert entry["seconds"] == pytest.approx(sum(r["end_s"] - r["start_s"] for r in theirs))
+        assert entry["face"] in {samples[r["key"]]["media"]["face"] for r in theirs}
 
     for key, row in kept.items():
         sample, members = samples[key], _members(demo_shards, row)
@@ -176,6 +184,13 @@ def test_media_come_from_the_shards(page, demo_shards):
         thumb = cv2.imdecode(np.frombuffer((page / sample["media"]["thumb"]).read_bytes(), np.uint8), cv2.IMREAD_COLOR)
         assert max(thumb.shape[:2]) == 320
         assert thumb.shape[1] / thumb.shape[0] == pytest.approx(row["width"] / row["height"], abs=0.01)
+
+        # The face: the clip's crop box of that frame, 96 px on its long side.
+        face_jpeg = cv2.imdecode(np.frombuffer((page / sample["media"]["face"]).read_bytes(), np.uint8), 1)
+        x0, y0, x1, y1 = decode_face_npz(members[MEMBER_FACE]).crop_box
+        box_aspect = (x1 - x0) * row["width"] / ((y1 - y0) * row["height"])
+        assert max(face_jpeg.shape[:2]) == 96
+        assert face_jpeg.shape[1] / face_jpeg.shape[0] == pytest.approx(box_aspect, rel=0.05)
 
         # The overlay: that frame, tinted where the stored landmarks put the face and the lips.
         with av.open(io.BytesIO(members[MEMBER_VIDEO])) as container:
@@ -227,6 +242,21 @@ def test_filter_and_open_a_sample_in_chromium(page, demo_shards, browser, tmp_pa
     reason.select_by_value("no_audio")
     _wait(browser, lambda d: len(_cards(d)) == 1)
     reason.select_by_value("")
+
+    # A person, from the list or from their face in the strip (a second click shows everyone).
+    kept = [r for r in rows if r["status"] == "kept"]
+    person = max({r["identity_id"] for r in kept}, key=lambda p: sum(r["identity_id"] == p for r in kept))
+    theirs = sorted(Path(r["source"]).name for r in kept if r["identity_id"] == person)
+    Select(browser.find_element(By.ID, "person")).select_by_value(person)
+    _wait(browser, lambda d: sorted(c.find_element(By.CSS_SELECTOR, ".title").text for c in _cards(d)) == theirs)
+    Select(browser.find_element(By.ID, "person")).select_by_value("")
+    _wait(browser, lambda d: len(_cards(d)) == len(rows))
+    face = browser.find_element(By.CSS_SELECTOR, f"#people button[data-person='{person}']")
+    assert _wait(browser, lambda d: d.execute_script("return arguments[0].querySelector('img').naturalWidth", face))
+    face.click()
+    _wait(browser, lambda d: len(_cards(d)) == len(theirs) and "active" in face.get_attribute("class"))
+    face.click()
+    _wait(browser, lambda d: len(_cards(d)) == len(rows))
 
     # A score range (sync_confidence is the default score); rows without the score drop out.
     assert Select(browser.find_element(By.ID, "score")).first_selected_option.text == "sync_confidence"
