@@ -5,9 +5,16 @@ Without a card, `datasets` infers the types from the first samples it meets: a J
 null there gets a null type and a later shard fails to cast, and the mp4 and wav members become
 Video and Audio features, which need torchcodec to load. The card declares every member instead:
 the videos and audio as bytes, KEY.json as `SAMPLE_METADATA_TYPE`, the face arrays as nested lists.
+
+The card's one configuration is named after the shards' checksums. `datasets` caches a local
+folder by its base name and the card's configuration, not by where the files are: two runs both
+written to `.../out` with a card alike would share one cache entry, and the second would load the
+first's samples. Named by their content, other shards get their own entry.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import pyarrow as pa
 import yaml
@@ -69,10 +76,19 @@ def _named(data_type: pa.DataType) -> dict:
     return feature if isinstance(feature, dict) else {"dtype": feature}
 
 
-def dataset_card(shard_glob: str = "shards/*.tar") -> str:
+def config_name(index: dict) -> str:
+    """`shards-` and 12 hex digits of the SHA-1 of the index's shard names, sizes and checksums."""
+    listing = "\n".join(f"{s['url']} {s['filesize']} {s['md5sum']}" for s in index["shardlist"])
+    return "shards-" + hashlib.sha1(listing.encode()).hexdigest()[:12]
+
+
+def dataset_card(index: dict, shard_glob: str = "shards/*.tar") -> str:
+    """The card of an output folder whose shards `index` (wids-shard-index-v1) lists."""
+    name, data_files = config_name(index), [{"split": "train", "path": shard_glob}]
+    features = [{"name": f.name, **_named(f.type)} for f in SAMPLE_TYPE]
     header = {
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": shard_glob}]}],
-        "dataset_info": {"features": [{"name": f.name, **_named(f.type)} for f in SAMPLE_TYPE]},
+        "configs": [{"config_name": name, "data_files": data_files, "default": True}],
+        "dataset_info": {"config_name": name, "features": features},  # the types belong to that config
         "tags": ["talkcurate", "talking-head", "audio-visual", "webdataset"],
     }
     return f"""---

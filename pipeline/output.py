@@ -199,7 +199,7 @@ def write_manifest_and_index(out: OutputDir, manifest: pa.Table, index: dict) ->
     """Publish `manifest.parquet`, `index.json` and the dataset card, each atomically."""
     write_manifest(out, manifest)
     out.write_atomic(INDEX, json.dumps(index, indent=1).encode())
-    out.write_atomic(CARD, dataset_card().encode())
+    out.write_atomic(CARD, dataset_card(index).encode())
 
 
 def write_manifest(out: OutputDir, manifest: pa.Table) -> None:

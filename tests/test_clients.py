@@ -17,6 +17,7 @@ import ray
 import webdataset as wds
 import wids
 
+from pipeline.cli import main
 from pipeline.config import RunConfig
 from pipeline.dataset_card import SAMPLE_TYPE
 from pipeline.executor import ray_session
@@ -77,14 +78,13 @@ def test_wids_reads_the_shards_in_place(demo_shards, kept, tmp_path, monkeypatch
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # nothing copied
 
 
-def test_hugging_face_datasets_reads_the_dataset_card(demo_shards, kept, tmp_path, monkeypatch):
+def test_hugging_face_datasets_reads_the_dataset_card(demo_shards, kept, tmp_path):
     """`load_dataset(DIR)` takes its types from DIR/README.md: the videos and audio as bytes (so no
     torchcodec, which is not installed), KEY.json with the types of SAMPLE_METADATA_TYPE whatever
     the first samples hold, the face arrays and Whisper features as nested lists."""
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert importlib.util.find_spec("torchcodec") is None
-    clips = datasets.load_dataset(str(demo_shards), split="train")
+    cache = str(tmp_path / "cache")  # datasets reads HF_HOME once, at import
+    clips = datasets.load_dataset(str(demo_shards), split="train", cache_dir=cache)
     assert clips.features.arrow_schema.remove_metadata() == pa.schema(list(SAMPLE_TYPE))
     assert sorted(clips["__key__"]) == sorted(kept)
     tars = {
@@ -101,8 +101,16 @@ def test_hugging_face_datasets_reads_the_dataset_card(demo_shards, kept, tmp_pat
         assert np.asarray(clip["face.npz"]["landmarks"], np.float16).shape == face["landmarks"].shape
         np.testing.assert_array_equal(np.asarray(clip["face.npz"]["mouth_opening"], np.float32), face["mouth_opening"])
         assert np.asarray(clip["whisper.npy"]).ndim == 2  # the demo run stores Whisper features
-    streamed = next(iter(datasets.load_dataset(str(demo_shards), split="train", streaming=True)))
+    streamed = next(iter(datasets.load_dataset(str(demo_shards), split="train", streaming=True, cache_dir=cache)))
     assert streamed["__key__"] in kept and streamed["json"]["key"] == streamed["__key__"]
+
+    # Another output folder of the same name with other shards loads its own samples, not the
+    # first's from datasets' cache (which knows a local folder by its name and the card's config).
+    other = tmp_path / "elsewhere" / demo_shards.name
+    assert main(["subset", str(demo_shards), "--where", "source like 'grid%'", "--out", str(other)]) == 0
+    grid = sorted(key for key, row in kept.items() if row["source"].startswith("grid"))
+    assert 0 < len(grid) < len(kept)
+    assert sorted(datasets.load_dataset(str(other), split="train", cache_dir=cache)["__key__"]) == grid
 
 
 def test_every_sample_json_has_exactly_the_typed_fields(demo_shards):

@@ -27,7 +27,7 @@ def test_rendered_defaults_document_every_option():
     text = render_defaults()
     data = tomllib.loads(text)
     config = RunConfig()
-    assert list(data) == config.section_names() == [*(cls.name for cls in ALL_STAGES), "execution"]
+    assert list(data) == config.section_names() == ["inputs", *(cls.name for cls in ALL_STAGES), "execution"]
     for name in config.section_names():
         section = config.section(name)
         unset = [spec.name for spec in dataclasses.fields(section) if getattr(section, spec.name) is None]
