@@ -1,7 +1,7 @@
 """A run's output read by the libraries people already use, as the README shows: webdataset, Ray
 Data and wids (random access through index.json, the shards read where they are), with the face
 arrays decoded by schemas.manifest.decode_face_member; Hugging Face datasets through the output's
-dataset card."""
+dataset card; the manifest in pandas, polars and DuckDB."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import importlib.util
 import json
 
 import datasets
+import duckdb
 import numpy as np
+import pandas
+import polars
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -135,3 +138,18 @@ def test_every_sample_json_has_exactly_the_typed_fields(demo_shards):
     for sample in samples:
         check(sample["json"], SAMPLE_METADATA_TYPE, sample["__key__"])
     pa.array([s["json"] for s in samples], SAMPLE_METADATA_TYPE)  # and each value has its field's type
+
+
+def test_the_manifest_in_pandas_polars_and_duckdb(demo_shards, kept):
+    """manifest.parquet as analysts open it: the same kept rows, identity ids and sources (relative
+    names, no path of the machine that ran the job) in each."""
+    path = str(demo_shards / "manifest.parquet")
+    expected = sorted((key, row["source"], row["identity_id"]) for key, row in kept.items())
+    frame = pandas.read_parquet(path)
+    in_pandas = frame[frame.status == "kept"][["key", "source", "identity_id"]]
+    assert sorted(map(tuple, in_pandas.itertuples(index=False))) == expected
+    in_polars = polars.read_parquet(path).filter(polars.col("status") == "kept").select("key", "source", "identity_id")
+    assert sorted(in_polars.iter_rows()) == expected
+    query = f"select key, source, identity_id from read_parquet('{path}') where status = 'kept' order by key"
+    assert duckdb.sql(query).fetchall() == expected
+    assert not any(source.startswith("/") for _, source, _ in expected)
