@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.definition import ALL_STAGES
-from pipeline.inputs import SOURCE_PATHS
+from pipeline.inputs import check_source_paths
 from schemas.manifest import SCHEMA_VERSION
 from stages.base import Stage, option
 
@@ -35,8 +35,7 @@ class InputsConfig:
     )
 
     def validate(self) -> None:
-        if self.source_paths not in SOURCE_PATHS:
-            raise ValueError(f"inputs.source_paths must be one of {', '.join(SOURCE_PATHS)}")
+        check_source_paths(self.source_paths)
 
 
 @dataclass

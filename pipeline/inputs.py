@@ -115,6 +115,11 @@ def _expand_uri(uri: str, skipped: list[tuple[str, str]]) -> list[tuple[str, int
 SOURCE_PATHS = ("relative", "given", "absolute")
 
 
+def check_source_paths(source_paths: str) -> None:
+    if source_paths not in SOURCE_PATHS:
+        raise InputError(f"inputs.source_paths must be one of {', '.join(SOURCE_PATHS)}, not {source_paths!r}")
+
+
 def recorded_name(path: str, root: str, given: str, source_paths: str) -> str:
     """How the manifest names a local input: relative to `root` (the folder of the input argument
     that named it; its base name when it lies elsewhere), as `given` by the user, or absolute."""
@@ -129,8 +134,7 @@ def recorded_name(path: str, root: str, given: str, source_paths: str) -> str:
 def discover(inputs: list[str], source_paths: str = "relative") -> Inputs:
     """Video files, folders (searched recursively for audio-video files), list files, or URIs. URIs
     are recorded as they are; local paths as `source_paths` says."""
-    if source_paths not in SOURCE_PATHS:
-        raise InputError(f"inputs.source_paths must be one of {', '.join(SOURCE_PATHS)}, not {source_paths!r}")
+    check_source_paths(source_paths)
     sizes: dict[str, int] = {}
     names: dict[str, str] = {}
     skipped: list[tuple[str, str]] = []

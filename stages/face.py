@@ -169,14 +169,9 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
             )
 
     def required_modules(self) -> tuple[str, ...]:
-        identity = (
-            ("onnxruntime",)
-            if self.identity_model_path
-            else ("dlib", "face_recognition_models")
-            if self.identity_backend == "dlib-resnet"
-            else ()
-        )
-        return ("mediapipe", "retinaface", "onnxruntime", *identity)
+        # ONNX Runtime runs RetinaFace, and ArcFace when identity_model_path is set.
+        dlib = not self.identity_model_path and self.identity_backend == "dlib-resnet"
+        return ("mediapipe", "retinaface", "onnxruntime") + (("dlib", "face_recognition_models") if dlib else ())
 
     def setup(self) -> None:
         self._mediapipe = MediapipeDetector(self.min_detection_confidence)
