@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from schemas.records import CandidateClip, ChunkDone, ProbedSource, Rejected, SourceChunk, SourceVideo, Status
-from stages.base import Stage
+from stages.base import Stage, StreamOutput
 
 log = logging.getLogger(__name__)
 
@@ -268,10 +268,9 @@ class ChainRunner:
             rest = item if covered is None else item.remainder(covered)
             yield from self._reject(stage, rest, failure.reason, failure.detail)
         finally:
-            lazy = getattr(item, "lazy_work", None)
-            if lazy is not None:  # work a lazy input did while this stage pulled from it
-                producer = self.stats.stages[lazy.stage]
-                producer.wall_s += lazy.wall_s
-                producer.cpu_s += lazy.cpu_s
-                stats.wall_s -= lazy.wall_s
-                stats.cpu_s -= lazy.cpu_s
+            if isinstance(item, StreamOutput):  # its producer's work, done while this stage read it
+                producer = self.stats.stages[item.producer]
+                producer.wall_s += item.work_wall_s
+                producer.cpu_s += item.work_cpu_s
+                stats.wall_s -= item.work_wall_s
+                stats.cpu_s -= item.work_cpu_s

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from schemas.face import FaceResult
 from schemas.fingerprint import Fingerprint
+from schemas.frames import HeldPictures
 from schemas.sync import SyncResult
 from schemas.text import Caption, Keyframe, Transcript
 
@@ -124,33 +124,22 @@ class ChunkDone:
     num_clips: int
 
 
-class EncodedVideo:
-    """A normalized clip: H.264, 25 fps, no audio track.
+@dataclass(frozen=True, repr=False)
+class ClipVideo:
+    """A normalized clip's video at 25 fps: an H.264 MP4 without audio track (`mp4`), or, until the
+    encode stage encodes them, its pictures held in the worker (`held`). The scene-cut stage holds
+    clips small enough, so a clip that the face or sync stage rejects is never encoded (a rejected
+    row drops its video)."""
 
-    The MP4 may still be pending: built from a function, when first read. The scene-cut stage
-    holds small clips' pictures this way, so a clip that the face or sync stage rejects is never
-    encoded (a rejected row drops its video). What is pickled, to travel between workers, is the
-    finished MP4."""
-
-    def __init__(self, mp4: bytes | Callable[[], bytes], width: int, height: int, num_frames: int):
-        self._mp4, self.width, self.height, self.num_frames = mp4, width, height, num_frames
-
-    @property
-    def mp4(self) -> bytes:
-        if callable(self._mp4):
-            self._mp4 = self._mp4()
-        return self._mp4
-
-    @property
-    def pending(self) -> bool:
-        return callable(self._mp4)
-
-    def __getstate__(self) -> dict:
-        return {"_mp4": self.mp4, "width": self.width, "height": self.height, "num_frames": self.num_frames}
+    width: int
+    height: int
+    num_frames: int
+    mp4: bytes | None = None
+    held: HeldPictures | None = None
 
     def __repr__(self) -> str:
-        size = "pending" if self.pending else f"{len(self._mp4)} bytes"
-        return f"EncodedVideo({size}, {self.width}x{self.height}, {self.num_frames} frames)"
+        size = f"{len(self.held)} pictures held" if self.held is not None else f"{len(self.mp4)} bytes"
+        return f"ClipVideo({size}, {self.width}x{self.height}, {self.num_frames} frames)"
 
 
 @dataclass
@@ -166,7 +155,7 @@ class CandidateClip:
     reason: str | None = None
     reason_detail: str | None = None
     rejected_by: str | None = None  # stage name
-    video: EncodedVideo | None = None
+    video: ClipVideo | None = None
     audio_context: np.ndarray | None = (
         None  # int16 mono at SAMPLE_RATE, from `audio_context_frames` before the clip to as many after
     )

@@ -10,8 +10,10 @@ stage may settle some decisions once it has seen every clip of a chunk.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
@@ -22,14 +24,25 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 
-@dataclass
-class LazyWork:
-    """Time a lazily evaluated stage output spends when its consumer pulls from it, so the
-    runner can charge it to the stage that produced it."""
+class StreamOutput:
+    """A stage's output whose work happens as the next stage in the worker reads it: the normalize
+    stage's decoder stream. It counts that work, and the runner charges it to `producer` (the stage
+    that made it) instead of the stage that reads it."""
 
-    stage: str
-    wall_s: float = 0.0
-    cpu_s: float = 0.0
+    producer: ClassVar[str]
+
+    def __init__(self):
+        self.work_wall_s = self.work_cpu_s = 0.0
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        """Count the time inside as the producer's work."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.work_wall_s += time.perf_counter() - wall
+            self.work_cpu_s += time.process_time() - cpu
 
 
 @dataclass(frozen=True)

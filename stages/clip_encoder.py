@@ -1,5 +1,5 @@
-"""Encode a clip's frames into an H.264 MP4 at 25 fps: as they stream by, or held and encoded when
-the MP4 is first read (`defer`), so a clip rejected before then is never encoded.
+"""Encode a clip's pictures into an H.264 MP4 at 25 fps: the scene-cut stage's as they stream by,
+the encode stage's from the pictures held for it.
 
 The MP4 is "fast start" (moov before mdat): a reader streaming a sample from object storage
 learns the frame index from the first bytes instead of fetching the end first. FFmpeg's muxer
@@ -20,7 +20,7 @@ from fractions import Fraction
 import av
 
 from schemas.frames import EncoderSettings
-from schemas.records import FPS, EncodedVideo
+from schemas.records import FPS
 from stages.base import worker_threads
 
 _TIME_BASE = Fraction(1, FPS)
@@ -28,12 +28,9 @@ _TEMP_PREFIX = "talkcurate-clip-"  # then the writing process's id
 
 
 class ClipEncoder:
-    def __init__(self, width: int, height: int, settings: EncoderSettings, defer: bool = False):
+    def __init__(self, width: int, height: int, settings: EncoderSettings):
         self.width, self.height, self._settings = width, height, settings
-        self._held: list[av.VideoFrame] | None = [] if defer else None
-        self._container = None
-        if not defer:
-            self._open()
+        self._open()
         self.num_frames = 0
 
     def _open(self) -> None:
@@ -57,33 +54,15 @@ class ClipEncoder:
         self._stream.codec_context.gop_size = FPS
 
     def add(self, picture: av.VideoFrame) -> None:
-        if self._held is not None:
-            self._held.append(picture)
-        else:
-            self._encode(picture, self.num_frames)
-        self.num_frames += 1
-
-    def _encode(self, picture: av.VideoFrame, index: int) -> None:
-        picture.pts = index
+        picture.pts = self.num_frames
         picture.time_base = _TIME_BASE
-        # Without this, x264 copies the source's key frame placement (facts.md).
+        # Without this, x264 copies the decoded source's picture types, so its key frames land where the source's were.
         picture.pict_type = av.video.frame.PictureType.NONE
         self._container.mux(self._stream.encode(picture))
+        self.num_frames += 1
 
-    def finish(self) -> EncodedVideo:
-        if self._held is not None:
-            return EncodedVideo(self._encode_held, self.width, self.height, self.num_frames)
-        return EncodedVideo(self._close(), self.width, self.height, self.num_frames)
-
-    def _encode_held(self) -> bytes:
-        held, self._held = self._held, None
-        self._open()
-        for index in range(len(held)):
-            picture, held[index] = held[index], None  # each picture's memory goes once it is encoded
-            self._encode(picture, index)
-        return self._close()
-
-    def _close(self) -> bytes:
+    def finish(self) -> bytes:
+        """The MP4."""
         try:
             self._container.mux(self._stream.encode(None))
             self._container.close()
@@ -93,11 +72,9 @@ class ClipEncoder:
             self._remove()
 
     def abort(self) -> None:
-        self._held = None
-        if self._container is not None:
-            with contextlib.suppress(av.error.FFmpegError):
-                self._container.close()
-            self._remove()
+        with contextlib.suppress(av.error.FFmpegError):
+            self._container.close()
+        self._remove()
 
 
 def _remove_file(path: str) -> None:

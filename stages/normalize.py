@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -25,8 +24,8 @@ import av.filter
 import numpy as np
 
 from schemas.frames import EncoderSettings, NormalizedFrame
-from schemas.records import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, ProbeInfo, SourceChunk, SourceVideo
-from stages.base import LazyWork, Resources, Stage, option
+from schemas.records import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, CandidateClip, ProbeInfo, SourceChunk, SourceVideo
+from stages.base import Resources, Stage, StreamOutput, option
 from stages.media_io import open_container, video_stream
 
 log = logging.getLogger(__name__)
@@ -49,12 +48,15 @@ def output_size(width: int, height: int, max_short_side: int) -> tuple[int, int]
     return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
 
 
-class NormalizedChunk:
+class NormalizedChunk(StreamOutput):
     """A chunk being decoded: iterate `frames()` once; audio accumulates alongside."""
+
+    producer: ClassVar[str] = "normalize"
 
     def __init__(
         self, chunk: SourceChunk, max_short_side: int, encoder: EncoderSettings, strict: bool, analysis_long_side: int
     ):
+        super().__init__()
         self.chunk = chunk
         self.encoder = encoder
         self.width, self.height = output_size(chunk.probe.width, chunk.probe.height, max_short_side)
@@ -70,7 +72,6 @@ class NormalizedChunk:
         self._resampler: av.AudioResampler | None = None
         self._resampler_input: tuple[str, str, int] | None = None  # (format, layout, rate) it was made for
         self.frames_out = 0
-        self.lazy_work = LazyWork("normalize")
         self._consumed = False
 
     def __reduce__(self):
@@ -107,15 +108,18 @@ class NormalizedChunk:
 
     def frames(self, small_width: int = 0) -> Iterator[NormalizedFrame]:
         """Decode the chunk; `small_width` > 0 also gives each frame as BGR at that width."""
-        work = self.lazy_work
-        wall, cpu = time.perf_counter(), time.process_time()
-        for frame in self._decode(small_width):
-            work.wall_s += time.perf_counter() - wall
-            work.cpu_s += time.process_time() - cpu
+        decoding = self._decode(small_width)
+        while True:
+            with self.working():
+                frame = next(decoding, None)
+            if frame is None:
+                return
             yield frame
-            wall, cpu = time.perf_counter(), time.process_time()
-        work.wall_s += time.perf_counter() - wall
-        work.cpu_s += time.process_time() - cpu
+
+    def reject_corrupt(self, span: SourceChunk | CandidateClip, detail: str) -> CandidateClip:
+        """A `decode_error` row for a span whose data failed to decode: the decoder's finding, made
+        while the scene-cut stage read the stream."""
+        return span.reject("decode_error", detail, self.producer)
 
     def _decode(self, small_width: int) -> Iterator[NormalizedFrame]:
         if self._consumed:
@@ -142,8 +146,8 @@ class NormalizedChunk:
             if chunk.start_frame > 0:
                 container.seek(int(chunk_start_s / video.time_base), stream=video, backward=True)
             graph = None
-            # One reformatter per stream (a new one per frame leaks, facts.md) and per target: a
-            # reformatter caches one scaling context, which alternating targets would rebuild every frame.
+            # One reformatter per stream (PyAV keeps one made per frame: a 4-minute input grew to 8.6 GB)
+            # and per target: it caches one scaling context, which alternating targets would rebuild.
             to_small, to_analysis = av.video.reformatter.VideoReformatter(), av.video.reformatter.VideoReformatter()
 
             def as_array(
@@ -280,7 +284,7 @@ class NormalizedChunk:
 class NormalizeStage(Stage[SourceChunk, NormalizedChunk]):
     """Decode once to 25 fps frames and 16 kHz mono audio; the output format of stored clips."""
 
-    name: ClassVar[str] = "normalize"
+    name: ClassVar[str] = NormalizedChunk.producer
     input_type: ClassVar[type] = SourceChunk
     resources: ClassVar[Resources] = Resources(cpus=1)
 

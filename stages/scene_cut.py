@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import ClassVar
 
+import av
 import numpy as np
 from scenedetect.common import FrameTimecode
 from scenedetect.detectors import AdaptiveDetector, ContentDetector, HashDetector, HistogramDetector
 
-from schemas.frames import NormalizedFrame
-from schemas.records import FPS, CandidateClip, Status
+from schemas.frames import HeldPictures, NormalizedFrame
+from schemas.records import FPS, CandidateClip, ClipVideo, Status
 from stages.base import Resources, Stage, option
 from stages.clip_encoder import ClipEncoder
 from stages.normalize import NormalizedChunk
@@ -36,17 +37,22 @@ DETECTORS = {
 
 
 class _OpenClip:
-    """A clip whose frames are still arriving."""
+    """A clip whose frames are still arriving: held for the encode stage, or encoded as they come."""
 
     def __init__(self, chunk: NormalizedChunk, start: int, shot: int, max_frames: int, hold: bool):
         self.start = self.end = start
         self.shot = shot
-        self.encoder = ClipEncoder(chunk.width, chunk.height, chunk.encoder, defer=hold)
+        self.width, self.height, self.settings = chunk.width, chunk.height, chunk.encoder
+        self.held: list[av.VideoFrame] | None = [] if hold else None
+        self.encoder = None if hold else ClipEncoder(chunk.width, chunk.height, chunk.encoder)
         self.max_frames = max_frames
         self.analysis: np.ndarray | None = None  # filled in place: no second copy when the clip closes
 
     def add(self, frame: NormalizedFrame) -> None:
-        self.encoder.add(frame.picture)
+        if self.encoder is None:
+            self.held.append(frame.picture)
+        else:
+            self.encoder.add(frame.picture)
         if frame.analysis is not None:
             if self.analysis is None:
                 self.analysis = np.empty((self.max_frames, *frame.analysis.shape), np.uint8)
@@ -55,6 +61,17 @@ class _OpenClip:
 
     def analysis_frames(self) -> np.ndarray | None:
         return None if self.analysis is None else self.analysis[: self.end - self.start]
+
+    def video(self) -> ClipVideo:
+        size = (self.width, self.height, self.end - self.start)
+        if self.encoder is None:
+            return ClipVideo(*size, held=HeldPictures(self.held, self.settings))
+        return ClipVideo(*size, mp4=self.encoder.finish())
+
+    def abort(self) -> None:
+        self.held = None
+        if self.encoder is not None:
+            self.encoder.abort()
 
 
 @dataclass
@@ -155,12 +172,10 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
             # Corrupt data up to the end of the chunk decodes to no frames at all: that span still needs its row.
             decoded_to = item.chunk.start_frame if last is None else last + 1
             if decoded_to < item.chunk.end_frame and any(f >= decoded_to - 1 for f in item.error_frames):
-                yield item.remainder(decoded_to).reject(
-                    "decode_error", f"no frame decodes from frame {decoded_to} on", "normalize"
-                )
+                yield item.reject_corrupt(item.remainder(decoded_to), f"no frame decodes from frame {decoded_to} on")
         finally:
             if clip is not None:
-                clip.encoder.abort()
+                clip.abort()
 
     def _close(self, chunk: NormalizedChunk, clip: _OpenClip, min_frames: int) -> CandidateClip:
         record = CandidateClip(
@@ -173,11 +188,11 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
         )
         length = clip.end - clip.start
         if length < min_frames:
-            clip.encoder.abort()
+            clip.abort()
             return record.reject(
                 "too_short", f"{length / FPS:.2f} s between cuts, minimum {self.min_clip_s} s", self.name
             )
-        record.video = clip.encoder.finish()
+        record.video = clip.video()
         record.frames = clip.analysis_frames()
         return record
 
@@ -186,7 +201,7 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
             return clip
         broken = [f for f in chunk.error_frames if clip.start_frame - 1 <= f < clip.end_frame + 1]
         if broken:
-            return clip.reject("decode_error", f"corrupt video data near frame {broken[0]}", "normalize")
+            return chunk.reject_corrupt(clip, f"corrupt video data near frame {broken[0]}")
         _, coverage = chunk.audio(clip.start_frame, clip.end_frame)
         if coverage < self.min_audio_coverage:
             return clip.reject("no_audio", f"audio covers {coverage:.0%} of the clip", self.name)

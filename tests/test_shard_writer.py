@@ -18,6 +18,7 @@ import webdataset as wds
 from schemas.manifest import SAMPLE_MEMBERS
 from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status
 from stages.chunk import ChunkStage
+from stages.encode import EncodeStage
 from stages.face import FaceStage
 from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
@@ -34,7 +35,12 @@ def clips(run_chain) -> list[CandidateClip]:
         out = run_chain(
             path,
             [ProbeStage(), ChunkStage()],
-            [NormalizeStage(preset="ultrafast"), SceneCutStage(min_clip_s=1.0, max_clip_s=1.5), FaceStage()],
+            [
+                NormalizeStage(preset="ultrafast"),
+                SceneCutStage(min_clip_s=1.0, max_clip_s=1.5),
+                FaceStage(),
+                EncodeStage(),
+            ],
         )
         kept += [o for o in out if isinstance(o, CandidateClip) and o.status is not Status.REJECTED]
     assert len(kept) == 2 * len(media.GRID)

@@ -309,7 +309,7 @@ def decode_frames(mp4: bytes, frames: Sequence[int], view: View) -> dict[int, np
 
         if first > 0:
             container.seek(origin + int(first / (FPS * stream.time_base)), stream=stream, backward=True)
-        reformatter = VideoReformatter()  # one per clip: a converter per frame leaks (facts.md)
+        reformatter = VideoReformatter()  # one per clip: PyAV keeps every converter made per frame
         for packet in container.demux(stream):
             if packet.pts is not None:
                 # Pictures no other picture refers to (x264's B-frames, about half of a clip's) are
