@@ -25,6 +25,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from core.media_io import open_container, video_stream
 from pipeline.config import RunConfig
 from pipeline.definition import ALL_STAGES
 from pipeline.runner import ChainRunner
@@ -32,7 +33,6 @@ from schemas.records import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, SourceChunk, So
 from stages.clip_encoder import ClipEncoder
 from stages.face import IDENTITY_KEYPOINTS, FaceStage
 from stages.face_models import Detection, FaceDetector, FaceMesh, MediapipeDetector, RetinaFaceDetector, quiet_stderr
-from stages.media_io import open_container, video_stream
 from stages.transcribe import TranscribeStage
 from stages.whisper_models import voiced_spans
 

@@ -22,6 +22,7 @@ import media
 import numpy as np
 import pytest
 
+from core.storage import OutputDir
 from schemas.face import CHIN, FOREHEAD_TOP, LIPS_INNER, LIPS_OUTER, NUM_LANDMARKS, decode_face_npz, face_and_lip_masks
 from schemas.manifest import MEMBER_FACE, MEMBER_META, MEMBER_VIDEO, manifest_row
 from schemas.records import CandidateClip, ChunkDone, Status
@@ -31,7 +32,6 @@ from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
 from stages.scene_cut import SceneCutStage
 from stages.shard_writer import ShardWriterStage
-from stages.storage import OutputDir
 
 SPEAKERS = [*media.GRID, media.PORTRAIT]
 GRID_NAMES = [path.stem for path in media.GRID]

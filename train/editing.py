@@ -22,10 +22,10 @@ import cv2
 import numpy as np
 import torch
 
+from core.media_io import open_container
 from schemas.face import face_and_lip_masks
 from schemas.records import FPS
 from stages.face import FaceStage
-from stages.media_io import open_container
 
 ANALYSIS_SIDE = 512  # the long side of the frames the face stage sees (its analysis size)
 
