@@ -155,6 +155,7 @@ class ModelFloor:
     def __init__(self, config: RunConfig):
         self.config = config
         self.face: FaceStage = config.stages[FaceStage.name]
+        self.tracker = self.face.tracker()  # the stage's detection schedule and mesh crops, run on timed detectors
         self.transcribe: TranscribeStage = config.stages[TranscribeStage.name]
         self.timer = CallTimer()
         self.load_s: dict[str, float] = {}
@@ -206,9 +207,9 @@ class ModelFloor:
 
     def _faces(self, clip: ClipPlan) -> None:
         frames = clip.frames
-        detections = self.face.detect_faces(frames, self.mediapipe, self.retinaface)
+        detections = self.tracker.detect_faces(frames, self.mediapipe, self.retinaface)
         crops = [
-            self.face.mesh_crop(frame, box)[0]
+            self.tracker.mesh_crop(frame, box)[0]
             for frame, box in zip(frames, _largest_face_boxes(detections))
             if box is not None
         ]

@@ -266,9 +266,9 @@ def test_detecting_every_other_frame_tracks_like_detecting_every_frame(run_chain
 
 
 def test_detection_frames_are_every_nth_and_the_last():
-    assert FaceStage(detect_every=3).detection_frames(8) == [0, 3, 6, 7]
-    assert FaceStage(detect_every=3).detection_frames(7) == [0, 3, 6]
-    assert FaceStage(detect_every=1).detection_frames(3) == [0, 1, 2]
+    assert FaceStage(detect_every=3).tracker().detection_frames(8) == [0, 3, 6, 7]
+    assert FaceStage(detect_every=3).tracker().detection_frames(7) == [0, 3, 6]
+    assert FaceStage(detect_every=1).tracker().detection_frames(3) == [0, 1, 2]
     with pytest.raises(ValueError, match="detect_every"):
         FaceStage(detect_every=10, max_gap_frames=8).validate()
     with pytest.raises(ValueError, match="multiple of face.detect_every"):
