@@ -25,6 +25,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from core.media_io import open_container, video_stream
 from pipeline.config import RunConfig
 from pipeline.definition import ALL_STAGES
 from pipeline.runner import ChainRunner
@@ -32,7 +33,6 @@ from schemas.records import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, SourceChunk, So
 from stages.clip_encoder import ClipEncoder
 from stages.face import IDENTITY_KEYPOINTS, FaceStage
 from stages.face_models import Detection, FaceDetector, FaceMesh, MediapipeDetector, RetinaFaceDetector, quiet_stderr
-from stages.media_io import open_container, video_stream
 from stages.transcribe import TranscribeStage
 from stages.whisper_models import voiced_spans
 
@@ -155,6 +155,7 @@ class ModelFloor:
     def __init__(self, config: RunConfig):
         self.config = config
         self.face: FaceStage = config.stages[FaceStage.name]
+        self.tracker = self.face.tracker()  # the stage's detection schedule and mesh crops, run on timed detectors
         self.transcribe: TranscribeStage = config.stages[TranscribeStage.name]
         self.timer = CallTimer()
         self.load_s: dict[str, float] = {}
@@ -206,9 +207,9 @@ class ModelFloor:
 
     def _faces(self, clip: ClipPlan) -> None:
         frames = clip.frames
-        detections = self.face.detect_faces(frames, self.mediapipe, self.retinaface)
+        detections = self.tracker.detect_faces(frames, self.mediapipe, self.retinaface)
         crops = [
-            self.face.mesh_crop(frame, box)[0]
+            self.tracker.mesh_crop(frame, box)[0]
             for frame, box in zip(frames, _largest_face_boxes(detections))
             if box is not None
         ]

@@ -28,8 +28,8 @@ import soundfile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.media_io import decode_audio  # noqa: E402
 from schemas.records import SAMPLE_RATE  # noqa: E402
-from stages.media_io import decode_audio  # noqa: E402
 from train.config import load_config  # noqa: E402
 from train.editing import frames_at_25fps  # noqa: E402
 from train.generate import WindowConfig, build, generate, load_trained  # noqa: E402

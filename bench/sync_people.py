@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.storage import OutputDir  # noqa: E402
 from pipeline.subset import write_sample_list  # noqa: E402
-from stages.storage import OutputDir  # noqa: E402
 
 PEOPLE = Path(__file__).resolve().parent / "sync_people.json"
 

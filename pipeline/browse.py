@@ -42,10 +42,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core.storage import OutputDir
 from pipeline.inspect import load
 from schemas.face import decode_face_npz, face_and_lip_masks
 from schemas.manifest import MEMBER_AUDIO, MEMBER_CAPTION, MEMBER_FACE, MEMBER_META, MEMBER_VIDEO
-from stages.storage import OutputDir
 
 log = logging.getLogger(__name__)
 

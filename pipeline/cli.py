@@ -37,8 +37,8 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_inspect(args) -> int:
+    from core.storage import OutputDir
     from pipeline.inspect import inspection, load, render_inspection, render_rows
-    from stages.storage import OutputDir
 
     columns = _names(args.columns) if args.columns is not None else [] if args.rows else None
     table, index = load(OutputDir(args.dir))
@@ -63,9 +63,9 @@ def _names(text: str | None) -> list[str]:
 
 
 def _cmd_subset(args) -> int:
+    from core.storage import OutputDir
     from pipeline.subset import copy_subset, write_sample_list
     from stages.shard_writer import ShardWriterStage
-    from stages.storage import OutputDir
 
     source = OutputDir(args.dir)
     if args.list:
@@ -84,9 +84,9 @@ def _cmd_subset(args) -> int:
 
 
 def _cmd_verify(args) -> int:
+    from core.storage import OutputDir
     from pipeline.verify import verify, verify_sample_list
     from schemas.sample_list import is_sample_list
-    from stages.storage import OutputDir
 
     checked, problems = verify_sample_list(args.dir) if is_sample_list(args.dir) else verify(OutputDir(args.dir))
     for problem in problems:
@@ -121,8 +121,8 @@ def _cmd_browse(args) -> int:
 
 
 def _cmd_dedup(args) -> int:
+    from core.storage import OutputDir
     from pipeline.dedup import DedupThresholds, dedup, render
-    from stages.storage import OutputDir
 
     thresholds = DedupThresholds(args.max_audio_ber, args.max_phash_bits, args.min_motion_corr)
     print(render(dedup(OutputDir(args.dir), thresholds)))
@@ -130,8 +130,8 @@ def _cmd_dedup(args) -> int:
 
 
 def _cmd_split(args) -> int:
+    from core.storage import OutputDir
     from pipeline.split import render, split
-    from stages.storage import OutputDir
 
     print(render(split(OutputDir(args.dir), args.val)))
     return 0

@@ -50,13 +50,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
+from core.storage import OutputDir
 from pipeline.forest import root
 from pipeline.inspect import load
 from pipeline.output import annotated, write_annotation, write_manifest
 from schemas.fingerprint import Fingerprint, audio_bit_error_rate, motion_correlations, phash_distances
 from schemas.manifest import MANIFEST
 from schemas.records import Status
-from stages.storage import OutputDir
 
 MAX_SHARED_CLIPS = 50
 _BLOCK_ELEMENTS = 1 << 22  # clip pairs per numpy block of frame hash comparisons (about 40 MB of temporaries)

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import ray
 
+from core.descriptors import redirected_to_devnull
 from pipeline.config import RunConfig
 from pipeline.definition import PIPELINE, Group
 from pipeline.output import RunOutput
@@ -31,7 +32,6 @@ from pipeline.progress import Progress
 from pipeline.runner import ChainRunner, RunStats
 from schemas.records import SourceVideo
 from stages.base import Stage
-from stages.descriptors import redirected_to_devnull
 
 log = logging.getLogger(__name__)
 

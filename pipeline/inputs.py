@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
+from core.storage import filesystem
 from schemas.records import SourceVideo
-from stages.storage import filesystem
 
 VIDEO_SUFFIXES = frozenset(
     [

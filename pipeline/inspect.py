@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.storage import OutputDir
 from pipeline.query import columns_of, select, unknown_column, value_kind
 from schemas.manifest import INDEX, MANIFEST
-from stages.storage import OutputDir
 
 SCORE_COLUMNS = ("duration_s", "num_faces", "sync_offset_ms", "sync_confidence")
 

@@ -31,11 +31,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.storage import TMP_SUFFIX, OutputDir
 from pipeline.dataset_card import CARD, dataset_card
 from schemas.manifest import INDEX, MANIFEST, MANIFEST_SCHEMA, SCHEMA_VERSION, manifest_row, rows_to_table
 from schemas.records import CandidateClip, ChunkDone, Status
 from stages.shard_writer import SHARD_FOLDER, ShardRecord, ShardWriterStage
-from stages.storage import TMP_SUFFIX, OutputDir
 
 log = logging.getLogger(__name__)
 

@@ -26,12 +26,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core.storage import OutputDir
 from pipeline.forest import root
 from pipeline.output import annotation, write_annotation
 from pipeline.similarity import similar_pairs
 from schemas.face import same_person_cosine
 from schemas.records import Status
-from stages.storage import OutputDir
 
 NAME = "people"
 NEIGHBOURS = 10

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from core.storage import OutputDir
 from pipeline.config import RunConfig
 from pipeline.executor import execute
 from pipeline.inputs import discover
@@ -16,7 +17,6 @@ from pipeline.inspect import summarize
 from pipeline.output import RunOutput, annotated, write_manifest_and_index
 from pipeline.people import identify
 from pipeline.report import REPORT, render_report
-from stages.storage import OutputDir
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from core.storage import OutputDir
 from pipeline.forest import root
 from pipeline.inspect import load
 from pipeline.output import annotated, write_annotation, write_manifest
@@ -33,7 +34,6 @@ from pipeline.people import assign as assign_people
 from pipeline.people import identify
 from schemas.manifest import MANIFEST
 from schemas.records import Status
-from stages.storage import OutputDir
 
 TRAIN, VAL = "train", "val"
 DEFAULT_VAL = 0.05

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core.storage import OutputDir
 from pipeline.inspect import load
 from pipeline.output import index_document, write_manifest_and_index
 from pipeline.query import select
@@ -26,7 +27,6 @@ from schemas.manifest import INDEX, MANIFEST
 from schemas.sample_list import SUFFIX as SAMPLE_LIST_SUFFIX
 from schemas.sample_list import SampleList, is_sample_list
 from stages.shard_writer import SHARD_FOLDER, ShardRecord, ShardWriterStage
-from stages.storage import OutputDir
 
 
 @dataclass(frozen=True)

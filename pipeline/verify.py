@@ -6,12 +6,12 @@ from __future__ import annotations
 import hashlib
 import tarfile
 
+from core.media_io import open_binary
+from core.storage import OutputDir
 from pipeline.inspect import load
 from schemas.manifest import SAMPLE_MEMBERS
 from schemas.sample_list import SampleList
-from stages.media_io import open_binary
 from stages.shard_writer import SHARD_FOLDER
-from stages.storage import OutputDir
 
 
 class _Hashing:

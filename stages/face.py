@@ -16,7 +16,6 @@ with one face costs nothing extra.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -26,19 +25,8 @@ import numpy as np
 from schemas.face import CHIN, FOREHEAD_TOP, FaceResult, FaceTrackData, mouth_opening
 from schemas.records import CandidateClip, Rejected
 from stages.base import Resources, Stage, option
-from stages.face_models import (
-    ArcFaceOnnx,
-    Detection,
-    DlibResNet,
-    FaceDetector,
-    FaceMesh,
-    IdentityModel,
-    MediapipeDetector,
-    NoIdentity,
-    RetinaFaceDetector,
-    quiet_stderr,
-)
-from stages.face_track import link, merge_backends
+from stages.face_models import ArcFaceOnnx, DlibResNet, IdentityModel, NoIdentity
+from stages.face_track import FaceTracker, square_crop
 
 # The 5 points identity models align faces by, in ArcFace's template order: eye on the image's left,
 # other eye, nose tip, mouth corners.
@@ -46,15 +34,6 @@ IDENTITY_KEYPOINTS = [468, 473, 1, 61, 291]
 _EYE_OUTER = (33, 263)  # outer eye corners, the one on the image's left first
 _BACKEND = "mediapipe+retinaface"
 IDENTITY_BACKENDS = ("dlib-resnet", "none")
-
-
-def _square_crop(box: np.ndarray, width: int, height: int, scale: float) -> tuple[int, int, int, int]:
-    """A square around the box in pixels, `scale` times its larger side, clipped to the frame."""
-    cx, cy = (box[0] + box[2]) / 2 * width, (box[1] + box[3]) / 2 * height
-    half = max((box[2] - box[0]) * width, (box[3] - box[1]) * height) * scale / 2
-    x0, y0 = int(max(0, cx - half)), int(max(0, cy - half))
-    x1, y1 = int(min(width, cx + half)), int(min(height, cy + half))
-    return x0, y0, max(x1, x0 + 2), max(y1, y0 + 2)
 
 
 def _head_pose(landmarks: np.ndarray, width: int, height: int) -> tuple[float, float, float]:
@@ -82,22 +61,29 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
     resources: ClassVar[Resources] = Resources(cpus=1)
     uses_frames: ClassVar[bool] = True
 
+    # Detection, tracking and the face mesh: the defaults are FaceTracker's, which lip editing runs as they are.
     min_detection_confidence: float = option(
-        0.5, "Detector score below which a face is ignored (mediapipe and RetinaFace)."
+        FaceTracker.min_detection_confidence, "Detector score below which a face is ignored (mediapipe and RetinaFace)."
     )
     detect_every: int = option(
-        2,
+        FaceTracker.detect_every,
         "Faces are detected on every n-th frame and the clip's last; tracks are interpolated between, and the face "
         "mesh sees every frame.",
     )
     retinaface_every: int = option(
-        6,
+        FaceTracker.retinaface_every,
         "Also run RetinaFace on every n-th frame (a multiple of detect_every), to find faces mediapipe misses (0: "
         "only where mediapipe finds none).",
     )
-    retinaface_max_side: int = option(320, "RetinaFace sees frames downscaled to this long side.")
-    track_min_iou: float = option(0.3, "Detections on consecutive frames with at least this IoU belong to one track.")
-    max_gap_frames: int = option(8, "Gaps of up to this many frames without a detection are bridged inside a track.")
+    retinaface_max_side: int = option(
+        FaceTracker.retinaface_max_side, "RetinaFace sees frames downscaled to this long side."
+    )
+    track_min_iou: float = option(
+        FaceTracker.track_min_iou, "Detections on consecutive frames with at least this IoU belong to one track."
+    )
+    max_gap_frames: int = option(
+        FaceTracker.max_gap_frames, "Gaps of up to this many frames without a detection are bridged inside a track."
+    )
     min_track_share: float = option(
         0.3, "A track counts as a face in `num_faces` when present on this share of the frames."
     )
@@ -125,8 +111,8 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         [30.0, 230.0],
         "Median luma of the face crop outside this range makes a clip `low_quality` (too dark or blown out).",
     )
-    crop_scale: float = option(1.6, "The face mesh sees a square crop this many times the face box.")
-    mesh_size: int = option(256, "Side of the crop the face mesh sees, in pixels.")
+    crop_scale: float = option(FaceTracker.crop_scale, "The face mesh sees a square crop this many times the face box.")
+    mesh_size: int = option(FaceTracker.mesh_size, "Side of the crop the face mesh sees, in pixels.")
     measure_every: int = option(5, "Head pose, sharpness and brightness are measured on every n-th frame.")
     identity_backend: str = option(
         "dlib-resnet",
@@ -174,9 +160,13 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         return ("mediapipe", "retinaface", "onnxruntime") + (("dlib", "face_recognition_models") if dlib else ())
 
     def setup(self) -> None:
-        self._mediapipe = MediapipeDetector(self.min_detection_confidence)
-        self._retinaface = RetinaFaceDetector(self.min_detection_confidence, self.retinaface_max_side)
+        self._tracker = self.tracker()
+        self._tracker.load()
         self._identity, self._min_consistency = self.identity_model()
+
+    def tracker(self) -> FaceTracker:
+        """Detection, tracking and the face mesh as this stage's options set them (detectors not loaded)."""
+        return FaceTracker(**{spec.name: getattr(self, spec.name) for spec in dataclasses.fields(FaceTracker)})
 
     def identity_model(self) -> tuple[IdentityModel, float | None]:
         """The configured identity model, loaded, and its minimum identity consistency."""
@@ -191,8 +181,7 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         if frames is None or len(frames) == 0:
             raise ValueError("the face stage needs the clip's analysis frames (normalize.analysis_long_side > 0)")
         num_frames = len(frames)
-        detections = self._detect(frames)
-        tracks = link(detections, self.track_min_iou, self.max_gap_frames)
+        tracks = self._tracker.tracks(frames)
         dense = [t.dense_boxes(num_frames, self.max_gap_frames) for t in tracks]
         present = [float(np.mean(~np.isnan(b[:, 0]))) for b in dense]
         counted = [i for i, share in enumerate(present) if share >= self.min_track_share]
@@ -228,17 +217,6 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
             item.backends["identity"] = result.identity_backend
         return rejected or item
 
-    def track_landmarks(self, frames: np.ndarray) -> np.ndarray | None:
-        """(T, 478, 3) landmarks of the longest face track in `frames` (RGB, T x H x W x 3), without
-        the clip rules, or None without a face: the sampler's editing mode masks a video's mouth
-        with them, as the trainer's masks come from the stored ones."""
-        tracks = link(self._detect(frames), self.track_min_iou, self.max_gap_frames)
-        if not tracks:
-            return None
-        main = max(tracks, key=lambda track: len(track.frames))
-        meshed = self._landmarks(frames, main.dense_boxes(len(frames), self.max_gap_frames))
-        return None if meshed is None else meshed[0]
-
     def _covered(self, boxes: np.ndarray, share: float, clip_height: int, face: FaceResult) -> Rejected | None:
         """Records where the track is and how tall, then the presence rule. Measurements are
         recorded before the rules, so a rejected row says what was measured."""
@@ -261,7 +239,7 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         )
         if touching > self.max_cut_off_share:
             return Rejected("face_cut_off", f"the face touches the frame's edge on {touching:.0%} of frames")
-        meshed = self._landmarks(frames, boxes)
+        meshed = self._tracker.landmarks(frames, boxes)
         if meshed is None:
             return Rejected("no_face", "the face mesh found no landmarks on the tracked face")
         landmarks, seen = meshed
@@ -281,65 +259,6 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
             )
         return None
 
-    def detection_frames(self, num_frames: int) -> list[int]:
-        """The frames the detectors see: every `detect_every`-th and the last, so a track's boxes
-        reach the clip's end."""
-        picks = list(range(0, num_frames, self.detect_every))
-        return picks + [num_frames - 1] if picks and picks[-1] != num_frames - 1 else picks
-
-    def detect_faces(
-        self, frames: Sequence[np.ndarray], mediapipe: FaceDetector, retinaface: FaceDetector
-    ) -> list[list[Detection]]:
-        """Per frame, the faces found; empty on the frames between detection frames. RetinaFace
-        also looks at every `retinaface_every`-th frame and where mediapipe found nothing. The
-        detectors are arguments so the benchmark's floor can time each one."""
-        picks = self.detection_frames(len(frames))
-        detections: list[list[Detection]] = [[] for _ in range(len(frames))]
-        for index, faces in zip(picks, mediapipe.detect([frames[i] for i in picks])):
-            if not faces or (self.retinaface_every and index % self.retinaface_every == 0):
-                faces = merge_backends(faces, retinaface.detect([frames[index]])[0])
-            detections[index] = faces
-        return detections
-
-    def _detect(self, frames: np.ndarray) -> list[list[Detection]]:
-        return self.detect_faces(frames, self._mediapipe, self._retinaface)
-
-    def _landmarks(self, frames: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """(T, 478, 3) landmarks in [0, 1] of the frame, and on which frames the mesh found the
-        face; the frames it misses are interpolated."""
-        num_frames, height, width = frames.shape[:3]
-        landmarks = np.full((num_frames, 478, 3), np.nan, np.float32)
-        with quiet_stderr():
-            mesh = FaceMesh(self.min_detection_confidence)
-            try:
-                for t in range(num_frames):
-                    if np.isnan(boxes[t, 0]):
-                        continue
-                    crop, (x0, y0, x1, y1) = self.mesh_crop(frames[t], boxes[t])
-                    points = mesh.landmarks(crop)
-                    if points is not None:
-                        landmarks[t, :, 0] = (x0 + points[:, 0] * (x1 - x0)) / width
-                        landmarks[t, :, 1] = (y0 + points[:, 1] * (y1 - y0)) / height
-                        landmarks[t, :, 2] = points[:, 2] * (x1 - x0) / width  # depth in the same units as x
-            finally:
-                mesh.close()
-        found = ~np.isnan(landmarks[:, 0, 0])
-        if not found.any():
-            return None
-        times = np.arange(num_frames)
-        flat = landmarks.reshape(num_frames, -1)
-        for column in range(flat.shape[1]):
-            flat[:, column] = np.interp(times, times[found], flat[found, column])
-        return flat.reshape(num_frames, 478, 3), found
-
-    def mesh_crop(self, frame: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """What the face mesh sees of `frame` for the face in `box`: a `mesh_size` square crop, and
-        where it lies in the frame (x0, y0, x1, y1 in pixels)."""
-        height, width = frame.shape[:2]
-        x0, y0, x1, y1 = _square_crop(box, width, height, self.crop_scale)
-        crop = cv2.resize(frame[y0:y1, x0:x1], (self.mesh_size, self.mesh_size), interpolation=cv2.INTER_LINEAR)
-        return crop, (x0, y0, x1, y1)
-
     def _measure(self, frames, boxes, seen, landmarks, result: FaceResult) -> None:
         num_frames, height, width = frames.shape[:3]
         pixels = landmarks[..., :2] * np.array([width, height], np.float32)
@@ -352,7 +271,7 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
                 if not np.isnan(boxes[t, 0])
                 else np.array([*pixels[t].min(0) / (width, height), *pixels[t].max(0) / (width, height)])
             )
-            x0, y0, x1, y1 = _square_crop(box, width, height, 1.0)
+            x0, y0, x1, y1 = square_crop(box, width, height, 1.0)
             grey = cv2.cvtColor(
                 cv2.resize(frames[t, y0:y1, x0:x1], (128, 128), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY
             )

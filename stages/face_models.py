@@ -16,8 +16,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from core.descriptors import redirected_to_devnull
 from stages.base import worker_threads
-from stages.descriptors import redirected_to_devnull
 
 # mediapipe's C++ side logs through glog; keep it out of the user's terminal (before importing it).
 os.environ.setdefault("GLOG_minloglevel", "2")

@@ -1,12 +1,15 @@
-"""Linking per-frame face detections into tracks (greedy IoU matching), bridging short gaps."""
+"""Following faces through frames: detections (mediapipe, RetinaFace) linked into tracks by greedy
+IoU matching with short gaps bridged, and the face mesh's landmarks along a track."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
-from stages.face_models import Detection
+from stages.face_models import Detection, FaceDetector, FaceMesh, MediapipeDetector, RetinaFaceDetector, quiet_stderr
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -74,3 +77,105 @@ def link(detections: list[list[Detection]], min_iou: float, max_gap: int) -> lis
             if fi not in used_faces:
                 active.append(Track([frame], [face.box]))
     return finished + active
+
+
+def square_crop(box: np.ndarray, width: int, height: int, scale: float) -> tuple[int, int, int, int]:
+    """A square around the box in pixels, `scale` times its larger side, clipped to the frame."""
+    cx, cy = (box[0] + box[2]) / 2 * width, (box[1] + box[3]) / 2 * height
+    half = max((box[2] - box[0]) * width, (box[3] - box[1]) * height) * scale / 2
+    x0, y0 = int(max(0, cx - half)), int(max(0, cy - half))
+    x1, y1 = int(min(width, cx + half)), int(min(height, cy + half))
+    return x0, y0, max(x1, x0 + 2), max(y1, y0 + 2)
+
+
+@dataclass
+class FaceTracker:
+    """The face stage's detection, tracking and face mesh, without its clip rules, so lip editing
+    finds a reference video's mouth as the face stage finds a clip's. The defaults are the face
+    stage's; its options of the same names say what each does. `load` before `tracks`."""
+
+    min_detection_confidence: float = 0.5
+    detect_every: int = 2
+    retinaface_every: int = 6
+    retinaface_max_side: int = 320
+    track_min_iou: float = 0.3
+    max_gap_frames: int = 8
+    crop_scale: float = 1.6
+    mesh_size: int = 256
+
+    def load(self) -> None:
+        """Load the detectors (once per worker)."""
+        self._mediapipe = MediapipeDetector(self.min_detection_confidence)
+        self._retinaface = RetinaFaceDetector(self.min_detection_confidence, self.retinaface_max_side)
+
+    def tracks(self, frames: np.ndarray) -> list[Track]:
+        """The faces on `frames` (RGB, T x H x W x 3) linked into tracks."""
+        detections = self.detect_faces(frames, self._mediapipe, self._retinaface)
+        return link(detections, self.track_min_iou, self.max_gap_frames)
+
+    def longest_track_landmarks(self, frames: np.ndarray) -> np.ndarray | None:
+        """(T, 478, 3) landmarks of the longest face track in `frames`, or None without a face: the
+        sampler's editing mode masks a video's mouth with them, as the trainer's masks come from the
+        stored ones."""
+        tracks = self.tracks(frames)
+        if not tracks:
+            return None
+        main = max(tracks, key=lambda track: len(track.frames))
+        meshed = self.landmarks(frames, main.dense_boxes(len(frames), self.max_gap_frames))
+        return None if meshed is None else meshed[0]
+
+    def detection_frames(self, num_frames: int) -> list[int]:
+        """The frames the detectors see: every `detect_every`-th and the last, so a track's boxes
+        reach the clip's end."""
+        picks = list(range(0, num_frames, self.detect_every))
+        return picks + [num_frames - 1] if picks and picks[-1] != num_frames - 1 else picks
+
+    def detect_faces(
+        self, frames: Sequence[np.ndarray], mediapipe: FaceDetector, retinaface: FaceDetector
+    ) -> list[list[Detection]]:
+        """Per frame, the faces found; empty on the frames between detection frames. RetinaFace
+        also looks at every `retinaface_every`-th frame and where mediapipe found nothing. The
+        detectors are arguments so the benchmark's floor can time each one."""
+        picks = self.detection_frames(len(frames))
+        detections: list[list[Detection]] = [[] for _ in range(len(frames))]
+        for index, faces in zip(picks, mediapipe.detect([frames[i] for i in picks])):
+            if not faces or (self.retinaface_every and index % self.retinaface_every == 0):
+                faces = merge_backends(faces, retinaface.detect([frames[index]])[0])
+            detections[index] = faces
+        return detections
+
+    def landmarks(self, frames: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(T, 478, 3) landmarks in [0, 1] of the frame of the face in `boxes` (T, 4), and on which
+        frames the mesh found the face; the frames it misses are interpolated."""
+        num_frames, height, width = frames.shape[:3]
+        landmarks = np.full((num_frames, 478, 3), np.nan, np.float32)
+        with quiet_stderr():
+            mesh = FaceMesh(self.min_detection_confidence)
+            try:
+                for t in range(num_frames):
+                    if np.isnan(boxes[t, 0]):
+                        continue
+                    crop, (x0, y0, x1, y1) = self.mesh_crop(frames[t], boxes[t])
+                    points = mesh.landmarks(crop)
+                    if points is not None:
+                        landmarks[t, :, 0] = (x0 + points[:, 0] * (x1 - x0)) / width
+                        landmarks[t, :, 1] = (y0 + points[:, 1] * (y1 - y0)) / height
+                        landmarks[t, :, 2] = points[:, 2] * (x1 - x0) / width  # depth in the same units as x
+            finally:
+                mesh.close()
+        found = ~np.isnan(landmarks[:, 0, 0])
+        if not found.any():
+            return None
+        times = np.arange(num_frames)
+        flat = landmarks.reshape(num_frames, -1)
+        for column in range(flat.shape[1]):
+            flat[:, column] = np.interp(times, times[found], flat[found, column])
+        return flat.reshape(num_frames, 478, 3), found
+
+    def mesh_crop(self, frame: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """What the face mesh sees of `frame` for the face in `box`: a `mesh_size` square crop, and
+        where it lies in the frame (x0, y0, x1, y1 in pixels)."""
+        height, width = frame.shape[:2]
+        x0, y0, x1, y1 = square_crop(box, width, height, self.crop_scale)
+        crop = cv2.resize(frame[y0:y1, x0:x1], (self.mesh_size, self.mesh_size), interpolation=cv2.INTER_LINEAR)
+        return crop, (x0, y0, x1, y1)

@@ -1,5 +1,5 @@
 """Shard writing: size-targeted WebDataset tars, each written at the output's staging name and
-published only when complete (see stages/storage.py), with its md5 computed while it is written.
+published only when complete (see core/storage.py), with its md5 computed while it is written.
 
 Tars are deterministic (fixed mtime, owner and mode), so the same samples give the same bytes.
 """
@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import soundfile
 
+from core.storage import OutputDir
 from schemas.face import encode_face_npz
 from schemas.manifest import (
     MEMBER_AUDIO,
@@ -29,7 +30,6 @@ from schemas.manifest import (
 from schemas.records import SAMPLE_RATE, CandidateClip
 from schemas.text import encode_features
 from stages.base import Resources, Stage, option
-from stages.storage import OutputDir
 
 SHARD_FOLDER = "shards"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.media_io import decode_audio
+from core.media_io import decode_audio
 
 DEMO = Path(__file__).resolve().parent.parent / "demo" / "media"
 GRID = sorted(DEMO.glob("grid_*.mpg"))

@@ -26,11 +26,11 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from core.media_io import decode_audio
 from pipeline.browse import FACE_TINT, LIP_TINT, MEDIA_FOLDER, PAGE, BrowseError, build_site
 from pipeline.cli import main
 from schemas.face import decode_face_npz, face_and_lip_masks
 from schemas.manifest import MANIFEST, MEMBER_AUDIO, MEMBER_CAPTION, MEMBER_FACE, MEMBER_VIDEO
-from stages.media_io import decode_audio
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 TALKCURATE = str(Path(sys.executable).with_name("talkcurate"))

@@ -43,11 +43,11 @@ from runs import (
     tagged_processes,
 )
 
+from core.storage import OutputDir
 from pipeline.config import RunConfig
 from pipeline.definition import PIPELINE
 from pipeline.placement import Placement, PlacementError, place
 from pipeline.verify import verify
-from stages.storage import OutputDir
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "cluster"

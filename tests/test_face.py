@@ -22,6 +22,7 @@ import media
 import numpy as np
 import pytest
 
+from core.storage import OutputDir
 from schemas.face import CHIN, FOREHEAD_TOP, LIPS_INNER, LIPS_OUTER, NUM_LANDMARKS, decode_face_npz, face_and_lip_masks
 from schemas.manifest import MEMBER_FACE, MEMBER_META, MEMBER_VIDEO, manifest_row
 from schemas.records import CandidateClip, ChunkDone, Status
@@ -32,7 +33,6 @@ from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
 from stages.scene_cut import SceneCutStage
 from stages.shard_writer import ShardWriterStage
-from stages.storage import OutputDir
 
 SPEAKERS = [*media.GRID, media.PORTRAIT]
 GRID_NAMES = [path.stem for path in media.GRID]
@@ -269,9 +269,9 @@ def test_detecting_every_other_frame_tracks_like_detecting_every_frame(run_chain
 
 
 def test_detection_frames_are_every_nth_and_the_last():
-    assert FaceStage(detect_every=3).detection_frames(8) == [0, 3, 6, 7]
-    assert FaceStage(detect_every=3).detection_frames(7) == [0, 3, 6]
-    assert FaceStage(detect_every=1).detection_frames(3) == [0, 1, 2]
+    assert FaceStage(detect_every=3).tracker().detection_frames(8) == [0, 3, 6, 7]
+    assert FaceStage(detect_every=3).tracker().detection_frames(7) == [0, 3, 6]
+    assert FaceStage(detect_every=1).tracker().detection_frames(3) == [0, 1, 2]
     with pytest.raises(ValueError, match="detect_every"):
         FaceStage(detect_every=10, max_gap_frames=8).validate()
     with pytest.raises(ValueError, match="multiple of face.detect_every"):

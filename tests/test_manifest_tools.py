@@ -21,11 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from core.storage import OutputDir
 from pipeline.cli import main
 from pipeline.query import select
 from pipeline.verify import verify, verify_sample_list
 from schemas.manifest import SCHEMA_VERSION
-from stages.storage import OutputDir
 from train.data import ClipDataset, DataConfig, Window, list_samples
 
 field = pc.field

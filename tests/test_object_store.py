@@ -23,7 +23,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 from runs import Talkcurate, comparable, compared, manifest_of, shard_samples, talkcurate
 
-from stages.media_io import decode_audio
+from core.media_io import decode_audio
 from train.data import ShardReader, list_samples
 
 pytestmark = pytest.mark.slow

@@ -15,6 +15,7 @@ import pytest
 import soundfile
 import webdataset as wds
 
+from core.storage import TMP_SUFFIX, OutputDir
 from schemas.manifest import SAMPLE_MEMBERS
 from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status
 from stages.chunk import ChunkStage
@@ -24,7 +25,6 @@ from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
 from stages.scene_cut import SceneCutStage
 from stages.shard_writer import SHARD_FOLDER, ShardRecord, ShardWriter, ShardWriterStage
-from stages.storage import TMP_SUFFIX, OutputDir
 
 
 @pytest.fixture(scope="module")

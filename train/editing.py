@@ -6,10 +6,10 @@ outside the mask is the reference frame itself, as exact as the output's codec a
 
 Frames are taken on the 25 fps grid (for output frame n, the last source frame shown at n / 25),
 scaled to cover the model's frame size and centre-cropped, as the portrait image is. The mouth
-mask comes from the face stage's own detector, tracker and face mesh (run on a larger copy of the
-frame, so the mesh sees enough pixels) and `schemas.face.face_and_lip_masks`, the function the
-trainer's lip loss uses, with a wider dilation: the jaw and cheeks move with the lips. A video
-shorter than the speech is played again from its start.
+mask comes from the face stage's own detection, tracking and face mesh (`stages.face_track.FaceTracker`,
+run on a larger copy of the frame, so the mesh sees enough pixels) and `schemas.face.face_and_lip_masks`,
+the function the trainer's lip loss uses, with a wider dilation: the jaw and cheeks move with the lips.
+A video shorter than the speech is played again from its start.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import cv2
 import numpy as np
 import torch
 
+from core.media_io import open_container
 from schemas.face import face_and_lip_masks
 from schemas.records import FPS
-from stages.face import FaceStage
-from stages.media_io import open_container
+from stages.face_track import FaceTracker
 
 ANALYSIS_SIDE = 512  # the long side of the frames the face stage sees (its analysis size)
 
@@ -73,8 +73,8 @@ class ReferenceVideo:
         self.path, self.height, self.width, self.mouth_dilation = Path(path), height, width, mouth_dilation
         scale = ANALYSIS_SIDE / max(height, width)
         self.analysis_size = (max(height, round(height * scale)), max(width, round(width * scale)))
-        self.face = FaceStage()
-        self.face.setup()
+        self.faces = FaceTracker()
+        self.faces.load()
         self._source = self._looped()
         self._first = 0  # output frame index of the buffer's first entry
         self._frames: deque[np.ndarray] = deque()  # (H, W, 3) uint8 at the model's size
@@ -106,7 +106,7 @@ class ReferenceVideo:
 
     def _read(self, count: int) -> None:
         analysis = np.stack([next(self._source) for _ in range(count)])
-        landmarks = self.face.track_landmarks(analysis)
+        landmarks = self.faces.longest_track_landmarks(analysis)
         if landmarks is None:  # no face: nothing to regenerate, the frames stay as they are
             masks = np.zeros((count, self.height, self.width), np.uint8)
         else:

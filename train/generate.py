@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 
+from core.media_io import decode_audio
 from schemas.records import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from schemas.text import frame_feature_window
-from stages.media_io import decode_audio
 from train.checkpoint import Checkpointer
 from train.config import JobConfig, load_config, model_config
 from train.editing import ReferenceVideo, fit_frame, to_tensor

@@ -10,8 +10,8 @@ from urllib.parse import urlparse
 import av
 import numpy as np
 
+from core.storage import filesystem, open_input_file
 from schemas.records import SAMPLE_RATE
-from stages.storage import filesystem, open_input_file
 
 # FFmpeg's own log lines (concealed errors, "moov atom not found") would flood a long run's terminal;
 # the stages turn what matters into rejection reasons instead. Not a level but None: PyAV's callback
