@@ -87,7 +87,7 @@ PREDICATES = {
     "source like '%grid_b%'": pc.match_like(field("source"), "%grid_b%"),
     "language not in ('de', 'fr')": field("language").is_valid() & ~field("language").isin(["de", "fr"]),
     "reason in ('no_audio', 'no_face')": field("reason").isin(["no_audio", "no_face"]),
-    "key >= '6' and key < 'c'": (field("key") >= "6") & (field("key") < "c"),
+    "source >= 'grid_c' and source < 'm'": (field("source") >= "grid_c") & (field("source") < "m"),
     "(width = 720 or width = 360) and not source like '%sbwe%'": ((field("width") == 720) | (field("width") == 360))
     & ~pc.match_like(field("source"), "%sbwe%"),
     '"num_faces" = 1 AND NOT duration_s > 5.5e0': (field("num_faces") == 1) & ~(field("duration_s") > 5.5),
