@@ -24,7 +24,6 @@ clip; and writes everything as JSON (default bench/results/sync-<timestamp>.json
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import sys
@@ -87,12 +86,9 @@ class Outcome:
 
 
 def synced(stage: SyncStage, clips: list[tuple[CandidateClip, np.ndarray]]) -> list[tuple[Outcome, CandidateClip]]:
-    """What the sync stage makes of copies of `clips` (the clips of one file) under their audio
-    contexts, taken as one chunk's (settled together when the stage pools a chunk's evidence)."""
-    trials = [
-        dataclasses.replace(clip, backends=dict(clip.backends), face=copy.copy(clip.face), audio_context=context)
-        for clip, context in clips
-    ]
+    """What the sync stage makes of `clips` (the clips of one file) under their audio contexts,
+    taken as one chunk's (settled together when the stage pools a chunk's evidence)."""
+    trials = [dataclasses.replace(clip, audio_context=context) for clip, context in clips]
     started = time.process_time()
     outs = {out.start_frame: out for out in ChainRunner([stage], keep_frames=True).run_clips(trials)}
     cpu = (time.process_time() - started) / max(1, len(trials))

@@ -1,15 +1,17 @@
 """Running a chain of stages on one worker, without Ray.
 
-The runner turns stage results into records: a `Rejected` becomes the input's rejected row, an
-exception becomes an `error` row naming the stage and the file (the run goes on), and after each
-chunk of a source it emits `ChunkDone` with the number of clips the chunk produced, so the writer
-knows when a source is complete. When a stage settles decisions over a whole chunk, the chunk's
-kept clips wait (without their frames) until the chunk is exhausted and the stage has settled
-them. It also times each stage (wall and CPU seconds per item).
+The runner turns stage results into records: a `Rejected` becomes the input's rejected row (made
+from the record as the stage measured it, when the rejection carries one), an exception becomes an
+`error` row naming the stage and the file (the run goes on), and after each chunk of a source it
+emits `ChunkDone` with the number of clips the chunk produced, so the writer knows when a source is
+complete. When a stage settles decisions over a whole chunk, the chunk's kept clips wait (without
+their frames) until the chunk is exhausted and the stage has settled them. It also times each stage
+(wall and CPU seconds per item).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -70,6 +72,12 @@ def _failed(stage: Stage, item: object, exc: Exception) -> Rejected:
     return Rejected("error", f"{stage.name}: {type(exc).__name__}: {exc}")
 
 
+def _rejected_row(stage: Stage, item: object, rejected: Rejected) -> CandidateClip:
+    """The rejected row a stage's `Rejected` makes of `item`: the record as the stage measured it, when it says."""
+    record = item if rejected.measured is None else rejected.measured
+    return record.reject(rejected.reason, rejected.detail, stage.name)
+
+
 def run_in_process(uri: str, groups: Sequence[Sequence[Stage]], keep_frames: bool = False) -> list[object]:
     """Everything the stage groups emit for one input, each group's outputs run through the next,
     in this process and without Ray (tests and benchmarks). `keep_frames` keeps the clips'
@@ -114,9 +122,7 @@ class ChainRunner:
     def run(self, item: object) -> Iterator[object]:
         self.setup()
         for out in self._run_from(0, item):
-            if isinstance(out, CandidateClip) and not self.keep_frames:
-                out.frames = None  # large, and nothing downstream reads them
-            yield out
+            yield self._without_frames(out)
 
     def run_batch(self, items: list[object]) -> list[object]:
         """`items` through the stages, each stage given every item it accepts at once, so a model
@@ -133,10 +139,13 @@ class ChainRunner:
                 results = self._apply_batch(stage, [pending[i] for i in chosen])
                 for i, result in zip(chosen, results):
                     pending[i] = result
-        for out in pending:
-            if isinstance(out, CandidateClip) and not self.keep_frames:
-                out.frames = None
-        return pending
+        return [self._without_frames(out) for out in pending]
+
+    def _without_frames(self, item: object) -> object:
+        """`item` without its analysis frames, unless a later group needs them: they are large."""
+        if isinstance(item, CandidateClip) and item.frames is not None and not self.keep_frames:
+            return dataclasses.replace(item, frames=None)
+        return item
 
     def _apply_batch(self, stage: Stage, batch: list[object]) -> list[object]:
         stats = self.stats.stages[stage.name]
@@ -159,7 +168,7 @@ class ChainRunner:
 
     def _record(self, stage: Stage, item: object, result: object) -> object:
         if isinstance(result, Rejected):
-            return item.reject(result.reason, result.detail, stage.name)
+            return _rejected_row(stage, item, result)
         if isinstance(result, Iterator):
             raise TypeError(f"stage {stage.name} fans out and cannot run in a batched group")
         return result
@@ -200,9 +209,7 @@ class ChainRunner:
         held = []
         for out in outputs:
             if isinstance(out, CandidateClip) and out.status is not Status.REJECTED:
-                if not self.keep_frames:
-                    out.frames = None
-                held.append(out)
+                held.append(self._without_frames(out))
             else:
                 yield out
         for stage in settling:
@@ -224,8 +231,8 @@ class ChainRunner:
         settled = iter(self._record(stage, c, r) for c, r in zip(kept, results))
         return [next(settled) if c.status is not Status.REJECTED else c for c in clips]
 
-    def _reject(self, stage: Stage, item: object, reason: str, detail: str) -> Iterator[object]:
-        yield item.reject(reason, detail, stage.name)
+    def _reject(self, stage: Stage, item: object, rejected: Rejected) -> Iterator[object]:
+        yield _rejected_row(stage, item, rejected)
         if isinstance(item, (SourceVideo, ProbedSource)):
             yield ChunkDone(item.source if isinstance(item, ProbedSource) else item, 0, 1, 1)
 
@@ -238,14 +245,13 @@ class ChainRunner:
             # A source's length is known once it is probed: count what the stage learned if the input could not say.
             stats.video_s += _video_seconds(item) or _video_seconds(result)
             if isinstance(result, Rejected):
-                yield from self._reject(stage, item, result.reason, result.detail)
+                yield from self._reject(stage, item, result)
             elif isinstance(result, Iterator):
                 yield from self._drain(index, stage, item, result, stats)
             else:
                 yield from self._run_from(index + 1, result)
         except Exception as exc:  # a bug or an input nobody foresaw: one row, never a dead run
-            failure = _failed(stage, item, exc)
-            yield from self._reject(stage, item, failure.reason, failure.detail)
+            yield from self._reject(stage, item, _failed(stage, item, exc))
 
     def _drain(self, index: int, stage: Stage, item: object, results: Iterator, stats: StageStats) -> Iterator[object]:
         """A fan-out stage: time each step of its generator, run each output through the rest."""
@@ -258,15 +264,14 @@ class ChainRunner:
                 except StopIteration:
                     return
                 if isinstance(result, Rejected):
-                    yield from self._reject(stage, item, result.reason, result.detail)
+                    yield from self._reject(stage, item, result)
                     continue
                 if isinstance(result, CandidateClip):
                     covered = result.end_frame
                 yield from self._run_from(index + 1, result)
         except Exception as exc:
-            failure = _failed(stage, item, exc)
             rest = item if covered is None else item.remainder(covered)
-            yield from self._reject(stage, rest, failure.reason, failure.detail)
+            yield from self._reject(stage, rest, _failed(stage, item, exc))
         finally:
             if isinstance(item, StreamOutput):  # its producer's work, done while this stage read it
                 producer = self.stats.stages[item.producer]

@@ -224,7 +224,11 @@ class CandidateClip:
 
 @dataclass(frozen=True)
 class Rejected:
-    """What a stage returns instead of its output: a stable snake_case reason and a human detail."""
+    """What a stage returns instead of its output: a stable snake_case reason and a human detail.
+
+    `measured` is the input as the stage measured it before it rejected it (a copy with the stage's
+    fields set), so the rejected row records what was measured; None: the row is the input's."""
 
     reason: str
     detail: str = ""
+    measured: CandidateClip | None = None

@@ -75,7 +75,12 @@ def option(default: Any, doc: str, **kwargs: Any) -> Any:
 
 
 class Stage(Generic[In, Out]):
-    """Base class of every stage; subclasses are dataclasses."""
+    """Base class of every stage; subclasses are dataclasses.
+
+    Records are copy-on-write: a stage never changes its input record or anything the record holds; it
+    returns a new record made with `dataclasses.replace(item, field=value)` (shallow: the arrays are
+    shared, and never changed in place either). A rejection whose row should keep what the stage
+    measured carries that new record as `Rejected.measured`."""
 
     name: ClassVar[str]
     """Config section and manifest `rejected_by` value."""

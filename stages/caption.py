@@ -16,6 +16,7 @@ No clip is rejected here; a clip without keyframes is an error (the keyframes st
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -69,10 +70,11 @@ class CaptionStage(Stage[CandidateClip, CandidateClip]):
 
     def process_batch(self, items: list[CandidateClip]) -> list[CandidateClip | Rejected]:
         texts = self._captioner.caption([_caption_input(item) for item in items])
-        for item, text in zip(items, texts):
-            item.caption = Caption(self._captioner.name, text)
-            item.backends["caption"] = self._captioner.name
-        return list(items)
+        name = self._captioner.name
+        return [
+            dataclasses.replace(item, caption=Caption(name, text), backends={**item.backends, "caption": name})
+            for item, text in zip(items, texts)
+        ]
 
 
 def _caption_input(item: CandidateClip) -> CaptionInput:

@@ -185,10 +185,9 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         dense = [t.dense_boxes(num_frames, self.max_gap_frames) for t in tracks]
         present = [float(np.mean(~np.isnan(b[:, 0]))) for b in dense]
         counted = [i for i, share in enumerate(present) if share >= self.min_track_share]
-        item.face = result = FaceResult(backend=_BACKEND, num_faces=len(counted))
-        item.backends["face"] = _BACKEND
+        result = FaceResult(backend=_BACKEND, num_faces=len(counted))
         if not tracks:
-            return Rejected("no_face", "no face detected on any frame")
+            return Rejected("no_face", "no face detected on any frame", measured=_with_face(item, result))
         main = max(range(len(tracks)), key=lambda i: (present[i], len(tracks[i].frames)))
         clip_height = item.video.height if item.video else frames.shape[1]
         several = len(counted) > 1
@@ -211,11 +210,10 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
                 ):
                     candidates.append(face)
             if candidates:
-                item.face = result = dataclasses.replace(candidates[0], candidates=candidates[1:])
+                result = dataclasses.replace(candidates[0], candidates=candidates[1:])
                 rejected = None
-        if result.track is not None:
-            item.backends["identity"] = result.identity_backend
-        return rejected or item
+        faced = _with_face(item, result)
+        return faced if rejected is None else dataclasses.replace(rejected, measured=faced)
 
     def _covered(self, boxes: np.ndarray, share: float, clip_height: int, face: FaceResult) -> Rejected | None:
         """Records where the track is and how tall, then the presence rule. Measurements are
@@ -312,6 +310,14 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         mean /= max(np.linalg.norm(mean), 1e-12)
         result.identity_embedding = mean.astype(np.float32)
         result.identity_consistency = identity_consistency(embeddings)
+
+
+def _with_face(item: CandidateClip, face: FaceResult) -> CandidateClip:
+    """`item` with `face` and the backends that measured it."""
+    backends = {**item.backends, "face": _BACKEND}
+    if face.track is not None:
+        backends["identity"] = face.identity_backend
+    return dataclasses.replace(item, face=face, backends=backends)
 
 
 def identity_consistency(embeddings: np.ndarray) -> float:

@@ -8,6 +8,7 @@ across the whole run (pipeline/dedup.py).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -92,11 +93,11 @@ class FingerprintStage(Stage[CandidateClip, CandidateClip]):
                 "the fingerprint stage needs the clip's analysis frames (normalize.analysis_long_side > 0)"
             )
         track = item.face.track if item.face is not None else None
-        item.fingerprint = Fingerprint(
+        fingerprint = Fingerprint(
             video_phash=np.array(
                 [phash(frames[i]) for i in keyframe_indices(len(frames), FPS, self.video_frames)], np.uint64
             ),
             video_motion=None if track is None else motion_series(track.mouth_opening),
             audio=audio_fingerprint(item.audio),
         )
-        return item
+        return dataclasses.replace(item, fingerprint=fingerprint)

@@ -8,6 +8,7 @@ the group that holds them, samples a handful at about `fps` and JPEG-encodes the
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -74,8 +75,8 @@ class KeyframesStage(Stage[CandidateClip, CandidateClip]):
         frames = item.frames
         if frames is None or len(frames) == 0:
             raise ValueError("the keyframes stage needs the clip's analysis frames (normalize.analysis_long_side > 0)")
-        item.keyframes = [
+        keyframes = [
             encode_keyframe(frames[i], i / FPS, self.max_side, self.quality)
             for i in keyframe_indices(len(frames), self.fps, self.max_frames)
         ]
-        return item
+        return dataclasses.replace(item, keyframes=keyframes)

@@ -187,14 +187,20 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
         if self._syncnet and item.frames is None:
             raise ValueError("the SyncNet backend needs the clip's analysis frames (normalize.analysis_long_side > 0)")
         faces = [face, *face.candidates]
-        item.face = dataclasses.replace(face, candidates=[])  # scored here; never shipped further
-        item.sync = result = SyncResult(backend=self._scorer.name, speech_range_db=speech_range_db(item.audio))
-        item.backends["sync"] = self._scorer.name
+        result = SyncResult(backend=self._scorer.name, speech_range_db=speech_range_db(item.audio))
+        # The candidates are scored here and never shipped further; `result` is filled in below.
+        scored = dataclasses.replace(
+            item,
+            face=dataclasses.replace(face, candidates=[]),
+            sync=result,
+            backends={**item.backends, "sync": self._scorer.name},
+        )
         if result.speech_range_db < self.min_speech_range_db:
             return Rejected(
                 "no_speech",
                 f"loud-to-quiet spread of the audio {result.speech_range_db:.1f} dB, minimum "
                 f"{self.min_speech_range_db:g} dB",
+                measured=scored,
             )
 
         width, height = item.video.width, item.video.height
@@ -202,8 +208,10 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
         result.mouth_motion = motions[0]
         moving = [i for i, motion in enumerate(motions) if motion >= self.min_mouth_motion]
         if not moving:
-            return Rejected("not_talking", f"mouth motion {max(motions):.4f}, minimum {self.min_mouth_motion:g}")
-        estimates = {i: self._estimate(item, faces[i]) for i in moving}
+            return Rejected(
+                "not_talking", f"mouth motion {max(motions):.4f}, minimum {self.min_mouth_motion:g}", measured=scored
+            )
+        estimates = {i: self._estimate(scored, faces[i]) for i in moving}
         if len(faces) > 1:
             result.tracks = [
                 _track_score(f, motion, estimates.get(i)) for i, (f, motion) in enumerate(zip(faces, motions))
@@ -221,30 +229,30 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
         ranked = sorted(moving, key=fit, reverse=True)
         best = ranked[0]
         if best != 0:
-            item.face = dataclasses.replace(faces[best], candidates=[])
+            scored = dataclasses.replace(scored, face=dataclasses.replace(faces[best], candidates=[]))
         estimate = estimates[best]
         result.mouth_motion = motions[best]
         result.offset_ms = float(estimate.offset_frames * MS_PER_FRAME)
         result.confidence = float(estimate.confidence)
         result.margin = None if estimate.margin is None else float(estimate.margin)
         if self.mode == "measure":
-            return item
+            return scored
         if len(ranked) > 1 and (estimate.confidence < threshold or fit(best) - fit(ranked[1]) < margin):
             scores = ", ".join(f"{fit(i):.2f} (face at x {_centre(faces[i])[0]:.2f})" for i in ranked)
             return Rejected(
                 "multiple_faces",
                 f"no face clearly speaks: fits to the audio {scores}; the speaker needs confidence "
                 f"{threshold:g} and a lead of {margin:g} ({self._scorer.name})",
+                measured=scored,
             )
         unsure = self._unsure(estimate, threshold)
         if self.settles():  # every clip's evidence counts for its chunk's `settle`
             self._pending[item.key] = _Pending(estimate.evidence, unsure)
             if unsure is not None and unsure.reason != "out_of_sync":
-                return item  # unsure alone: goes on uncorrected, and `settle` decides
+                return scored  # unsure alone: goes on uncorrected, and `settle` decides
         if unsure is not None:
-            return unsure
-        _correct(result)
-        return item
+            return dataclasses.replace(unsure, measured=scored)
+        return dataclasses.replace(scored, sync=_corrected(result))
 
     def _unsure(self, estimate: SyncEstimate, threshold: float) -> Rejected | None:
         """Why the clip's own estimate cannot be kept, or None."""
@@ -309,15 +317,17 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
                 f"{own.unsure.detail}; {pooled}: offset {source.offset_frames * MS_PER_FRAME:+.0f} ms, "
                 f"confidence {source.significance:.2f}, margin {source.margin:.3f}: not sure, or not this clip's",
             )
-        result = item.sync
-        result.offset_ms = float(decided.offset_frames * MS_PER_FRAME)
-        result.confidence, result.margin = float(decided.significance), float(decided.margin)
-        result.pooled_clips = clips if decided is source else 1
+        result = dataclasses.replace(
+            item.sync,
+            offset_ms=float(decided.offset_frames * MS_PER_FRAME),
+            confidence=float(decided.significance),
+            margin=float(decided.margin),
+            pooled_clips=clips if decided is source else 1,
+        )
         too_far = self._out_of_sync(result.offset_ms, f" (from {pooled})")
         if too_far is not None:
-            return too_far
-        _correct(result)
-        return item
+            return dataclasses.replace(too_far, measured=dataclasses.replace(item, sync=result))
+        return dataclasses.replace(item, sync=_corrected(result))
 
     def _estimate(self, item: CandidateClip, face: FaceResult) -> SyncEstimate:
         if self._syncnet:
@@ -334,9 +344,10 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
         )
 
 
-def _correct(result: SyncResult) -> None:
-    """Take the clip's audio its offset later in the audio context (the in-sync sound of lagging audio starts later)."""
-    result.audio_shift = round(result.offset_ms * SAMPLE_RATE / 1000)
+def _corrected(result: SyncResult) -> SyncResult:
+    """`result` taking the clip's audio its offset later in the audio context (the in-sync sound of
+    lagging audio starts later)."""
+    return dataclasses.replace(result, audio_shift=round(result.offset_ms * SAMPLE_RATE / 1000))
 
 
 def _supports(evidence: SyncEvidence, offset_frames: float, tolerance: float) -> bool:

@@ -20,6 +20,7 @@ Kept clips get the encoder's features when `store_features` is set (`KEY.whisper
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -120,12 +121,14 @@ class TranscribeStage(Stage[CandidateClip, CandidateClip]):
             raise ValueError("the transcribe stage needs the clip's audio")
         duration = len(audio) / SAMPLE_RATE
         spans = voiced_spans(audio) if self.vad else None
-        item.transcript = transcript = Transcript(backend=self._model.name)
-        item.backends["transcript"] = self._model.name
+        transcript = Transcript(backend=self._model.name)  # filled in below
+        transcribed = dataclasses.replace(
+            item, transcript=transcript, backends={**item.backends, "transcript": self._model.name}
+        )
         if spans is not None:
             transcript.voiced_ratio = min(1.0, sum(end - start for start, end in spans) / duration)
             if not spans:
-                return Rejected("no_speech", "the voice-activity gate heard no speech")
+                return Rejected("no_speech", "the voice-activity gate heard no speech", measured=transcribed)
 
         _fill(transcript, self._model.transcribe(audio, spans), duration)
         if transcript.no_speech_prob > self.max_no_speech_prob and transcript.avg_logprob < self.min_avg_logprob:
@@ -134,6 +137,7 @@ class TranscribeStage(Stage[CandidateClip, CandidateClip]):
                 f"no-speech probability {transcript.no_speech_prob:.2f} (above {self.max_no_speech_prob:g}) with "
                 "average "
                 f"log-probability {transcript.avg_logprob:.2f} (below {self.min_avg_logprob:g})",
+                measured=transcribed,
             )
         if transcript.speech_ratio < self.min_speech_ratio:
             heard = f"{transcript.text!r}" if transcript.text else "nothing"
@@ -141,10 +145,11 @@ class TranscribeStage(Stage[CandidateClip, CandidateClip]):
                 "no_speech",
                 f"words cover {transcript.speech_ratio:.0%} of the clip, minimum {self.min_speech_ratio:.0%} "
                 f"(voiced {transcript.voiced_ratio:.0%}; heard {heard})",
+                measured=transcribed,
             )
         if self.store_features:
             transcript.features = self._model.encode(audio).astype(np.float16)
-        return item
+        return transcribed
 
 
 def _fill(transcript: Transcript, transcription: Transcription, duration: float) -> None:

@@ -48,9 +48,8 @@ def clip_of(run_chain, path: Path, face: FaceStage | None = None, sync: bool = T
 
 
 def captioned(clip: CandidateClip, stage: CaptionStage | None = None, **changes) -> CandidateClip:
-    """A copy of `clip` (with `changes` to its fields) through the caption stage."""
-    copy = dataclasses.replace(clip, backends=dict(clip.backends), **changes)
-    (out,) = ChainRunner([stage or CaptionStage()]).run(copy)
+    """`clip` (with `changes` to its fields) through the caption stage."""
+    (out,) = ChainRunner([stage or CaptionStage()]).run(dataclasses.replace(clip, **changes))
     return out
 
 
@@ -106,8 +105,7 @@ def test_keyframe_sampling_bounds():
 
 
 def test_keyframes_need_the_analysis_frames(grid):
-    copy = dataclasses.replace(grid, backends=dict(grid.backends), keyframes=[])
-    (out,) = ChainRunner([KeyframesStage()]).run(copy)
+    (out,) = ChainRunner([KeyframesStage()]).run(grid)
     assert (out.reason, out.rejected_by) == ("error", "keyframes") and "analysis frames" in out.reason_detail
 
 
@@ -147,7 +145,7 @@ def test_speaking_is_said_only_from_the_sync_stage(run_chain, made, grid):
     path = made / "frozen.mp4"
     media.frozen(media.GRID[0], path, 40)  # a still face over the speech
     still = clip_of(run_chain, path, sync=False)
-    (synced,) = ChainRunner([SyncStage()]).run(dataclasses.replace(still, backends=dict(still.backends)))
+    (synced,) = ChainRunner([SyncStage()]).run(still)
     assert synced.reason == "not_talking"
     silent = text(captioned(still, sync=synced.sync))
     assert "of one person not speaking, " in silent and "head still" in silent, silent
@@ -250,11 +248,8 @@ def test_the_vlm_backend_batches_clips_as_if_alone(tiny_vlm, grid, portrait):
     """GRID (4 landscape keyframes) and the portrait (8 upright ones) in one generate call, left
     padded: each gets the caption it gets alone."""
     runner = ChainRunner([CaptionStage(vlm_path=tiny_vlm, max_new_tokens=12)])
-    copies = [dataclasses.replace(c, backends=dict(c.backends)) for c in (grid, portrait)]
-    together = [out.caption.text for out in runner.run_batch(copies)]
-    alone = [
-        text(out) for c in (grid, portrait) for out in runner.run(dataclasses.replace(c, backends=dict(c.backends)))
-    ]
+    together = [out.caption.text for out in runner.run_batch([grid, portrait])]
+    alone = [text(out) for c in (grid, portrait) for out in runner.run(c)]
     assert together == alone and all(together), together
 
 

@@ -212,8 +212,9 @@ def test_run_stats_merge_adds_up():
 
 @dataclass
 class BatchLengths(Stage[CandidateClip, CandidateClip]):
-    """Records the size of each batch it is given; rejects clips of odd length, fails on a marked
-    source (whole batches fail then, and the runner must find the item)."""
+    """Records the size of each batch it is given; marks each clip seen, rejects clips of odd length
+    (their rows marked seen too, as the stage measured them), fails on a marked source (whole
+    batches fail then, and the runner must find the item)."""
 
     name: ClassVar[str] = "batch_lengths"
     input_type: ClassVar[type] = CandidateClip
@@ -224,10 +225,10 @@ class BatchLengths(Stage[CandidateClip, CandidateClip]):
     def process(self, item: CandidateClip) -> CandidateClip | Rejected:
         if "explode" in item.source.uri:
             raise RuntimeError("boom")
+        seen = dataclasses.replace(item, backends={**item.backends, "batch": "seen"})
         if item.num_frames % 2:
-            return Rejected("odd", f"{item.num_frames} frames")
-        item.backends["batch"] = "seen"
-        return item
+            return Rejected("odd", f"{item.num_frames} frames", measured=seen)
+        return seen
 
     def process_batch(self, items: list[CandidateClip]) -> list[CandidateClip | Rejected]:
         self.batches.append(len(items))
@@ -248,7 +249,15 @@ def test_a_batched_chain_gives_each_stage_the_whole_batch_and_keeps_the_order():
     assert out[1] is done and out[3] is earlier
     assert [o.status for o in (out[0], out[2], out[4])] == [Status.PENDING, Status.REJECTED, Status.PENDING]
     assert (out[2].reason, out[2].rejected_by) == ("odd", "batch_lengths")
-    assert out[0].backends["batch"] == "seen"
+    assert out[0].backends["batch"] == out[2].backends["batch"] == "seen"
+    assert items[0].backends == items[2].backends == {}  # the stage made new records
+
+
+def test_a_rejected_row_is_the_record_as_the_stage_measured_it():
+    clip = _clip("a.mp4", 51)
+    (row,) = ChainRunner([BatchLengths()]).run(clip)
+    assert (row.status, row.reason, row.backends) == (Status.REJECTED, "odd", {"batch": "seen"})
+    assert (clip.status, clip.backends) == (Status.PENDING, {})
 
 
 def test_a_failing_item_in_a_batch_becomes_one_error_row():

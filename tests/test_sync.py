@@ -49,10 +49,9 @@ def faced(run_chain, path: Path) -> CandidateClip:
 
 
 def synced(clip: CandidateClip, stage: SyncStage | None = None, **changes) -> CandidateClip:
-    """What the sync stage makes of a copy of `clip` (with `changes` to its fields), as the only clip
-    of its chunk: the clip or its rejected row."""
-    copy = dataclasses.replace(clip, backends=dict(clip.backends), **changes)
-    (out,) = ChainRunner([stage or SyncStage()], keep_frames=True).run_clips([copy])
+    """What the sync stage makes of `clip` (with `changes` to its fields), as the only clip of its
+    chunk: the clip or its rejected row."""
+    (out,) = ChainRunner([stage or SyncStage()], keep_frames=True).run_clips([dataclasses.replace(clip, **changes)])
     return out
 
 

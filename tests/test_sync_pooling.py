@@ -6,7 +6,6 @@ shot is rejected, and pooling keeps more than each clip alone would."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import media
@@ -56,9 +55,8 @@ def interview(run_chain, tmp_path_factory) -> list[CandidateClip]:
 
 
 def synced(clips: list[CandidateClip], stage: SyncStage) -> list[CandidateClip]:
-    """What `stage` makes of copies of `clips`, taken as one chunk's, in their order."""
-    copies = [dataclasses.replace(c, backends=dict(c.backends)) for c in clips]
-    outs = {o.start_frame: o for o in ChainRunner([stage]).run_clips(copies)}
+    """What `stage` makes of `clips`, taken as one chunk's, in their order."""
+    outs = {o.start_frame: o for o in ChainRunner([stage]).run_clips(clips)}
     return [outs[c.start_frame] for c in clips]
 
 

@@ -85,8 +85,8 @@ def the_clip(run_chain, path: Path) -> CandidateClip:
 
 
 def run(runner: ChainRunner, clip: CandidateClip, **changes) -> CandidateClip:
-    """What the runner's transcribe stage makes of a copy of `clip` (with `changes` to its fields)."""
-    (out,) = runner.run(dataclasses.replace(clip, backends=dict(clip.backends), **changes))
+    """What the runner's transcribe stage makes of `clip` (with `changes` to its fields)."""
+    (out,) = runner.run(dataclasses.replace(clip, **changes))
     return out
 
 
