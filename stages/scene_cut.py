@@ -9,6 +9,7 @@ one clip's pictures, never a shot.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -192,9 +193,7 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
             return record.reject(
                 "too_short", f"{length / FPS:.2f} s between cuts, minimum {self.min_clip_s} s", self.name
             )
-        record.video = clip.video()
-        record.frames = clip.analysis_frames()
-        return record
+        return dataclasses.replace(record, video=clip.video(), frames=clip.analysis_frames())
 
     def _attach_audio(self, chunk: NormalizedChunk, clip: CandidateClip) -> CandidateClip:
         if clip.status is Status.REJECTED:
@@ -206,6 +205,5 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
         if coverage < self.min_audio_coverage:
             return clip.reject("no_audio", f"audio covers {coverage:.0%} of the clip", self.name)
         margin = self.audio_context_frames
-        clip.audio_context, _ = chunk.audio(clip.start_frame - margin, clip.end_frame + margin)
-        clip.audio_context_frames = margin
-        return clip
+        context, _ = chunk.audio(clip.start_frame - margin, clip.end_frame + margin)
+        return dataclasses.replace(clip, audio_context=context, audio_context_frames=margin)
