@@ -24,9 +24,10 @@ import av
 import av.filter
 import numpy as np
 
+from core.config import option
 from schemas.frames import EncoderSettings, NormalizedFrame
 from schemas.records import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, ProbeInfo, SourceChunk, SourceVideo
-from stages.base import LazyWork, Resources, Stage, option
+from stages.base import LazyWork, Resources, Stage
 from stages.media_io import open_container, video_stream
 
 log = logging.getLogger(__name__)

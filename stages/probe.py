@@ -13,8 +13,9 @@ from typing import ClassVar
 
 import av
 
+from core.config import option
 from schemas.records import ProbedSource, ProbeInfo, Rejected, SourceVideo
-from stages.base import Resources, Stage, option
+from stages.base import Resources, Stage
 from stages.media_io import file_size, open_binary, open_container, video_stream
 
 

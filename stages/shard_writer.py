@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import soundfile
 
+from core.config import option
 from schemas.face import encode_face_npz
 from schemas.manifest import (
     MEMBER_AUDIO,
@@ -28,7 +29,7 @@ from schemas.manifest import (
 )
 from schemas.records import SAMPLE_RATE, CandidateClip
 from schemas.text import encode_features
-from stages.base import Resources, Stage, option
+from stages.base import Resources, Stage
 from stages.storage import OutputDir
 
 SHARD_FOLDER = "shards"
