@@ -8,16 +8,15 @@ prints them as a commented TOML file (the one in configs/default.toml). A file g
 from __future__ import annotations
 
 import dataclasses
-import json
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.config import build, option, read_table, render
 from pipeline.definition import ALL_STAGES
 from pipeline.inputs import check_source_paths
 from schemas.manifest import SCHEMA_VERSION
-from stages.base import Stage, option
+from stages.base import Stage
 
 
 @dataclass
@@ -97,14 +96,6 @@ class RunConfig:
     def section_names(self) -> list[str]:
         return [InputsConfig.name, *self.stages, ExecutionConfig.name]
 
-    def set(self, dotted: str, value: Any) -> None:
-        section_name, _, key = dotted.partition(".")
-        section = self.section(section_name)
-        fields = {f.name: f for f in dataclasses.fields(section)}
-        if key not in fields:
-            raise KeyError(f"unknown option {dotted!r}; {section_name} has: {', '.join(fields)}")
-        setattr(section, key, _coerce(fields[key], value, dotted))
-
     def validate(self) -> None:
         self.inputs.validate()
         self.execution.validate()
@@ -123,59 +114,23 @@ class RunConfig:
     @classmethod
     def load(cls, path: str | None = None, overrides: list[str] = ()) -> RunConfig:
         config = cls()
-        if path:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-            for section_name, values in data.items():
-                if not isinstance(values, dict):
-                    raise ValueError(f"{path}: top-level key {section_name!r} must be a [section]")
-                for key, value in values.items():
-                    config.set(f"{section_name}.{key}", value)
-        for item in overrides:
-            dotted, sep, raw = item.partition("=")
-            if not sep:
-                raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
-            config.set(dotted.strip(), _parse_value(raw.strip()))
+        for name, values in read_table(path, overrides).items():
+            if not isinstance(values, dict):
+                raise ValueError(f"{path or '--set'}: top-level key {name!r} must be a [section]")
+            section = build(type(config.section(name)), values, name)
+            if name in config.stages:
+                config.stages[name] = section
+            else:
+                setattr(config, name, section)  # the inputs and execution attributes are named after their sections
         config.validate()
         return config
-
-
-def _parse_value(raw: str) -> Any:
-    """A TOML value (8, 2.5, true, "x", [1, 2]); anything else is taken as a plain string."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def _coerce(spec: dataclasses.Field, value: Any, dotted: str) -> Any:
-    hint = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", str(spec.type))
-    if value == "null" and "None" in hint:
-        return None
-    if hint.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    expected = {"int": int, "float": float, "bool": bool, "str": str}.get(hint.split(" ")[0])
-    if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
-        raise ValueError(f"{dotted} must be {hint}, got {value!r}")
-    return value
 
 
 def render_defaults() -> str:
     """The documented default configuration, as TOML."""
     config = RunConfig()
-    lines = [
-        "# talkcurate configuration: every key with its default.",
-        "# Override with --config FILE or --set section.key=value.",
-        "",
-    ]
-    for name in config.section_names():
-        section = config.section(name)
-        doc = (type(section).__doc__ or "").strip().splitlines()[0]
-        lines.append(f"[{name}]  # {doc}")
-        for spec in dataclasses.fields(section):
-            lines.append(f"# {spec.metadata.get('doc', '')}")
-            value = getattr(section, spec.name)
-            # TOML has no null: an option that is unset by default is shown commented out.
-            lines.append(f"# {spec.name} = (unset)" if value is None else f"{spec.name} = {json.dumps(value)}")
-        lines.append("")
-    return "\n".join(lines)
+    return render(
+        {name: config.section(name) for name in config.section_names()},
+        "talkcurate configuration: every key with its default.\n"
+        "Override with --config FILE or --set section.key=value.",
+    )

@@ -1,9 +1,9 @@
 """The stage interface: plain Python, testable without Ray.
 
-A stage is a dataclass whose fields are its configuration (each with a `doc` in its metadata,
-which `talkcurate config` prints). It declares the record type it consumes, the resources one
-worker needs, loads models once in `setup()`, and turns one input into its output, a
-`Rejected(reason, detail)`, or, for stages that fan out (one source into many clips), an
+A stage is a dataclass whose fields are its configuration (declared with core.config's `option`,
+each with the doc that `talkcurate config` prints). It declares the record type it consumes, the
+resources one worker needs, loads models once in `setup()`, and turns one input into its output,
+a `Rejected(reason, detail)`, or, for stages that fan out (one source into many clips), an
 iterator of outputs and rejections. Model stages may also take a batch of inputs at once, and a
 stage may settle some decisions once it has seen every clip of a chunk.
 """
@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 from schemas.records import Rejected
 
@@ -65,13 +65,6 @@ def worker_threads() -> int:
         return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
     except ValueError:
         return 0
-
-
-def option(default: Any, doc: str, **kwargs: Any) -> Any:
-    """A documented configuration field of a stage."""
-    if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"doc": doc}, **kwargs)
-    return dataclasses.field(default=default, metadata={"doc": doc}, **kwargs)
 
 
 class Stage(Generic[In, Out]):

@@ -20,9 +20,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
+from core.config import option
 from schemas.records import CandidateClip, Rejected
 from schemas.text import Caption
-from stages.base import Resources, Stage, option
+from stages.base import Resources, Stage
 from stages.caption_embedded import EmbeddedCaptioner
 from stages.caption_models import DEFAULT_PROMPT, Captioner, CaptionInput, VlmCaptioner
 

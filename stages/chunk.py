@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
+from core.config import option
 from schemas.records import FPS, ProbedSource, SourceChunk
-from stages.base import Resources, Stage, option
+from stages.base import Resources, Stage
 
 
 @dataclass

@@ -22,9 +22,10 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
+from core.config import option
 from schemas.face import CHIN, FOREHEAD_TOP, FaceResult, FaceTrackData, mouth_opening
 from schemas.records import CandidateClip, Rejected
-from stages.base import Resources, Stage, option
+from stages.base import Resources, Stage
 from stages.face_models import ArcFaceOnnx, DlibResNet, IdentityModel, NoIdentity
 from stages.face_track import FaceTracker, square_crop
 

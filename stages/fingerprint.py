@@ -15,9 +15,10 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
+from core.config import option
 from schemas.fingerprint import MOTION_SCALE, Fingerprint
 from schemas.records import FPS, SAMPLE_RATE, CandidateClip
-from stages.base import Resources, Stage, option
+from stages.base import Resources, Stage
 from stages.keyframes import keyframe_indices
 
 _HASH_SIDE = 32  # the frame is reduced to 32x32 grey, whose 8x8 lowest DCT frequencies make the hash

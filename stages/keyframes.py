@@ -15,9 +15,10 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
+from core.config import option
 from schemas.records import FPS, CandidateClip
 from schemas.text import Keyframe
-from stages.base import Resources, Stage, option
+from stages.base import Resources, Stage
 
 
 def keyframe_indices(num_frames: int, fps: float, max_frames: int) -> np.ndarray:

@@ -23,10 +23,11 @@ import av
 import av.filter
 import numpy as np
 
+from core.config import option
 from core.media_io import open_container, video_stream
 from schemas.frames import EncoderSettings, NormalizedFrame
 from schemas.records import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, CandidateClip, ProbeInfo, SourceChunk, SourceVideo
-from stages.base import Resources, Stage, StreamOutput, option
+from stages.base import Resources, Stage, StreamOutput
 
 log = logging.getLogger(__name__)
 

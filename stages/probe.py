@@ -13,9 +13,10 @@ from typing import ClassVar
 
 import av
 
+from core.config import option
 from core.media_io import file_size, open_binary, open_container, video_stream
 from schemas.records import ProbedSource, ProbeInfo, Rejected, SourceVideo
-from stages.base import Resources, Stage, option
+from stages.base import Resources, Stage
 
 
 def _seconds(value: int | None, time_base) -> float | None:

@@ -21,9 +21,10 @@ import numpy as np
 from scenedetect.common import FrameTimecode
 from scenedetect.detectors import AdaptiveDetector, ContentDetector, HashDetector, HistogramDetector
 
+from core.config import option
 from schemas.frames import HeldPictures, NormalizedFrame
 from schemas.records import FPS, CandidateClip, ClipVideo, Status
-from stages.base import Resources, Stage, option
+from stages.base import Resources, Stage
 from stages.clip_encoder import ClipEncoder
 from stages.normalize import NormalizedChunk
 

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import soundfile
 
+from core.config import option
 from core.storage import OutputDir
 from schemas.face import encode_face_npz
 from schemas.manifest import (
@@ -29,7 +30,7 @@ from schemas.manifest import (
 )
 from schemas.records import SAMPLE_RATE, CandidateClip
 from schemas.text import encode_features
-from stages.base import Resources, Stage, option
+from stages.base import Resources, Stage
 
 SHARD_FOLDER = "shards"
 

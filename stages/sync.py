@@ -27,11 +27,12 @@ from typing import ClassVar
 
 import numpy as np
 
+from core.config import option
 from schemas.face import FaceResult
 from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Rejected
 from schemas.sync import SyncResult, TrackScore
 from stages import lip_sync
-from stages.base import Resources, Stage, option
+from stages.base import Resources, Stage
 from stages.lip_sync import LipSyncScorer, SyncEvidence
 from stages.sync_embedded import MouthAudioScorer, mouth_motion, speech_range_db
 from stages.sync_models import SyncEstimate, SyncNetScorer, crop_for_syncnet

@@ -26,9 +26,10 @@ from typing import ClassVar
 
 import numpy as np
 
+from core.config import option
 from schemas.records import SAMPLE_RATE, CandidateClip, Rejected
 from schemas.text import Transcript, Word
-from stages.base import Resources, Stage, option
+from stages.base import Resources, Stage
 from stages.whisper_models import FasterWhisperModel, OpenAIWhisperModel, Transcription, WhisperBackend, voiced_spans
 
 DEVICES = ("cpu", "cuda")

@@ -117,13 +117,29 @@ def test_tensorboard_without_its_package_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("name", ["train-tiny.toml", "train-wan-1.3b.toml"])
 def test_the_shipped_training_configs_load_and_render_back(name, tmp_path):
-    from train.config import load_config, render
+    from core.config import render
+    from train.config import load_config
 
     config = load_config(ROOT / "configs" / name)
     assert config.total_steps > 0 and len(config.curriculum) > 1
     rendered = tmp_path / "rendered.toml"
     rendered.write_text(render(config))
     assert load_config(rendered) == config
+
+
+def test_printed_config_is_documented_and_loads_back_to_the_defaults(tmp_path, capsys):
+    from train.__main__ import main
+    from train.config import JobConfig, load_config
+
+    assert main(["--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "[loss]  # Flow-matching time sampling" in printed and "[[curriculum]]  # A stage of the curriculum" in printed
+    )
+    assert "# Loss weight of a face pixel outside the lips.\nface_weight = 2.0\n" in printed
+    path = tmp_path / "printed.toml"
+    path.write_text(printed)
+    assert load_config(path) == JobConfig()
 
 
 def test_overrides_reach_nested_options_and_unknown_ones_are_refused():

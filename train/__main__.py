@@ -13,7 +13,8 @@ import warnings
 
 import torch.distributed as dist
 
-from train.config import JobConfig, load_config, render
+from core.config import render
+from train.config import JobConfig, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print-config", action="store_true", help="print the default configuration and exit")
     args = parser.parse_args(argv)
     if args.print_config:
-        sys.stdout.write(render(JobConfig()))
+        comment = "Training job configuration: every key with its default.\nOverride with --config FILE or KEY=VALUE."
+        sys.stdout.write(render(JobConfig(), comment))
         return 0
     config = load_config(args.config, args.overrides)
 

@@ -29,13 +29,13 @@ import pyarrow.parquet as pq
 import torch
 from av.video.reformatter import Interpolation, VideoReformatter
 
+from core.config import option
 from core.media_io import open_binary
 from schemas.face import decode_face_npz, face_and_lip_masks
 from schemas.manifest import INDEX, MANIFEST, MEMBER_CAPTION, MEMBER_FACE, MEMBER_VIDEO, MEMBER_WHISPER_FEATURES
 from schemas.records import FPS
 from schemas.sample_list import SampleList, is_sample_list
 from schemas.text import FEATURE_WINDOW, decode_features, frame_feature_window
-from stages.base import option
 
 FIT_POLICIES = ("crop", "letterbox")
 REFERENCE_POLICIES = ("outside", "first")

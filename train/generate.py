@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 
+from core.config import option
 from core.media_io import decode_audio
 from schemas.records import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from schemas.text import frame_feature_window
@@ -36,11 +37,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class WindowConfig:
-    frames: int = 16
-    """Video frames denoised together (a window)."""
+    """How a long clip is cut into windows denoised together."""
 
-    overlap: int = 5
-    """Frames a window shares with the one before, blended at every step (SkyReels-Audio: 13-17 at 25 fps)."""
+    frames: int = option(16, "Video frames denoised together (a window).")
+    overlap: int = option(
+        5, "Frames a window shares with the one before, blended at every step (SkyReels-Audio: 13-17 at 25 fps)."
+    )
 
 
 @dataclass

@@ -31,6 +31,8 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim, export
 
+from core.config import option
+
 ENCODER_FILE, DECODER_FILE, META_FILE = "encoder.pt2", "decoder.pt2", "latent_space.json"
 
 
@@ -38,8 +40,8 @@ ENCODER_FILE, DECODER_FILE, META_FILE = "encoder.pt2", "decoder.pt2", "latent_sp
 class LatentSpaceConfig:
     """Which latent space to train in."""
 
-    vae_path: str = ""  # folder written by `export_vae` (a pretrained VAE); empty: pixel space
-    pixel_factor: int = 4  # pixel space: side of the pixel block folded into one latent cell
+    vae_path: str = option("", "Folder written by `export_vae` (a pretrained VAE); empty: pixel space.")
+    pixel_factor: int = option(4, "Pixel space: side of the pixel block folded into one latent cell.")
 
 
 class LatentSpace(nn.Module, ABC):

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from core.config import option
 from train.latents import group_frames
 from train.model import Conditions, ModelConfig, TalkingDiT
 
@@ -36,16 +37,16 @@ REGIONS = ("background", "face", "lip")
 class LossConfig:
     """Flow-matching time sampling, condition dropout and the facial mask loss's weights."""
 
-    timestep_sampling: str = "uniform"  # "uniform" or "logit_normal" (SD3: sigmoid of a normal)
-    logit_mean: float = 0.0  # logit_normal: mean of the normal
-    logit_std: float = 1.0  # logit_normal: standard deviation of the normal
-    shift: float = 5.0  # time shift towards noise (1: none; Wan T2V samples with 5)
-    text_dropout: float = 0.1  # probability a sample's caption is dropped
-    audio_dropout: float = 0.1  # probability a sample's audio is dropped
-    reference_dropout: float = 0.05  # probability a sample's reference frame is dropped
-    background_weight: float = 1.0  # loss weight of a pixel outside the face
-    face_weight: float = 2.0  # loss weight of a face pixel outside the lips
-    lip_weight: float = 3.0  # loss weight of a lip-region pixel
+    timestep_sampling: str = option("uniform", '"uniform" or "logit_normal" (SD3: sigmoid of a normal).')
+    logit_mean: float = option(0.0, "logit_normal: mean of the normal.")
+    logit_std: float = option(1.0, "logit_normal: standard deviation of the normal.")
+    shift: float = option(5.0, "Time shift towards noise (1: none; Wan T2V samples with 5).")
+    text_dropout: float = option(0.1, "Probability a sample's caption is dropped.")
+    audio_dropout: float = option(0.1, "Probability a sample's audio is dropped.")
+    reference_dropout: float = option(0.05, "Probability a sample's reference frame is dropped.")
+    background_weight: float = option(1.0, "Loss weight of a pixel outside the face.")
+    face_weight: float = option(2.0, "Loss weight of a face pixel outside the lips.")
+    lip_weight: float = option(3.0, "Loss weight of a lip-region pixel.")
 
     def __post_init__(self):
         if self.timestep_sampling not in ("uniform", "logit_normal"):

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.config import option
 from train.latents import group_frames
 
 
@@ -46,22 +47,26 @@ from train.latents import group_frames
 class ModelConfig:
     """Sizes of a TalkingDiT. The Wan presets carry Wan 2.1 T2V's published values (wan/configs/wan_t2v_*.py)."""
 
-    dim: int = 64  # width of every token
-    ffn_dim: int = 256  # hidden width of the FFN
-    num_heads: int = 4  # attention heads (self, caption and audio attention alike)
-    num_layers: int = 2  # transformer blocks
-    patch_size: tuple[int, int, int] = (1, 2, 2)  # latent cells (t, h, w) per token
-    latent_channels: int = 48  # channels of the latent space: the noisy input's, the reference's and the prediction's
-    temporal_compression: int = 1  # video frames per latent frame of the latent space (1: pixel space; 4: Wan's VAE)
-    text_dim: int = 384  # width of the caption embedding (384: all-MiniLM-L6-v2; Wan's umT5-XXL: 4096)
-    audio_dim: int = 384  # width of a Whisper encoder row (Whisper tiny)
-    audio_window: int = 10  # Whisper rows per video frame (schemas/text.py FEATURE_WINDOW)
-    freq_dim: int = 256  # width of the sinusoidal timestep embedding
-    timestep_scale: float = 1000.0  # t in [0, 1] is embedded as t * scale (Wan's timesteps are sigma * 1000)
-    rope_theta: float = 10000.0  # base of the rotary position frequencies
-    qk_norm: bool = True  # RMS-normalize queries and keys over the full width (Wan)
-    cross_attn_norm: bool = True  # LayerNorm with affine before the caption cross-attention (Wan)
-    eps: float = 1e-6  # epsilon of every norm
+    dim: int = option(64, "Width of every token.")
+    ffn_dim: int = option(256, "Hidden width of the FFN.")
+    num_heads: int = option(4, "Attention heads (self, caption and audio attention alike).")
+    num_layers: int = option(2, "Transformer blocks.")
+    patch_size: tuple[int, int, int] = option((1, 2, 2), "Latent cells (t, h, w) per token.")
+    latent_channels: int = option(
+        48, "Channels of the latent space: the noisy input's, the reference's and the prediction's."
+    )
+    temporal_compression: int = option(
+        1, "Video frames per latent frame of the latent space (1: pixel space; 4: Wan's VAE)."
+    )
+    text_dim: int = option(384, "Width of the caption embedding (384: all-MiniLM-L6-v2; Wan's umT5-XXL: 4096).")
+    audio_dim: int = option(384, "Width of a Whisper encoder row (Whisper tiny).")
+    audio_window: int = option(10, "Whisper rows per video frame (schemas/text.py FEATURE_WINDOW).")
+    freq_dim: int = option(256, "Width of the sinusoidal timestep embedding.")
+    timestep_scale: float = option(1000.0, "t in [0, 1] is embedded as t * scale (Wan's timesteps are sigma * 1000).")
+    rope_theta: float = option(10000.0, "Base of the rotary position frequencies.")
+    qk_norm: bool = option(True, "RMS-normalize queries and keys over the full width (Wan).")
+    cross_attn_norm: bool = option(True, "LayerNorm with affine before the caption cross-attention (Wan).")
+    eps: float = option(1e-6, "Epsilon of every norm.")
 
     def __post_init__(self):
         head_dim, rem = divmod(self.dim, self.num_heads)

@@ -21,25 +21,31 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from core.config import option
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
 class ParallelConfig:
-    param_dtype: str = "auto"
-    """Dtype of the gathered parameters during forward and backward: `auto` is bfloat16 on GPU and
-    float32 on CPU; or `float32`, `bfloat16`, `float16`. The sharded master copy stays float32."""
+    """How the model is sharded over the ranks (FSDP2) and in which precision."""
 
-    reduce_dtype: str = "float32"
-    """Dtype in which gradients are reduce-scattered across ranks."""
-
-    activation_checkpointing: bool = False
-    """Recompute each block's activations in the backward pass instead of keeping them: trades
-    about a third more compute for memory that no longer grows with the number of blocks."""
-
-    reshard_after_forward: bool = True
-    """Free each block's gathered parameters after its forward (gather them again for backward):
-    ZeRO-3 memory; False keeps them (ZeRO-2 like, less communication)."""
+    param_dtype: str = option(
+        "auto",
+        "Dtype of the gathered parameters during forward and backward: `auto` is bfloat16 on GPU and float32 on "
+        "CPU; or `float32`, `bfloat16`, `float16`. The sharded master copy stays float32.",
+    )
+    reduce_dtype: str = option("float32", "Dtype in which gradients are reduce-scattered across ranks.")
+    activation_checkpointing: bool = option(
+        False,
+        "Recompute each block's activations in the backward pass instead of keeping them: trades about a third "
+        "more compute for memory that no longer grows with the number of blocks.",
+    )
+    reshard_after_forward: bool = option(
+        True,
+        "Free each block's gathered parameters after its forward (gather them again for backward): ZeRO-3 memory; "
+        "False keeps them (ZeRO-2 like, less communication).",
+    )
 
 
 def init_distributed(timeout_s: float = 600.0) -> tuple[DeviceMesh, torch.device]:

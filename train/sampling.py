@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from core.config import option
 from train.model import Conditions
 
 Velocity = Callable[[Tensor, Tensor], Tensor]
@@ -30,20 +31,15 @@ Velocity = Callable[[Tensor, Tensor], Tensor]
 
 @dataclass
 class SamplerConfig:
-    steps: int = 30
-    """Denoising steps (model evaluations per step: 1 for Euler, 2 for Heun but the last)."""
+    """How a clip is denoised: steps, solver and guidance."""
 
-    shift: float = 5.0
-    """Wan's time shift: t' = s t / (1 + (s - 1) t); larger spends more steps at high noise."""
-
-    order: int = 1
-    """1: Euler; 2: Heun (second order, a corrector evaluation per step)."""
-
-    text_scale: float = 5.0
-    """Classifier-free guidance scale of the caption (1: no guidance)."""
-
-    audio_scale: float = 4.0
-    """Classifier-free guidance scale of the audio, on top of the caption's (1: no guidance)."""
+    steps: int = option(30, "Denoising steps (model evaluations per step: 1 for Euler, 2 for Heun but the last).")
+    shift: float = option(5.0, "Wan's time shift: t' = s t / (1 + (s - 1) t); larger spends more steps at high noise.")
+    order: int = option(1, "1: Euler; 2: Heun (second order, a corrector evaluation per step).")
+    text_scale: float = option(5.0, "Classifier-free guidance scale of the caption (1: no guidance).")
+    audio_scale: float = option(
+        4.0, "Classifier-free guidance scale of the audio, on top of the caption's (1: no guidance)."
+    )
 
 
 def timesteps(steps: int, shift: float) -> Tensor:

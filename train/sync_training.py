@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from core.config import option
 from schemas.face import NUM_LANDMARKS, decode_face_npz
 from schemas.manifest import MEMBER_AUDIO, MEMBER_FACE
 from schemas.records import SAMPLE_RATE, SAMPLES_PER_FRAME
@@ -38,19 +39,25 @@ log = logging.getLogger(__name__)
 class SyncTrainingConfig:
     """How the lip-sync model is fitted; the defaults made the shipped weights."""
 
-    components: int = 6
-    """Principal components of mouth motion the audio predicts (the first few carry opening,
-    width and rounding; later ones are mostly noise and person-specific)."""
-    context_steps: int = 5
-    """20 ms audio steps on each side of a frame that the regressor reads (5: 140 ms in all)."""
-    ridge: float = 0.3
-    """Ridge penalty per frame of training data, on standardized audio features (larger: smoother,
-    less fitted to the training people)."""
-    null_bank_frames: int = 6000
-    """Frames of mouth predicted from the training audio stored with the weights: the other people's
-    speech a clip's mouth is compared with to know what chance reaches (6000: 4 minutes)."""
-    version: str = "v2"
-    """Version written into the weight file; the manifest's sync_backend names it."""
+    components: int = option(
+        6,
+        "Principal components of mouth motion the audio predicts (the first few carry opening, width and "
+        "rounding; later ones are mostly noise and person-specific).",
+    )
+    context_steps: int = option(
+        5, "20 ms audio steps on each side of a frame that the regressor reads (5: 140 ms in all)."
+    )
+    ridge: float = option(
+        0.3,
+        "Ridge penalty per frame of training data, on standardized audio features (larger: smoother, less fitted "
+        "to the training people).",
+    )
+    null_bank_frames: int = option(
+        6000,
+        "Frames of mouth predicted from the training audio stored with the weights: the other people's speech a "
+        "clip's mouth is compared with to know what chance reaches (6000: 4 minutes).",
+    )
+    version: str = option("v2", "Version written into the weight file; the manifest's sync_backend names it.")
 
 
 @dataclass

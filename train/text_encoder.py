@@ -20,14 +20,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from core.config import option
+
 
 @dataclass
 class TextEncoderConfig:
     """Which caption encoder, and how much of a caption it reads."""
 
-    path: str = ""  # Hugging Face folder of the encoder and tokenizer; empty: the packaged all-MiniLM-L6-v2
-    max_length: int = 256  # tokens kept of a caption (all-MiniLM-L6-v2 was trained on up to 256)
-    cache_size: int = 4096  # captions whose embeddings are kept (least recently used dropped first)
+    path: str = option("", "Hugging Face folder of the encoder and tokenizer; empty: the packaged all-MiniLM-L6-v2.")
+    max_length: int = option(256, "Tokens kept of a caption (all-MiniLM-L6-v2 was trained on up to 256).")
+    cache_size: int = option(4096, "Captions whose embeddings are kept (least recently used dropped first).")
 
 
 def default_encoder_path() -> Path:

@@ -25,8 +25,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 
+from core.config import render
 from train.checkpoint import Checkpointer
-from train.config import CurriculumStage, JobConfig, model_config, render
+from train.config import CurriculumStage, JobConfig, model_config
 from train.data import Batch
 from train.latents import build_latent_space
 from train.loader import ClipLoader
