@@ -1,11 +1,13 @@
 """Nearest neighbours with faiss: the similarity-search library behind people (identity
-embeddings by inner product, pipeline/people.py).
+embeddings by inner product, pipeline/people.py) and near-duplicate video (64-bit frame hashes by
+Hamming distance, pipeline/dedup.py).
 
-Up to EXACT_LIMIT vectors are compared exactly (every pair). Beyond that an inverted-file index
-(IVF: k-means cells, each query scans its `nprobe` nearest cells) keeps the cost near linear:
-about n * nprobe / cells comparisons per query instead of n; a neighbour that falls in a cell the
-query does not scan is missed (bench/people_scale.py measures how often). Training uses a
-fixed seed and a seeded sample, so the same input gives the same neighbours.
+Up to a limit (EXACT_LIMIT embeddings, HAMMING_EXACT_LIMIT hashes: a hash comparison is one
+popcount) every pair is compared. Beyond it an inverted-file index (IVF: k-means cells, each query
+scans its `nprobe` nearest cells) keeps the cost near linear: about n * nprobe / cells comparisons
+per query instead of n; a neighbour that falls in a cell the query does not scan is missed
+(bench/people_scale.py and bench/dedup_scale.py measure how often). Training uses a fixed seed and
+a seeded sample, so the same input gives the same neighbours.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import faiss
 import numpy as np
 
 EXACT_LIMIT = 20_000
+HAMMING_EXACT_LIMIT = 50_000
 _NPROBE = 16
 _TRAIN_PER_CELL = 40  # training vectors per k-means cell (faiss warns below 39)
 _KMEANS_ITERATIONS = 10  # of faiss's default 25: the cells only route queries, training was most of the time
 _SEED = 1234
+_RANGE_BATCH = 1 << 16  # hashes per range search: bounds the results faiss holds at once
 
 
 def cosine_neighbours(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,12 +45,17 @@ def _index(vectors: np.ndarray, d: int) -> faiss.Index:
         index = faiss.IndexFlatIP(d)
     else:
         cells = _cells(n)
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, cells, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = _SEED
-        index.cp.niter = _KMEANS_ITERATIONS
-        index.train(vectors[_training_sample(n, cells)])
-        index.nprobe = _NPROBE
+        index = _trained(faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, cells, faiss.METRIC_INNER_PRODUCT), vectors, cells)
     index.add(vectors)
+    return index
+
+
+def _trained(index: faiss.IndexIVFFlat | faiss.IndexBinaryIVF, rows: np.ndarray, cells: int):
+    """`index` with its k-means cells trained on a seeded sample of `rows`, scanning _NPROBE cells per query."""
+    index.cp.seed = _SEED
+    index.cp.niter = _KMEANS_ITERATIONS
+    index.train(rows[_training_sample(len(rows), cells)])
+    index.nprobe = _NPROBE
     return index
 
 
@@ -80,3 +89,41 @@ def similar_pairs(vectors: np.ndarray, min_similarity: float, k: int) -> tuple[n
     i, j, values = i[first], j[first], values[first]
     order = np.lexsort((j, i, -values))
     return i[order], j[order], values[order]
+
+
+def hamming_pairs(
+    codes: np.ndarray, max_bits: int, exact_limit: int = HAMMING_EXACT_LIMIT
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i < j) of `codes` ((n,) uint64) that differ in at most `max_bits` bits: (i, j, bits),
+    each pair once, by i then j.
+
+    A range search, not the k nearest: every code within reach counts, however many there are, so
+    a hash repeated across many clips (a static shot) crowds nothing out; the pairs returned grow
+    with how many codes are that alike. Up to `exact_limit` codes every pair is compared and none is
+    missed. Beyond, each code is compared with the codes of its nearest cells only (faiss's binary
+    IVF: k-means on the bits); a pair is missed when neither code's scanned cells hold the other,
+    which is likelier the more bits apart they are (bench/dedup_scale.py measures it)."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint64)
+    n = len(codes)
+    packed = codes.view(np.uint8).reshape(n, 8)  # faiss's binary codes: bytes
+    pairs = [np.zeros(0, np.int64)]  # i * n + j
+    if n > 1:
+        index = _hamming_index(packed, exact_limit)
+        for start in range(0, n, _RANGE_BATCH):
+            limits, _, found = index.range_search(packed[start : start + _RANGE_BATCH], max_bits + 1)  # below radius
+            query = start + np.repeat(np.arange(len(limits) - 1), np.diff(limits.astype(np.int64)))
+            other = query != found
+            pairs.append(np.minimum(query, found)[other] * n + np.maximum(query, found)[other])
+    i, j = np.divmod(np.unique(np.concatenate(pairs)), max(n, 1))  # the IVF can find a pair from both sides
+    return i, j, np.bitwise_count(codes[i] ^ codes[j]).astype(np.int64)
+
+
+def _hamming_index(packed: np.ndarray, exact_limit: int) -> faiss.IndexBinary:
+    n, bits = len(packed), 8 * packed.shape[1]
+    if n <= exact_limit:
+        index = faiss.IndexBinaryFlat(bits)
+    else:
+        cells = _cells(n)
+        index = _trained(faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, cells), packed, cells)
+    index.add(packed)
+    return index
