@@ -24,6 +24,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+MB = 1_000_000
+"""Bytes in the MB of every size option (`*_mb`)."""
+
 
 def option(default: Any, doc: str, **kwargs: Any) -> Any:
     """A documented configuration field."""

@@ -64,8 +64,8 @@ def _names(text: str | None) -> list[str]:
 
 def _cmd_subset(args) -> int:
     from core.storage import OutputDir
+    from pipeline.shards import ShardsConfig
     from pipeline.subset import copy_subset, write_sample_list
-    from stages.shard_writer import ShardWriterStage
 
     source = OutputDir(args.dir)
     if args.list:
@@ -73,7 +73,7 @@ def _cmd_subset(args) -> int:
         print(f"{args.list}: {selected} samples of {args.dir}")
         return 0
     sizes = {"target_shard_mb": args.target_shard_mb, "max_samples_per_shard": args.max_samples_per_shard}
-    shards = ShardWriterStage(**{name: value for name, value in sizes.items() if value is not None})
+    shards = ShardsConfig(**{name: value for name, value in sizes.items() if value is not None})
     shards.validate()
     result = copy_subset(source, args.where, OutputDir(args.out, create=True), shards)
     print(

@@ -1,4 +1,4 @@
-"""Run configuration: one section per stage (the stage's own fields) plus `inputs` and `execution`.
+"""Run configuration: one section per stage (the stage's own fields) plus `inputs`, `shards` and `execution`.
 
 Defaults live on the stage classes, each field with its documentation; `talkcurate config`
 prints them as a commented TOML file (the one in configs/default.toml). A file given with
@@ -15,6 +15,7 @@ from typing import Any
 from core.config import build, option, read_table, render
 from pipeline.definition import ALL_STAGES
 from pipeline.inputs import check_source_paths
+from pipeline.shards import ShardsConfig
 from schemas.manifest import SCHEMA_VERSION
 from stages.base import Stage
 
@@ -82,22 +83,27 @@ class ExecutionConfig:
 class RunConfig:
     stages: dict[str, Stage] = field(default_factory=lambda: {cls.name: cls() for cls in ALL_STAGES})
     inputs: InputsConfig = field(default_factory=InputsConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
-    def section(self, name: str) -> Any:
-        if name == ExecutionConfig.name:
-            return self.execution
-        if name == InputsConfig.name:
-            return self.inputs
-        if name not in self.stages:
-            raise KeyError(f"unknown config section {name!r}; sections: {', '.join(self.section_names())}")
-        return self.stages[name]
+    def sections(self) -> dict[str, Any]:
+        """Every section by name, in the order `talkcurate config` prints them."""
+        return {
+            InputsConfig.name: self.inputs,
+            **self.stages,
+            ShardsConfig.name: self.shards,
+            ExecutionConfig.name: self.execution,
+        }
 
-    def section_names(self) -> list[str]:
-        return [InputsConfig.name, *self.stages, ExecutionConfig.name]
+    def section(self, name: str) -> Any:
+        sections = self.sections()
+        if name not in sections:
+            raise KeyError(f"unknown config section {name!r}; sections: {', '.join(sections)}")
+        return sections[name]
 
     def validate(self) -> None:
         self.inputs.validate()
+        self.shards.validate()
         self.execution.validate()
         for stage in self.stages.values():
             stage.validate()
@@ -109,6 +115,7 @@ class RunConfig:
             "schema_version": SCHEMA_VERSION,
             InputsConfig.name: dataclasses.asdict(self.inputs),
             **{name: dataclasses.asdict(stage) for name, stage in self.stages.items()},
+            ShardsConfig.name: dataclasses.asdict(self.shards),
         }
 
     @classmethod
@@ -121,7 +128,7 @@ class RunConfig:
             if name in config.stages:
                 config.stages[name] = section
             else:
-                setattr(config, name, section)  # the inputs and execution attributes are named after their sections
+                setattr(config, name, section)  # the other sections' attributes are named after them
         config.validate()
         return config
 
@@ -130,7 +137,7 @@ def render_defaults() -> str:
     """The documented default configuration, as TOML."""
     config = RunConfig()
     return render(
-        {name: config.section(name) for name in config.section_names()},
+        config.sections(),
         "talkcurate configuration: every key with its default.\n"
         "Override with --config FILE or --set section.key=value.",
     )

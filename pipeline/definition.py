@@ -22,7 +22,6 @@ from stages.keyframes import KeyframesStage
 from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
 from stages.scene_cut import SceneCutStage
-from stages.shard_writer import ShardWriterStage
 from stages.sync import SyncStage
 from stages.transcribe import TranscribeStage
 
@@ -44,6 +43,4 @@ PIPELINE: tuple[Group, ...] = (
     Group("text", (TranscribeStage, CaptionStage), batched=True),
 )
 
-SHARD_WRITER = ShardWriterStage
-
-ALL_STAGES: tuple[type[Stage], ...] = tuple(s for g in PIPELINE for s in g.stages) + (SHARD_WRITER,)
+ALL_STAGES: tuple[type[Stage], ...] = tuple(s for g in PIPELINE for s in g.stages)

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import ray
 
+from core.config import MB
 from core.descriptors import redirected_to_devnull
 from pipeline.config import RunConfig
 from pipeline.definition import PIPELINE, Group
@@ -157,7 +158,7 @@ def ray_session(address: str | None, config: RunConfig):
             ray.init(
                 address="local",
                 num_cpus=config.execution.num_cpus or None,
-                object_store_memory=config.execution.object_store_mb * 2**20 or None,
+                object_store_memory=config.execution.object_store_mb * MB or None,
                 include_dashboard=False,
                 **kwargs,
             )
@@ -177,7 +178,7 @@ def execute(sources: list[SourceVideo], output: RunOutput, config: RunConfig, ad
         context = ray.data.DataContext.get_current()
         # Ray Data's bars count rows per operator; the run's own progress line says what a person asks.
         context.enable_progress_bars = context.enable_rich_progress_bars = False
-        context.target_max_block_size = config.execution.block_mb * 2**20
+        context.target_max_block_size = config.execution.block_mb * MB
         context.verbose_stats_logs = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled"
@@ -189,7 +190,7 @@ def execute(sources: list[SourceVideo], output: RunOutput, config: RunConfig, ad
                 # block to one task, so a long input's chunks would be decoded one after another.
                 ds = ds.repartition(target_num_rows_per_block=1)
             ds = _add_group(ds, group, keep_frames, config, max_inputs=None if position else len(todo))
-        output.open_writer(config.stages["shards"])
+        output.open_writer(config.shards)
         finished_earlier, done_at_start = len(sources) - len(todo), len(output.done_sources)
 
         def sources_done() -> int:  # of this run's sources, those finished by earlier runs included

@@ -33,9 +33,9 @@ import pyarrow.parquet as pq
 
 from core.storage import TMP_SUFFIX, OutputDir
 from pipeline.dataset_card import CARD, dataset_card
+from pipeline.shards import SHARD_FOLDER, ShardRecord, ShardsConfig, ShardWriter
 from schemas.manifest import INDEX, MANIFEST, MANIFEST_SCHEMA, SCHEMA_VERSION, manifest_row, rows_to_table
 from schemas.records import CandidateClip, ChunkDone, Status
-from stages.shard_writer import SHARD_FOLDER, ShardRecord, ShardWriterStage
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,8 @@ class RunOutput:
 
     # -- the sink ----------------------------------------------------------------------------
 
-    def open_writer(self, config: ShardWriterStage) -> None:
-        self._writer = config.open(self.out, self.next_shard_number(), self._on_publish)
+    def open_writer(self, config: ShardsConfig) -> None:
+        self._writer = ShardWriter(self.out, config, self.next_shard_number(), self._on_publish)
 
     def add(self, item: CandidateClip | ChunkDone) -> None:
         progress = self._progress.setdefault(item.source.source_id, _SourceProgress())

@@ -23,10 +23,10 @@ from core.storage import OutputDir
 from pipeline.inspect import load
 from pipeline.output import index_document, write_manifest_and_index
 from pipeline.query import select
+from pipeline.shards import SHARD_FOLDER, ShardRecord, ShardsConfig, ShardWriter
 from schemas.manifest import INDEX, MANIFEST
 from schemas.sample_list import SUFFIX as SAMPLE_LIST_SUFFIX
 from schemas.sample_list import SampleList, is_sample_list
-from stages.shard_writer import SHARD_FOLDER, ShardRecord, ShardWriterStage
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def _samples(source: OutputDir, shard: str, keys: set[str]) -> Iterator[tuple[st
         yield key, members
 
 
-def copy_subset(source: OutputDir, where: str | None, out: OutputDir, shards: ShardWriterStage) -> SubsetResult:
+def copy_subset(source: OutputDir, where: str | None, out: OutputDir, shards: ShardsConfig) -> SubsetResult:
     """Write the selected rows and samples into `out`, which must not hold an output yet."""
     if out.root == source.root and out.fs.type_name == source.fs.type_name:
         raise ValueError(f"--out {out.uri} is the source folder; choose a new one")
@@ -88,7 +88,7 @@ def copy_subset(source: OutputDir, where: str | None, out: OutputDir, shards: Sh
     for row in kept.select(["key", "shard"]).to_pylist():
         wanted.setdefault(row["shard"], set()).add(row["key"])
     records: list[ShardRecord] = []
-    writer = shards.open(out, 0, records.append)
+    writer = ShardWriter(out, shards, 0, records.append)
     new_shard: dict[str, str] = {}
     for entry in index["shardlist"]:  # source order: shard by shard, samples in tar order
         for key, members in _samples(source, entry["url"], wanted.get(entry["url"], set())):

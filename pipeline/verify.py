@@ -9,9 +9,9 @@ import tarfile
 from core.media_io import open_binary
 from core.storage import OutputDir
 from pipeline.inspect import load
+from pipeline.shards import SHARD_FOLDER
 from schemas.manifest import SAMPLE_MEMBERS
 from schemas.sample_list import SampleList
-from stages.shard_writer import SHARD_FOLDER
 
 
 class _Hashing:

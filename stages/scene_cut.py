@@ -21,7 +21,7 @@ import numpy as np
 from scenedetect.common import FrameTimecode
 from scenedetect.detectors import AdaptiveDetector, ContentDetector, HashDetector, HistogramDetector
 
-from core.config import option
+from core.config import MB, option
 from schemas.frames import HeldPictures, NormalizedFrame
 from schemas.records import FPS, CandidateClip, ClipVideo, Status
 from stages.base import Resources, Stage
@@ -127,7 +127,7 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
         lag = getattr(detector, "window_width", 0) + 1
         min_frames = round(self.min_clip_s * FPS)
         max_frames = round(self.max_clip_s * FPS)
-        hold = max_frames * item.width * item.height * 3 / 2 <= self.hold_clip_mb * 2**20  # YUV 4:2:0 pictures
+        hold = max_frames * item.width * item.height * 3 / 2 <= self.hold_clip_mb * MB  # YUV 4:2:0 pictures
         cuts: set[int] = set()
         waiting: deque[NormalizedFrame] = deque()
         finished: deque[CandidateClip] = deque()  # encoded, waiting for their audio

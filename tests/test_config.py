@@ -27,9 +27,8 @@ def test_rendered_defaults_document_every_option():
     text = render_defaults()
     data = tomllib.loads(text)
     config = RunConfig()
-    assert list(data) == config.section_names() == ["inputs", *(cls.name for cls in ALL_STAGES), "execution"]
-    for name in config.section_names():
-        section = config.section(name)
+    assert list(data) == list(config.sections()) == ["inputs", *(cls.name for cls in ALL_STAGES), "shards", "execution"]
+    for name, section in config.sections().items():
         unset = [spec.name for spec in dataclasses.fields(section) if getattr(section, spec.name) is None]
         assert list(data[name]) == [spec.name for spec in dataclasses.fields(section) if spec.name not in unset]
         for spec in dataclasses.fields(section):
@@ -131,3 +130,5 @@ def test_fingerprint_ignores_execution_settings_only():
     assert RunConfig.load(overrides=["execution.num_cpus=3", "execution.progress=false"]).fingerprint() == base
     changed = RunConfig.load(overrides=["scene_cut.max_clip_s=4"]).fingerprint()
     assert changed != base and changed["scene_cut"]["max_clip_s"] == 4.0
+    shards = RunConfig.load(overrides=["shards.max_samples_per_shard=3"]).fingerprint()
+    assert shards != base and shards["shards"]["max_samples_per_shard"] == 3

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from core.storage import OutputDir
+from pipeline.shards import ShardsConfig, ShardWriter
 from schemas.face import CHIN, FOREHEAD_TOP, LIPS_INNER, LIPS_OUTER, NUM_LANDMARKS, decode_face_npz, face_and_lip_masks
 from schemas.manifest import MEMBER_FACE, MEMBER_META, MEMBER_VIDEO, manifest_row
 from schemas.records import CandidateClip, ChunkDone, Status
@@ -32,7 +33,6 @@ from stages.face import FaceStage
 from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
 from stages.scene_cut import SceneCutStage
-from stages.shard_writer import ShardWriterStage
 
 SPEAKERS = [*media.GRID, media.PORTRAIT]
 GRID_NAMES = [path.stem for path in media.GRID]
@@ -299,7 +299,7 @@ def grid_samples(tmp_path_factory, speakers) -> dict[str, dict[str, bytes]]:
     """The GRID clips written by the real shard writer and read back from the tar: name -> suffix -> bytes."""
     folder = tmp_path_factory.mktemp("face_shards")
     published = []
-    writer = ShardWriterStage().open(OutputDir(str(folder)), 0, published.append)
+    writer = ShardWriter(OutputDir(str(folder)), ShardsConfig(), 0, published.append)
     for name in GRID_NAMES:
         writer.add(speakers[name])
     writer.flush()

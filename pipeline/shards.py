@@ -1,4 +1,5 @@
-"""Shard writing: size-targeted WebDataset tars, each written at the output's staging name and
+"""Shard writing, the run's output machinery (not a stage: the driver owns the run's one writer):
+size-targeted WebDataset tars, each written at the output's staging name and
 published only when complete (see core/storage.py), with its md5 computed while it is written.
 
 Tars are deterministic (fixed mtime, owner and mode), so the same samples give the same bytes.
@@ -15,7 +16,7 @@ from typing import ClassVar
 
 import soundfile
 
-from core.config import option
+from core.config import MB, option
 from core.storage import OutputDir
 from schemas.face import encode_face_npz
 from schemas.manifest import (
@@ -30,7 +31,6 @@ from schemas.manifest import (
 )
 from schemas.records import SAMPLE_RATE, CandidateClip
 from schemas.text import encode_features
-from stages.base import Resources, Stage
 
 SHARD_FOLDER = "shards"
 
@@ -110,12 +110,10 @@ class _OpenShard:
 
 
 @dataclass
-class ShardWriterStage(Stage[CandidateClip, ShardRecord]):
-    """Size-targeted WebDataset shards; the run's driver owns the single `ShardWriter`."""
+class ShardsConfig:
+    """Size-targeted WebDataset shards, written by the run's driver."""
 
     name: ClassVar[str] = "shards"
-    input_type: ClassVar[type] = CandidateClip
-    resources: ClassVar[Resources] = Resources(cpus=0)
 
     target_shard_mb: float = option(1024.0, "A shard is closed once it holds at least this many MB.")
     max_samples_per_shard: int = option(0, "Also close a shard at this many samples (0: no limit).")
@@ -124,12 +122,11 @@ class ShardWriterStage(Stage[CandidateClip, ShardRecord]):
         if self.target_shard_mb <= 0:
             raise ValueError("shards.target_shard_mb must be positive")
 
-    def open(self, out: OutputDir, first_number: int, on_publish: Callable[[ShardRecord], None]) -> ShardWriter:
-        return ShardWriter(out, self, first_number, on_publish)
-
 
 class ShardWriter:
-    def __init__(self, out: OutputDir, config: ShardWriterStage, first_number: int, on_publish):
+    def __init__(
+        self, out: OutputDir, config: ShardsConfig, first_number: int, on_publish: Callable[[ShardRecord], None]
+    ):
         self.out = out
         self.config = config
         self.next_number = first_number
@@ -155,7 +152,7 @@ class ShardWriter:
     def flush_if_full(self) -> None:
         shard = self.current
         if shard is not None and (
-            shard.hashing.size >= self.config.target_shard_mb * 1e6
+            shard.hashing.size >= self.config.target_shard_mb * MB
             or (self.config.max_samples_per_shard and len(shard.keys) >= self.config.max_samples_per_shard)
         ):
             self.flush()

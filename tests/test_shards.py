@@ -16,6 +16,7 @@ import soundfile
 import webdataset as wds
 
 from core.storage import TMP_SUFFIX, OutputDir
+from pipeline.shards import SHARD_FOLDER, ShardRecord, ShardsConfig, ShardWriter
 from schemas.manifest import SAMPLE_MEMBERS
 from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status
 from stages.chunk import ChunkStage
@@ -24,7 +25,6 @@ from stages.face import FaceStage
 from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
 from stages.scene_cut import SceneCutStage
-from stages.shard_writer import SHARD_FOLDER, ShardRecord, ShardWriter, ShardWriterStage
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def clips(run_chain) -> list[CandidateClip]:
 def write(folder: Path, clips: list[CandidateClip], first_number: int = 0, **options) -> list[ShardRecord]:
     """All clips through one writer, flushing when full and at the end, as the driver does."""
     published: list[ShardRecord] = []
-    writer = ShardWriterStage(**options).open(OutputDir(str(folder)), first_number, published.append)
+    writer = ShardWriter(OutputDir(str(folder)), ShardsConfig(**options), first_number, published.append)
     for clip in clips:
         writer.add(clip)
         writer.flush_if_full()
@@ -87,7 +87,7 @@ def test_size_target_closes_a_shard_once_it_is_reached(tmp_path, clips):
 def test_a_shard_is_published_by_rename_only_when_complete(tmp_path, clips):
     published: list[ShardRecord] = []
     out = OutputDir(str(tmp_path))
-    writer = ShardWriter(out, ShardWriterStage(), 0, published.append)
+    writer = ShardWriter(out, ShardsConfig(), 0, published.append)
     url = writer.add(clips[0])
     writer.add(clips[1])
     shards = tmp_path / SHARD_FOLDER
@@ -164,7 +164,7 @@ def test_webdataset_reads_back_what_was_written(tmp_path, clips):
 
 
 def test_validate_rejects_a_non_positive_target():
-    ShardWriterStage().validate()
+    ShardsConfig().validate()
     for bad in (0.0, -1.0):
         with pytest.raises(ValueError, match="target_shard_mb"):
-            ShardWriterStage(target_shard_mb=bad).validate()
+            ShardsConfig(target_shard_mb=bad).validate()
