@@ -156,9 +156,8 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
             )
 
     def required_modules(self) -> tuple[str, ...]:
-        # ONNX Runtime runs RetinaFace, and ArcFace when identity_model_path is set.
-        dlib = not self.identity_model_path and self.identity_backend == "dlib-resnet"
-        return ("mediapipe", "retinaface", "onnxruntime") + (("dlib", "face_recognition_models") if dlib else ())
+        identity_class, _, _ = self._identity_choice()
+        return tuple(dict.fromkeys(("mediapipe", "retinaface", "onnxruntime", *identity_class.modules)))
 
     def setup(self) -> None:
         self._tracker = self.tracker()
@@ -171,11 +170,17 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
 
     def identity_model(self) -> tuple[IdentityModel, float | None]:
         """The configured identity model, loaded, and its minimum identity consistency."""
+        identity_class, arguments, min_consistency = self._identity_choice()
+        return identity_class(*arguments), min_consistency
+
+    def _identity_choice(self) -> tuple[type[IdentityModel], tuple, float | None]:
+        """The identity model the options choose (ArcFace from a path wins), its arguments and its
+        minimum consistency: what `identity_model` loads and `required_modules` checks, decided once."""
         if self.identity_model_path:
-            return ArcFaceOnnx(self.identity_model_path), self.min_identity_consistency
+            return ArcFaceOnnx, (self.identity_model_path,), self.min_identity_consistency
         if self.identity_backend == "dlib-resnet":
-            return DlibResNet(), self.min_identity_consistency_dlib
-        return NoIdentity(), None
+            return DlibResNet, (), self.min_identity_consistency_dlib
+        return NoIdentity, (), None
 
     def process(self, item: CandidateClip) -> CandidateClip | Rejected:
         frames = item.frames

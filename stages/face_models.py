@@ -155,6 +155,7 @@ class FaceMesh:
 
 class IdentityModel(Protocol):
     name: str
+    modules: tuple[str, ...]  # what loading it imports, so a run can check before any worker starts
 
     def embed(self, faces: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray | None:
         """(N, D) L2-normalized embeddings of (RGB frame, 5 keypoints in pixels) pairs, or None."""
@@ -164,6 +165,7 @@ class NoIdentity:
     """No embedding recorded (`face.identity_backend = "none"`)."""
 
     name = "none"
+    modules = ()
 
     def embed(self, faces):
         return None
@@ -176,6 +178,7 @@ class DlibResNet:
     chip, as dlib's examples do; the chips of one call go through the network as one batch."""
 
     name = "dlib-resnet"
+    modules = ("dlib", "face_recognition_models")
 
     def __init__(self):
         import dlib
@@ -213,6 +216,7 @@ class ArcFaceOnnx:
     run by insightface's own ArcFaceONNX on faces aligned to its 112x112 template."""
 
     name = "insightface"
+    modules = ("insightface", "onnxruntime")
 
     def __init__(self, model_path: str):
         if not os.path.isfile(model_path):
