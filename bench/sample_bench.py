@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 from core.media_io import decode_audio  # noqa: E402
 from schemas.records import SAMPLE_RATE  # noqa: E402
 from train.config import load_config  # noqa: E402
+from train.denoising import SamplerConfig, window_starts  # noqa: E402
 from train.editing import frames_at_25fps  # noqa: E402
 from train.generate import WindowConfig, build, generate, load_trained  # noqa: E402
-from train.sampling import SamplerConfig, window_starts  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SPEECH = ROOT / "tests" / "data" / "jfk_10s.ogg"

@@ -150,8 +150,8 @@ def _given(**options):
 def _cmd_sample(args) -> int:
     import warnings
 
+    from train.denoising import SamplerConfig
     from train.generate import WindowConfig, generate, load_trained
-    from train.sampling import SamplerConfig
 
     warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
     trained = load_trained(args.checkpoint, args.step, args.device)
@@ -185,7 +185,7 @@ def _cmd_train_sync(args) -> int:
     print(
         f"{args.out}: lip-sync model {summary['version']} from {summary['clips']} clips of {summary['sources']} "
         "sources "
-        f"({summary['frames'] / 25:.0f} s) in {summary['seconds']:.0f} s; variance explained per component "
+        f"({summary['frames'] / FPS:.0f} s) in {summary['seconds']:.0f} s; variance explained per component "
         f"{summary['explained_variance']}"
     )
     return 0
@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--audio", required=True, help="speech, any length; the video is as long")
     sample.add_argument("--text", default="", help="caption")
     sample.add_argument("--out", required=True, help="output mp4 (H.264, 25 fps, the speech muxed)")
-    sample.add_argument("--steps", type=int, help="denoising steps (default: train.sampling.SamplerConfig's)")
+    sample.add_argument("--steps", type=int, help="denoising steps (default: train.denoising.SamplerConfig's)")
     sample.add_argument("--order", type=int, choices=(1, 2), help="1: Euler, 2: Heun (default: SamplerConfig's)")
     sample.add_argument("--text-scale", type=float, help="caption guidance scale (1: none; default: SamplerConfig's)")
     sample.add_argument("--audio-scale", type=float, help="audio guidance scale (1: none; default: SamplerConfig's)")

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from schemas.records import CandidateClip, ChunkDone, ProbedSource, Rejected, SourceChunk, SourceVideo, Status
+from schemas.records import FPS, CandidateClip, ChunkDone, ProbedSource, Rejected, SourceChunk, SourceVideo, Status
 from stages.base import Stage, StreamOutput
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class RunStats:
 def _video_seconds(item: object) -> float:
     item = getattr(item, "chunk", item)  # a lazily decoded chunk counts as its span
     if isinstance(item, SourceChunk):
-        return (item.end_frame - item.start_frame) / 25
+        return (item.end_frame - item.start_frame) / FPS
     if isinstance(item, CandidateClip):
         return item.end_s - item.start_s
     if isinstance(item, ProbedSource):

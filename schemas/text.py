@@ -68,7 +68,7 @@ def decode_features(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def frame_feature_window(features: np.ndarray, frame: int, fps: float = 25.0) -> np.ndarray:
+def frame_feature_window(features: np.ndarray, frame: int, fps: float) -> np.ndarray:
     """The encoder rows that belong to video frame `frame`: rows [c - 4, c + 6) with
     c = round(frame * 50 / fps), edge rows repeated where the window runs past the clip.
     Shape (10, dims), whatever the frame."""

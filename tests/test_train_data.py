@@ -19,11 +19,12 @@ import torch
 from av.video.reformatter import Interpolation, VideoReformatter
 
 from schemas.face import decode_face_npz
+from schemas.records import FPS
 from schemas.text import decode_features, frame_feature_window
 from stages.face_models import MediapipeDetector
 from train.data import Batch, ClipDataset, DataConfig, SampleInfo, View, Window, collate, decode_frames, list_samples
 from train.loader import ClipLoader
-from train.sampler import DistributedClipSampler, balance_labels
+from train.window_sampler import DistributedClipSampler, balance_labels
 
 PORTRAIT_FRAMES, GRID_FRAMES = 250, 75
 
@@ -100,7 +101,7 @@ def test_samples_have_the_documented_layout(demo_shards):
         members = shard_members(demo_shards, info.key)
         assert sample.caption == members["txt"].decode() and sample.caption.startswith("A ")
         features = decode_features(members["whisper.npy"])
-        expected = np.stack([frame_feature_window(features, frame) for frame in window.frames]).astype(np.float32)
+        expected = np.stack([frame_feature_window(features, frame, FPS) for frame in window.frames]).astype(np.float32)
         assert list(window.frames) == [5, 8, 11, 14, 17, 20]
         assert torch.equal(sample.audio, torch.from_numpy(expected))
 

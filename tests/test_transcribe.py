@@ -211,7 +211,7 @@ def test_features_cover_the_clip(clips, with_features):
     assert features.dtype == np.float16 and features.shape == (round(duration(clip) * WHISPER_FEATURE_RATE), TINY_DIMS)
     assert np.isfinite(features).all() and features.astype(np.float32).std() > 0.1
     for frame in (0, 1, clip.num_frames // 2, clip.num_frames - 1):
-        assert frame_feature_window(features, frame).shape == (10, TINY_DIMS)
+        assert frame_feature_window(features, frame, FPS).shape == (10, TINY_DIMS)
     assert sample_metadata(clip)["transcript"]["features_member"] == "whisper.npy"
 
 
@@ -241,7 +241,7 @@ def test_frame_windows_line_up_with_the_video(clips, with_features, tmp_path):
         )  # measured: 2 rows early (the STFT and convolution reach ahead)
 
         onset_frame = round(onset_s * FPS)
-        window = frame_feature_window(features, onset_frame)
+        window = frame_feature_window(features, onset_frame, FPS)
         np.testing.assert_array_equal(window, features[2 * onset_frame - 4 : 2 * onset_frame + 6])
         assert 2 * onset_frame - 4 <= changed_row < 2 * onset_frame + 6
 

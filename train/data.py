@@ -6,7 +6,7 @@ the kept clips with their shard, size and length, so every rank lists the sample
 a tar. A sample's members are read by key: each process scans a shard's tar headers once (one
 512-byte header per member, tarfile seeking over the data) into a table of member offsets and
 reads the members it needs at those offsets. Random access is what lets a resumed run continue
-exactly where it stopped (train/sampler.py decides which windows each rank and worker reads).
+exactly where it stopped (train/window_sampler.py decides which windows each rank and worker reads).
 
 Frames: decoding seeks to the key frame before the first wanted frame (the window's and the
 reference), skips the pictures no other picture refers to unless wanted, and stops at the last
@@ -45,7 +45,7 @@ AUDIO_ROWS = FEATURE_WINDOW[1] - FEATURE_WINDOW[0]  # Whisper rows per video fra
 
 @dataclass
 class DataConfig:
-    """What the trainer reads from a run's shards, and in which order (train/sampler.py)."""
+    """What the trainer reads from a run's shards, and in which order (train/window_sampler.py)."""
 
     shards: str = option(
         "",

@@ -1,7 +1,7 @@
 """Lip editing: a reference video's frames and mouth masks, streamed window by window.
 
 The sampler regenerates only the mouth region of each reference frame and keeps the rest
-(train/sampling.py's `known_for`); the finished frames are composited in pixels, so everything
+(train/denoising.py's `known_for`); the finished frames are composited in pixels, so everything
 outside the mask is the reference frame itself, as exact as the output's codec allows.
 
 Frames are taken on the 25 fps grid (for output frame n, the last source frame shown at n / 25),

@@ -3,7 +3,7 @@ optional caption -> an H.264 mp4 at 25 fps with the speech muxed, exactly as lon
 
 The speech is encoded by the pipeline's Whisper once (its features at 50 Hz are small even for an
 hour), each video frame takes its Whisper window as in training, and the latent video is denoised
-window by window (train/sampling.py): finished frames are decoded and written as they come, so
+window by window (train/denoising.py): finished frames are decoded and written as they come, so
 memory does not grow with the speech's length.
 """
 
@@ -26,10 +26,10 @@ from schemas.records import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from schemas.text import frame_feature_window
 from train.checkpoint import Checkpointer
 from train.config import JobConfig, load_config, model_config
+from train.denoising import SamplerConfig, guided, sliding_denoise
 from train.editing import ReferenceVideo, fit_frame, to_tensor
 from train.latents import LatentSpace, build_latent_space
 from train.model import Conditions, TalkingDiT
-from train.sampling import SamplerConfig, guided, sliding_denoise
 from train.text_encoder import TextEncoder
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def generate(
     if total < 1:
         raise ValueError(f"{speech_path}: shorter than one frame")
     features = FasterWhisperModel().encode(speech)
-    audio = torch.from_numpy(np.stack([frame_feature_window(features, f) for f in range(total)])).float()[None]
+    audio = torch.from_numpy(np.stack([frame_feature_window(features, f, FPS) for f in range(total)])).float()[None]
     height, width = trained.config.data.resolution
     device = next(model.parameters()).device
     editing = ReferenceVideo(reference_video, height, width) if reference_video is not None else None

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from train.data import Batch, ClipDataset, DataConfig, collate, list_samples
-from train.sampler import DistributedClipSampler
+from train.window_sampler import DistributedClipSampler
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from train.denoising import SamplerConfig, denoise, guided, sliding_denoise, timesteps, window_starts
 from train.model import Conditions, TalkingDiT, preset
-from train.sampling import SamplerConfig, denoise, guided, sliding_denoise, timesteps, window_starts
 
 
 def test_the_schedule_runs_from_noise_to_clean_and_shift_spends_steps_at_high_noise():
