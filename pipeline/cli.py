@@ -200,7 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"talkcurate {version('talkcurate')} (manifest schema {SCHEMA_VERSION})"
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_run,
+        _add_inspect,
+        _add_subset,
+        _add_verify,
+        _add_browse,
+        _add_dedup,
+        _add_split,
+        _add_sample,
+        _add_train_sync,
+        _add_config,
+    ):
+        add(commands)
+    return parser
 
+
+def _add_run(commands) -> None:
     run = commands.add_parser("run", help="curate inputs into shards, manifest, index and report (resumes)")
     run.add_argument("inputs", nargs="+", metavar="INPUT", help="video file, folder, list file or URI")
     run.add_argument("--out", required=True, help="output folder or URI; the same --out resumes a run")
@@ -212,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress line")
     run.set_defaults(func=_cmd_run)
 
+
+def _add_inspect(commands) -> None:
     inspect = commands.add_parser(
         "inspect", help="funnel, totals, shards and score distributions of a run; queries over its manifest"
     )
@@ -247,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="machine-readable output (with --sql: a JSON line a row)")
     inspect.set_defaults(func=_cmd_inspect)
 
+
+def _add_subset(commands) -> None:
     subset = commands.add_parser("subset", help="the samples a predicate selects, as a new shard set or a sample list")
     subset.add_argument("dir", help="a run's (or a subset's) output folder")
     subset.add_argument("--where", metavar="PREDICATE", help="the manifest rows to keep (default: all)")
@@ -273,10 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subset.set_defaults(func=_cmd_subset)
 
+
+def _add_verify(commands) -> None:
     verify = commands.add_parser("verify", help="re-read every shard against the index; non-zero exit on mismatch")
     verify.add_argument("dir", help="an output folder, or a sample list (FILE.json from `subset --list`)")
     verify.set_defaults(func=_cmd_verify)
 
+
+def _add_browse(commands) -> None:
     browse = commands.add_parser(
         "browse", help="a page to browse a run's samples: served on 127.0.0.1, or written with --out"
     )
@@ -290,8 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     browse.set_defaults(func=_cmd_browse)
 
+
+def _add_dedup(commands) -> None:
     from pipeline.dedup import DedupThresholds
-    from pipeline.split import DEFAULT_VAL
 
     near = DedupThresholds()
     dedup = commands.add_parser(
@@ -318,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dedup.set_defaults(func=_cmd_dedup)
 
+
+def _add_split(commands) -> None:
+    from pipeline.split import DEFAULT_VAL
+
     split = commands.add_parser(
         "split", help="assign kept clips to train/val by identity (or source) in the manifest's split"
     )
@@ -327,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     split.set_defaults(func=_cmd_split)
 
+
+def _add_sample(commands) -> None:
     sample = commands.add_parser("sample", help="generate a talking portrait from a training run's checkpoint")
     sample.add_argument("--checkpoint", required=True, help="training run folder (config.toml, checkpoints/step-N)")
     sample.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
@@ -348,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--no-progress", action="store_true", help="no progress bars")
     sample.set_defaults(func=_cmd_sample)
 
+
+def _add_train_sync(commands) -> None:
     train_sync = commands.add_parser(
         "train-sync", help="train the learned lip-sync model on runs' kept clips (landmarks and in-sync audio)"
     )
@@ -374,9 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train_sync.set_defaults(func=_cmd_train_sync)
 
+
+def _add_config(commands) -> None:
     config = commands.add_parser("config", help="print the documented default configuration")
     config.set_defaults(func=_cmd_config)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,21 @@ def output_size(width: int, height: int, max_short_side: int) -> tuple[int, int]
     return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
 
 
+def _as_array(
+    reformatter: av.video.reformatter.VideoReformatter,
+    picture: av.VideoFrame,
+    size: tuple[int, int] | None,
+    pixel_format: str,
+) -> np.ndarray | None:
+    if size is None:
+        return None
+    # Area averaging: the right filter for shrinking, and half the cost of swscale's default
+    # bilinear (0.37 against 0.73 ms a frame, 640x360 to 512x288).
+    return reformatter.reformat(
+        picture, width=size[0], height=size[1], format=pixel_format, interpolation="AREA"
+    ).to_ndarray()
+
+
 class NormalizedChunk(StreamOutput):
     """A chunk being decoded: iterate `frames()` once; audio accumulates alongside."""
 
@@ -73,6 +88,12 @@ class NormalizedChunk(StreamOutput):
         self._resampler: av.AudioResampler | None = None
         self._resampler_input: tuple[str, str, int] | None = None  # (format, layout, rate) it was made for
         self.frames_out = 0
+        # One reformatter per stream (PyAV keeps one made per frame: a 4-minute input grew to 8.6 GB)
+        # and per target: it caches one scaling context, which alternating targets would rebuild.
+        self._to_small, self._to_analysis = (
+            av.video.reformatter.VideoReformatter(),
+            av.video.reformatter.VideoReformatter(),
+        )
         self._consumed = False
 
     def __reduce__(self):
@@ -147,41 +168,7 @@ class NormalizedChunk(StreamOutput):
             if chunk.start_frame > 0:
                 container.seek(int(chunk_start_s / video.time_base), stream=video, backward=True)
             graph = None
-            # One reformatter per stream (PyAV keeps one made per frame: a 4-minute input grew to 8.6 GB)
-            # and per target: it caches one scaling context, which alternating targets would rebuild.
-            to_small, to_analysis = av.video.reformatter.VideoReformatter(), av.video.reformatter.VideoReformatter()
-
-            def as_array(
-                reformatter, picture: av.VideoFrame, size: tuple[int, int] | None, pixel_format: str
-            ) -> np.ndarray | None:
-                if size is None:
-                    return None
-                # Area averaging: the right filter for shrinking, and half the cost of swscale's default
-                # bilinear (0.37 against 0.73 ms a frame, 640x360 to 512x288).
-                return reformatter.reformat(
-                    picture, width=size[0], height=size[1], format=pixel_format, interpolation="AREA"
-                ).to_ndarray()
-
             video_done = False
-
-            def pull(graph) -> Iterator[NormalizedFrame]:
-                while True:
-                    try:
-                        picture = graph.pull()
-                    except (av.error.BlockingIOError, av.error.EOFError):
-                        return
-                    index = picture.pts - origin_pts
-                    if index < chunk.start_frame or index >= end_frame:
-                        continue
-                    picture.pts = index
-                    picture.time_base = _FRAME_TIME_BASE
-                    self.frames_out += 1
-                    yield NormalizedFrame(
-                        index,
-                        picture,
-                        as_array(to_small, picture, small_size, "bgr24"),
-                        as_array(to_analysis, picture, self.analysis_size, "rgb24"),
-                    )
 
             for packet in container.demux(video, audio):
                 if packet.stream is audio:
@@ -203,15 +190,37 @@ class NormalizedChunk(StreamOutput):
                     if graph is None:
                         graph = self._build_graph(video, frame, chunk_start_s)
                     graph.push(frame)
-                    for out in pull(graph):
+                    for out in self._pull(graph, origin_pts, end_frame, small_size):
                         yield out
                         if out.index + 1 >= end_frame:
                             video_done = True
             if graph is not None and not video_done:
                 with contextlib.suppress(ValueError):
                     graph.push(None)
-                yield from pull(graph)
+                yield from self._pull(graph, origin_pts, end_frame, small_size)
             self._decode_audio(None, origin)
+
+    def _pull(
+        self, graph: av.filter.Graph, origin_pts: int, end_frame: int, small_size: tuple[int, int] | None
+    ) -> Iterator[NormalizedFrame]:
+        """The pictures the filter graph has ready that fall in the chunk, with their arrays."""
+        while True:
+            try:
+                picture = graph.pull()
+            except (av.error.BlockingIOError, av.error.EOFError):
+                return
+            index = picture.pts - origin_pts
+            if index < self.chunk.start_frame or index >= end_frame:
+                continue
+            picture.pts = index
+            picture.time_base = _FRAME_TIME_BASE
+            self.frames_out += 1
+            yield NormalizedFrame(
+                index,
+                picture,
+                _as_array(self._to_small, picture, small_size, "bgr24"),
+                _as_array(self._to_analysis, picture, self.analysis_size, "rgb24"),
+            )
 
     def _decode_audio(self, packet: av.Packet | None, origin: float) -> None:
         try:

@@ -86,28 +86,13 @@ class ProbeStage(Stage[SourceVideo, ProbedSource]):
         if audio is None:
             return Rejected("no_audio", "the input has no audio stream")
 
-        # Demux everything once: packet coverage, frame rate regularity, errors in the container.
-        ends = {video.index: 0.0, audio.index: 0.0}
-        starts: dict[int, float] = {}
-        video_packets = 0
-        video_pts: list[int] = []
-        demux_error = None
-        try:
-            for packet in container.demux(video, audio):
-                if packet.pts is None or packet.size == 0:
-                    continue
-                t0 = float(packet.pts * packet.time_base)
-                t1 = t0 + float((packet.duration or 0) * packet.time_base)
-                starts.setdefault(packet.stream_index, t0)
-                starts[packet.stream_index] = min(starts[packet.stream_index], t0)
-                ends[packet.stream_index] = max(ends[packet.stream_index], t1)
-                if packet.stream_index == video.index:
-                    video_packets += 1
-                    if len(video_pts) < 512:
-                        video_pts.append(packet.pts)
-        except av.error.FFmpegError as exc:
-            demux_error = exc
-
+        coverage = _demux(container, video, audio)
+        starts, ends, video_packets, video_pts = (
+            coverage.starts,
+            coverage.ends,
+            coverage.video_packets,
+            coverage.video_pts,
+        )
         if video_packets == 0:
             return Rejected("no_video", "the video stream holds no packets")
         video_start = starts.get(video.index, 0.0)
@@ -123,8 +108,8 @@ class ProbeStage(Stage[SourceVideo, ProbedSource]):
         ):
             if declared and span < self.truncation_tolerance * declared:
                 return Rejected("truncated", f"packets cover {span:.2f} s of the declared {declared:.2f} s")
-        if demux_error is not None and video_span == 0:
-            return Rejected("unreadable", f"demuxing failed: {demux_error}")
+        if coverage.error is not None and video_span == 0:
+            return Rejected("unreadable", f"demuxing failed: {coverage.error}")
         if audio_span <= 0:
             return Rejected("no_audio", "the audio stream holds no packets")
         if video_span < self.min_duration_s:
@@ -183,3 +168,35 @@ class ProbeStage(Stage[SourceVideo, ProbedSource]):
         if first is None:
             return Rejected("decode_error", f"the {kind} stream decodes to no frames")
         return first
+
+
+@dataclass
+class _Coverage:
+    """What one pass over every video and audio packet found."""
+
+    starts: dict[int, float]  # stream index: first presentation time, seconds
+    ends: dict[int, float]  # stream index: end of the last packet, seconds
+    video_packets: int
+    video_pts: list[int]  # the first 512 video packets' timestamps, for frame rate regularity
+    error: av.error.FFmpegError | None  # what stopped the pass early, if anything
+
+
+def _demux(container: av.container.InputContainer, video, audio) -> _Coverage:
+    """Demux everything once: packet coverage, frame rate regularity, errors in the container."""
+    coverage = _Coverage({}, {video.index: 0.0, audio.index: 0.0}, 0, [], None)
+    try:
+        for packet in container.demux(video, audio):
+            if packet.pts is None or packet.size == 0:
+                continue
+            t0 = float(packet.pts * packet.time_base)
+            t1 = t0 + float((packet.duration or 0) * packet.time_base)
+            index = packet.stream_index
+            coverage.starts[index] = min(coverage.starts.get(index, t0), t0)
+            coverage.ends[index] = max(coverage.ends[index], t1)
+            if index == video.index:
+                coverage.video_packets += 1
+                if len(coverage.video_pts) < 512:
+                    coverage.video_pts.append(packet.pts)
+    except av.error.FFmpegError as exc:
+        coverage.error = exc
+    return coverage
