@@ -36,6 +36,10 @@ class HeldPictures:
     def __len__(self) -> int:
         return len(self._pictures)
 
+    def part(self, start: int, end: int) -> HeldPictures:
+        """Pictures `start` to `end` (exclusive), held for a part of the clip."""
+        return HeldPictures(self._pictures[start:end], self.encoder)
+
     def take(self) -> Iterator[av.VideoFrame]:
         """Each picture once, in order; its memory goes as soon as the consumer is done with it."""
         pictures, self._pictures = self._pictures, []

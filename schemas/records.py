@@ -207,6 +207,32 @@ class CandidateClip:
             )
         return self.audio_context[start : start + length]
 
+    def part(self, start: int, end: int) -> CandidateClip:
+        """Frames `start` to `end` (exclusive, counted from the clip's first) as a clip of their own,
+        with their pictures, analysis frames and audio context; a clip encoded while streaming
+        cannot be cut (ValueError)."""
+        if not 0 <= start < end <= self.num_frames:
+            raise ValueError(f"frames {start}-{end} are not a part of a clip of {self.num_frames}")
+        video = self.video
+        if video is not None and video.held is None:
+            raise ValueError("the clip was encoded while its frames streamed by; only held pictures can be cut")
+        context = self.audio_context
+        if context is not None:  # the context runs `audio_context_frames` past the clip on both sides
+            context = context[start * SAMPLES_PER_FRAME : (end + 2 * self.audio_context_frames) * SAMPLES_PER_FRAME]
+        return dataclasses.replace(
+            self,
+            start_frame=self.start_frame + start,
+            end_frame=self.start_frame + end,
+            video=video and dataclasses.replace(video, num_frames=end - start, held=video.held.part(start, end)),
+            frames=None if self.frames is None else self.frames[start:end],
+            audio_context=context,
+        )
+
+    def remainder(self, from_frame: int) -> CandidateClip:
+        """The span of this clip from `from_frame` (on the source's grid) on, for the row of what a
+        failure leaves unprocessed."""
+        return dataclasses.replace(self, start_frame=from_frame)
+
     def reject(self, reason: str, detail: str, stage: str) -> CandidateClip:
         """This clip as a rejected row; heavy payloads are dropped, they will never be written."""
         return dataclasses.replace(

@@ -16,6 +16,7 @@ with one face costs nothing extra.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from core.config import option
 from schemas.face import CHIN, FOREHEAD_TOP, FaceResult, FaceTrackData, mouth_opening
-from schemas.records import CandidateClip, Rejected
+from schemas.records import FPS, CandidateClip, Rejected
 from stages.base import Resources, Stage
 from stages.face_models import ArcFaceOnnx, DlibResNet, IdentityModel, NoIdentity
 from stages.face_track import FaceTracker, square_crop
@@ -129,6 +130,12 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         "ArcFace: lowest identity consistency (the cosine similarity of the clip's mean identity before and after "
         "its worst split between sampled frames) before the clip is `identity_changed`.",
     )
+    min_part_s: float = option(
+        2.0,
+        "A clip whose face changes person is cut where it changes (as if the shot detector had found a cut), and "
+        "each part passes the rules on its own; parts shorter than this are `too_short` (as scene_cut.min_clip_s "
+        "does for shots).",
+    )
     min_identity_consistency_dlib: float = option(
         0.92,
         "dlib-resnet: the same (its embeddings of different people are closer: 0.85 typical, up to 0.95; one "
@@ -182,7 +189,36 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
             return DlibResNet, (), self.min_identity_consistency_dlib
         return NoIdentity, (), None
 
-    def process(self, item: CandidateClip) -> CandidateClip | Rejected:
+    def process(self, item: CandidateClip) -> CandidateClip | Rejected | Iterator[CandidateClip | Rejected]:
+        result = self._face(item)
+        if not (isinstance(result, Rejected) and result.reason == "identity_changed"):
+            return result
+        change = self._identity_change(item.frames, result.measured.face)
+        if change is None or (item.video is not None and item.video.held is None):
+            where = "could not be placed" if change is None else "was not cut: the clip was encoded as it streamed"
+            return dataclasses.replace(result, detail=f"{result.detail}; the change {where}")
+        return self._parts(item, change)
+
+    def _parts(self, item: CandidateClip, change: int) -> Iterator[CandidateClip | Rejected]:
+        """The clip cut at frame `change`, where its face becomes another person: each part through
+        the rules on its own (and cut again should its face change once more)."""
+        min_frames = round(self.min_part_s * FPS)
+        for start, end in ((0, change), (change, item.num_frames)):
+            part = item.part(start, end)
+            if end - start < min_frames:
+                seconds = (end - start) / FPS
+                detail = f"{seconds:.2f} s of a clip cut where its face changed person, minimum {self.min_part_s} s"
+                yield part.reject("too_short", detail, self.name)
+                continue
+            results = self.process(part)
+            for result in results if isinstance(results, Iterator) else (results,):
+                yield (
+                    (result.measured or part).reject(result.reason, result.detail, self.name)
+                    if isinstance(result, Rejected)
+                    else result
+                )
+
+    def _face(self, item: CandidateClip) -> CandidateClip | Rejected:
         frames = item.frames
         if frames is None or len(frames) == 0:
             raise ValueError("the face stage needs the clip's analysis frames (normalize.analysis_long_side > 0)")
@@ -306,8 +342,12 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         centre, half = (union[:2] + union[2:]) / 2, (union[2:] - union[:2]) * self.crop_scale / 2
         return np.clip(np.concatenate([centre - half, centre + half]), 0.0, 1.0).astype(np.float32)
 
+    def _identity_picks(self, num_frames: int) -> np.ndarray:
+        """The frames embedded for identity: `identity_samples`, evenly spread, first and last included."""
+        return np.linspace(0, num_frames - 1, min(self.identity_samples, num_frames)).round().astype(int)
+
     def _identify(self, frames, pixels, result: FaceResult) -> None:
-        picks = np.linspace(0, len(frames) - 1, min(self.identity_samples, len(frames))).round().astype(int)
+        picks = self._identity_picks(len(frames))
         embeddings = self._identity.embed([(frames[t], pixels[t, IDENTITY_KEYPOINTS]) for t in picks])
         result.identity_backend = self._identity.name
         if embeddings is None:
@@ -316,6 +356,35 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         mean /= max(np.linalg.norm(mean), 1e-12)
         result.identity_embedding = mean.astype(np.float32)
         result.identity_consistency = identity_consistency(embeddings)
+
+    def _identity_change(self, frames: np.ndarray, face: FaceResult) -> int | None:
+        """The first frame of the second person in a clip whose face changed person: between the two
+        sampled frames around the worst split, bisected by which side's mean identity each frame is
+        closer to (a few embeddings more). None when a frame's face cannot be embedded."""
+        height, width = frames.shape[1:3]
+        pixels = face.track.landmarks[:, IDENTITY_KEYPOINTS, :2].astype(np.float32) * np.array([width, height])
+        picks = self._identity_picks(len(frames))
+
+        def embed(indices) -> np.ndarray | None:
+            return self._identity.embed([(frames[t], pixels[t]) for t in indices])
+
+        embeddings = embed(picks)
+        if embeddings is None:
+            return None
+        split = int(np.argmin(split_similarities(embeddings)))
+        before, after = (_unit(part.mean(axis=0)) for part in (embeddings[: split + 1], embeddings[split + 1 :]))
+        first, second = int(picks[split]), int(picks[split + 1])  # the last of the first person, a frame of the second
+        while second - first > 1:
+            middle = (first + second) // 2
+            found = embed([middle])
+            if found is None:
+                return None
+            first, second = (middle, second) if found[0] @ before >= found[0] @ after else (first, middle)
+        return second
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return vector / max(float(np.linalg.norm(vector)), 1e-12)
 
 
 def _with_face(item: CandidateClip, face: FaceResult) -> CandidateClip:
@@ -333,9 +402,15 @@ def identity_consistency(embeddings: np.ndarray) -> float:
     nearest the change, the two people's. (The similarity of each frame to the clip's mean cannot tell
     them apart with a model whose different people are already close: half of each person pulls the
     mean to within a few hundredths of both.)"""
+    similarities = split_similarities(embeddings)
+    return float(similarities.min()) if len(similarities) else 1.0
+
+
+def split_similarities(embeddings: np.ndarray) -> np.ndarray:
+    """For each split of the time-ordered embeddings after row i, the cosine similarity of the
+    means before and after it."""
     before = np.cumsum(embeddings, axis=0)[:-1]
     after = embeddings.sum(axis=0) - before
-    cosines = (before * after).sum(axis=1) / np.maximum(
+    return (before * after).sum(axis=1) / np.maximum(
         np.linalg.norm(before, axis=1) * np.linalg.norm(after, axis=1), 1e-12
     )
-    return float(cosines.min()) if len(cosines) else 1.0

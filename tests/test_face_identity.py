@@ -25,9 +25,12 @@ minimum of 0.5; with this model the tests use MIN_CONSISTENCY, between the two g
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 from pathlib import Path
 
+import av
 import cv2
 import media
 import models
@@ -36,9 +39,11 @@ import onnxruntime
 import pytest
 from insightface.utils.face_align import arcface_dst
 
+from schemas.frames import EncoderSettings, HeldPictures
 from schemas.manifest import encode_metadata, manifest_row, rows_to_table, sample_metadata
-from schemas.records import CandidateClip, Status
+from schemas.records import SAMPLES_PER_FRAME, CandidateClip, ChunkDone, ClipVideo, SourceVideo, Status
 from stages.chunk import ChunkStage
+from stages.encode import EncodeStage
 from stages.face import FaceStage, identity_consistency
 from stages.face_models import ArcFaceOnnx
 from stages.normalize import NormalizeStage
@@ -99,6 +104,14 @@ def hard_cut_video(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("hard_cut") / "hard_cut.mp4"
     media.concat_shots(out, [(SPEAKERS[name], 1.5) for name in CHANGING])
     return out
+
+
+@pytest.fixture(scope="module")
+def long_hard_cut_video(tmp_path_factory) -> tuple[Path, int]:
+    """2.5 s of each speaker with a hard cut between them: (path, first frame of the second)."""
+    out = tmp_path_factory.mktemp("long_hard_cut") / "long_hard_cut.mp4"
+    (cut,) = media.concat_shots(out, [(SPEAKERS[name], 2.5) for name in CHANGING])
+    return out, cut
 
 
 # -- the backend on its own -----------------------------------------------------------------------
@@ -233,13 +246,15 @@ def test_identity_change_under_a_dissolve_is_rejected(run_chain, arcface_model, 
     runs through it: only the identity rule catches it. Each speaker's own clips pass the same rule."""
     path, num_frames = dissolve_video
     face = FaceStage(identity_model_path=str(arcface_model), min_identity_consistency=MIN_CONSISTENCY)
+    streamed = SceneCutStage(hold_clip_mb=0)  # encoded as it streams: the clip cannot be cut, it is rejected whole
     clip = _only_clip(
-        run_chain(path, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), SceneCutStage(), face]),
+        run_chain(path, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), streamed, face]),
         num_frames,
     )
     assert (clip.status, clip.reason, clip.rejected_by) == (Status.REJECTED, "identity_changed", "face"), (
         clip.reason_detail
     )
+    assert clip.reason_detail.endswith("the change was not cut: the clip was encoded as it streamed")
     assert clip.face.num_faces == 1  # one face track through the dissolve, not two faces
     assert clip.face.identity_consistency < MIN_CONSISTENCY - 0.1
     assert f"{clip.face.identity_consistency:.3f}" in clip.reason_detail
@@ -252,7 +267,7 @@ def test_identity_change_under_a_dissolve_is_rejected(run_chain, arcface_model, 
 
 def test_identity_change_at_an_undetected_hard_cut_is_rejected(run_chain, arcface_model, hard_cut_video):
     face = FaceStage(identity_model_path=str(arcface_model), min_identity_consistency=MIN_CONSISTENCY)
-    no_cuts = SceneCutStage(threshold=1e9)
+    no_cuts = SceneCutStage(threshold=1e9, hold_clip_mb=0)
     clip = _only_clip(
         run_chain(hard_cut_video, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), no_cuts, face]), 76
     )
@@ -318,27 +333,88 @@ def test_dlib_tells_the_grid_speakers_apart(dlib_clips):
     assert min(same) > 0.99 and max(other) < 0.92 < min(same), (same, other)
 
 
-def test_by_default_a_speaker_turning_into_another_is_identity_changed(run_chain, dissolve_video, hard_cut_video):
+def test_by_default_a_speaker_turning_into_another_is_cut_where_the_face_changes(run_chain, long_hard_cut_video):
+    """2.5 s of one speaker, a hard cut the shot detector does not see, 2.5 s of another: the face
+    stage cuts the clip where the face changes person, and both parts pass the rules as one person."""
+    path, cut = long_hard_cut_video
+    stages = [NormalizeStage(preset="ultrafast"), SceneCutStage(threshold=1e9), FaceStage(), EncodeStage()]
+    out = run_chain(path, [ProbeStage(), ChunkStage()], stages)
+    clips = clips_of(out)
+    assert len(clips) == 2 and [o.num_clips for o in out if isinstance(o, ChunkDone)] == [2]
+    first, second = clips
+    assert first.start_frame == 0 and first.end_frame == second.start_frame and second.end_frame >= 2 * cut
+    assert abs(second.start_frame - cut) <= 1, (second.start_frame, cut)
+    for clip in clips:
+        assert clip.status is Status.PENDING, clip.reason_detail
+        assert clip.face.identity_consistency > FaceStage().min_identity_consistency_dlib
+        assert len(clip.audio) == clip.num_frames * SAMPLES_PER_FRAME
+        with av.open(io.BytesIO(clip.video.mp4)) as container:
+            assert sum(1 for _ in container.decode(video=0)) == clip.num_frames == clip.face.track.num_frames
+    assert cosine(first.face.identity_embedding, second.face.identity_embedding) < 0.9
+
+
+def test_a_part_of_a_clip_has_its_own_pictures_frames_and_audio():
+    margin, frames = 3, 20
+    source = SourceVideo.from_uri("/media/a.mp4")
+    context = np.arange((frames + 2 * margin) * SAMPLES_PER_FRAME, dtype=np.int16)
+    clip = CandidateClip(
+        source,
+        0,
+        100,
+        100 + frames,
+        video=ClipVideo(8, 6, frames, held=HeldPictures(list(range(frames)), EncoderSettings("libx264", 23, "fast"))),
+        frames=np.arange(frames)[:, None],
+        audio_context=context,
+        audio_context_frames=margin,
+    )
+    part = clip.part(5, 12)
+    assert (part.start_frame, part.end_frame, part.num_frames, part.key) == (
+        105,
+        112,
+        7,
+        f"{source.source_id}_00000105",
+    )
+    assert list(part.video.held.take()) == list(range(5, 12)) and part.video.num_frames == 7
+    assert part.frames[:, 0].tolist() == list(range(5, 12))
+    assert np.array_equal(part.audio, clip.audio[5 * SAMPLES_PER_FRAME : 12 * SAMPLES_PER_FRAME])
+    assert len(part.audio_context) == (7 + 2 * margin) * SAMPLES_PER_FRAME  # its own margins, taken from the clip's
+    assert len(clip.video.held) == frames  # the clip keeps its pictures
+    with pytest.raises(ValueError, match="streamed"):
+        dataclasses.replace(clip, video=ClipVideo(8, 6, frames, mp4=b"...")).part(0, 5)
+    with pytest.raises(ValueError, match="not a part"):
+        clip.part(10, 30)
+
+
+def test_parts_too_short_after_an_identity_change_are_too_short(run_chain, dissolve_video, hard_cut_video):
     """Neither the dissolve nor the hard cut between two speakers in one studio is seen by the shot
-    detector here; the default identity model catches both."""
+    detector here; the default identity model places the change, and the parts (under 2 s) are too
+    short. Encoded as it streams, the clip cannot be cut and is rejected whole."""
     path, num_frames = dissolve_video
-    dissolve = _only_clip(
+    dissolve = clips_of(
         run_chain(
             path, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), SceneCutStage(), FaceStage()]
-        ),
-        num_frames,
+        )
     )
     no_cuts = SceneCutStage(threshold=1e9)
-    hard_cut = _only_clip(
+    hard_cut = clips_of(
         run_chain(
             hard_cut_video, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), no_cuts, FaceStage()]
-        ),
-        76,
+        )
     )
-    for clip in (dissolve, hard_cut):
-        assert (clip.status, clip.reason, clip.rejected_by) == (Status.REJECTED, "identity_changed", "face")
-        assert clip.face.identity_consistency < FaceStage().min_identity_consistency_dlib - 0.02
-        assert "dlib-resnet" in clip.reason_detail
+    for parts, end, change in ((dissolve, num_frames, range(38, 53)), (hard_cut, 76, range(37, 40))):
+        assert [(p.status, p.reason, p.rejected_by) for p in parts] == [(Status.REJECTED, "too_short", "face")] * 2
+        assert parts[0].start_frame == 0 and parts[0].end_frame == parts[1].start_frame and parts[1].end_frame == end
+        assert parts[1].start_frame in change, (parts[1].start_frame, change)
+        assert all("cut where its face changed person" in p.reason_detail for p in parts)
+    streamed = SceneCutStage(threshold=1e9, hold_clip_mb=0)
+    (whole,) = clips_of(
+        run_chain(
+            hard_cut_video, [ProbeStage(), ChunkStage()], [NormalizeStage(preset="ultrafast"), streamed, FaceStage()]
+        )
+    )
+    assert (whole.status, whole.reason, whole.rejected_by) == (Status.REJECTED, "identity_changed", "face")
+    assert whole.face.identity_consistency < FaceStage().min_identity_consistency_dlib - 0.02
+    assert "dlib-resnet" in whole.reason_detail and "encoded as it streamed" in whole.reason_detail
 
 
 def test_identity_consistency_is_the_worst_split_of_the_clip():
