@@ -21,17 +21,12 @@ group), and found pairs of clips from different planted groups.
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from people_scale import DIMS, planted_people
+from people_scale import DIMS, planted_people, scale_main
 
 FRAMES = 8
 COPIED_SHARE = 1 / 20
@@ -136,27 +131,7 @@ def measure(clips: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--out", default=str(Path(__file__).with_name("results") / "dedup_scale.json"))
-    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child process measuring one size
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(measure(args.one)))
-        return
-    results = []
-    for size in map(int, args.sizes.split(",")):
-        done = subprocess.run(
-            [sys.executable, __file__, "--one", str(size)], capture_output=True, text=True, check=True
-        )
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(results[-1], file=sys.stderr)
-    header = tuple(results[0])
-    print(" | ".join(header))
-    for row in results:
-        print(" | ".join(str(row[name]) for name in header))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"dedup": results}, indent=1))
+    scale_main(__file__, __doc__, "dedup", measure)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -86,10 +87,12 @@ def measure(clips: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def scale_main(script: str, doc: str, name: str, measure: Callable[[int], dict]) -> None:
+    """The command line of a scaling benchmark: `measure(size)` for each size in its own process (a
+    fresh peak memory), a table on stdout and JSON under bench/results/NAME_scale.json."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--out", default=str(Path(__file__).with_name("results") / "people_scale.json"))
+    parser.add_argument("--out", default=str(Path(script).with_name("results") / f"{name}_scale.json"))
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child process measuring one size
     args = parser.parse_args()
     if args.one:
@@ -97,17 +100,19 @@ def main() -> None:
         return
     results = []
     for size in map(int, args.sizes.split(",")):
-        done = subprocess.run(
-            [sys.executable, __file__, "--one", str(size)], capture_output=True, text=True, check=True
-        )
+        done = subprocess.run([sys.executable, script, "--one", str(size)], capture_output=True, text=True, check=True)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(results[-1], file=sys.stderr)
-    header = ("clips", "planted_people", "found_people", "impure_found", "split_planted", "wall_s", "peak_rss_gb")
+    header = tuple(results[0])
     print(" | ".join(header))
     for row in results:
-        print(" | ".join(str(row[name]) for name in header))
+        print(" | ".join(str(row[key]) for key in header))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"people": results}, indent=1))
+    Path(args.out).write_text(json.dumps({name: results}, indent=1))
+
+
+def main() -> None:
+    scale_main(__file__, __doc__, "people", measure)
 
 
 if __name__ == "__main__":
