@@ -222,7 +222,7 @@ class ModelFloor:
                 mesh.close()
         # The identity model on the clip's sampled frames (here their mesh crops), as the face stage samples them.
         meshed = [(crop, points) for crop, points in zip(crops, landmarks) if points is not None]
-        picks = np.linspace(0, len(meshed) - 1, min(self.face.identity_samples, len(meshed))).round().astype(int)
+        picks = self.face.identity_picks(len(meshed))
         faces = [(meshed[i][0], meshed[i][1][IDENTITY_KEYPOINTS, :2] * meshed[i][0].shape[1::-1]) for i in picks]
         if faces:
             with self.timer(f"face identity: {self.identity.name}", len(faces), "frames"):

@@ -342,12 +342,12 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         centre, half = (union[:2] + union[2:]) / 2, (union[2:] - union[:2]) * self.crop_scale / 2
         return np.clip(np.concatenate([centre - half, centre + half]), 0.0, 1.0).astype(np.float32)
 
-    def _identity_picks(self, num_frames: int) -> np.ndarray:
+    def identity_picks(self, num_frames: int) -> np.ndarray:
         """The frames embedded for identity: `identity_samples`, evenly spread, first and last included."""
         return np.linspace(0, num_frames - 1, min(self.identity_samples, num_frames)).round().astype(int)
 
     def _identify(self, frames, pixels, result: FaceResult) -> None:
-        picks = self._identity_picks(len(frames))
+        picks = self.identity_picks(len(frames))
         embeddings = self._identity.embed([(frames[t], pixels[t, IDENTITY_KEYPOINTS]) for t in picks])
         result.identity_backend = self._identity.name
         if embeddings is None:
@@ -363,7 +363,7 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         closer to (a few embeddings more). None when a frame's face cannot be embedded."""
         height, width = frames.shape[1:3]
         pixels = face.track.landmarks[:, IDENTITY_KEYPOINTS, :2].astype(np.float32) * np.array([width, height])
-        picks = self._identity_picks(len(frames))
+        picks = self.identity_picks(len(frames))
 
         def embed(indices) -> np.ndarray | None:
             return self._identity.embed([(frames[t], pixels[t]) for t in indices])
