@@ -72,12 +72,6 @@ def _failed(stage: Stage, item: object, exc: Exception) -> Rejected:
     return Rejected("error", f"{stage.name}: {type(exc).__name__}: {exc}")
 
 
-def _rejected_row(stage: Stage, item: object, rejected: Rejected) -> CandidateClip:
-    """The rejected row a stage's `Rejected` makes of `item`: the record as the stage measured it, when it says."""
-    record = item if rejected.measured is None else rejected.measured
-    return record.reject(rejected.reason, rejected.detail, stage.name)
-
-
 def run_in_process(uri: str, groups: Sequence[Sequence[Stage]], keep_frames: bool = False) -> list[object]:
     """Everything the stage groups emit for one input, each group's outputs run through the next,
     in this process and without Ray (tests and benchmarks). `keep_frames` keeps the clips'
@@ -168,7 +162,7 @@ class ChainRunner:
 
     def _record(self, stage: Stage, item: object, result: object) -> object:
         if isinstance(result, Rejected):
-            return _rejected_row(stage, item, result)
+            return result.row(item, stage.name)
         if isinstance(result, Iterator):
             raise TypeError(f"stage {stage.name} fans out and cannot run in a batched group")
         return result
@@ -232,7 +226,7 @@ class ChainRunner:
         return [next(settled) if c.status is not Status.REJECTED else c for c in clips]
 
     def _reject(self, stage: Stage, item: object, rejected: Rejected) -> Iterator[object]:
-        yield _rejected_row(stage, item, rejected)
+        yield rejected.row(item, stage.name)
         if isinstance(item, (SourceVideo, ProbedSource)):
             yield ChunkDone(item.source if isinstance(item, ProbedSource) else item, 0, 1, 1)
 

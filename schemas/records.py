@@ -207,15 +207,20 @@ class CandidateClip:
             )
         return self.audio_context[start : start + length]
 
+    @property
+    def can_be_cut(self) -> bool:
+        """Whether `part` can cut this clip: its pictures are held, not yet encoded (or it has no video)."""
+        return self.video is None or self.video.held is not None
+
     def part(self, start: int, end: int) -> CandidateClip:
         """Frames `start` to `end` (exclusive, counted from the clip's first) as a clip of their own,
         with their pictures, analysis frames and audio context; a clip encoded while streaming
         cannot be cut (ValueError)."""
         if not 0 <= start < end <= self.num_frames:
             raise ValueError(f"frames {start}-{end} are not a part of a clip of {self.num_frames}")
-        video = self.video
-        if video is not None and video.held is None:
+        if not self.can_be_cut:
             raise ValueError("the clip was encoded while its frames streamed by; only held pictures can be cut")
+        video = self.video
         context = self.audio_context
         if context is not None:  # the context runs `audio_context_frames` past the clip on both sides
             context = context[start * SAMPLES_PER_FRAME : (end + 2 * self.audio_context_frames) * SAMPLES_PER_FRAME]
@@ -258,3 +263,8 @@ class Rejected:
     reason: str
     detail: str = ""
     measured: CandidateClip | None = None
+
+    def row(self, item, stage: str) -> CandidateClip:
+        """The rejected row this makes of `item` (a clip, or a source, chunk or stream that names its
+        span): the record as the stage measured it, when it carries one."""
+        return (item if self.measured is None else self.measured).reject(self.reason, self.detail, stage)

@@ -193,10 +193,12 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         result = self._face(item)
         if not (isinstance(result, Rejected) and result.reason == "identity_changed"):
             return result
+        if not item.can_be_cut:  # checked first: placing the change costs embeddings
+            detail = f"{result.detail}; the change was not cut: the clip was encoded as it streamed"
+            return dataclasses.replace(result, detail=detail)
         change = self._identity_change(item.frames, result.measured.face)
-        if change is None or (item.video is not None and item.video.held is None):
-            where = "could not be placed" if change is None else "was not cut: the clip was encoded as it streamed"
-            return dataclasses.replace(result, detail=f"{result.detail}; the change {where}")
+        if change is None:
+            return dataclasses.replace(result, detail=f"{result.detail}; the change could not be placed")
         return self._parts(item, change)
 
     def _parts(self, item: CandidateClip, change: int) -> Iterator[CandidateClip | Rejected]:
@@ -212,11 +214,7 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
                 continue
             results = self.process(part)
             for result in results if isinstance(results, Iterator) else (results,):
-                yield (
-                    (result.measured or part).reject(result.reason, result.detail, self.name)
-                    if isinstance(result, Rejected)
-                    else result
-                )
+                yield result.row(part, self.name) if isinstance(result, Rejected) else result
 
     def _face(self, item: CandidateClip) -> CandidateClip | Rejected:
         frames = item.frames
