@@ -58,19 +58,6 @@ def min_overlap(len_a: int, len_b: int) -> int:
     return max(MIN_OVERLAP_FRAMES, int(np.ceil(MIN_OVERLAP_SHARE * min(len_a, len_b))))
 
 
-def phash_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(clips of a, clips of b) uint8: for each pair of clips, the fewest differing bits between
-    any frame hash of one and any of the other (the same look). `a` (r, frames) and `b` (n, frames)
-    uint64 (a clip with fewer hashes is padded with copies of its own)."""
-    best = np.full((len(a), len(b)), 64, np.uint8)
-    differing, count = np.empty(best.shape, np.uint64), np.empty(best.shape, np.uint8)
-    for i in range(a.shape[1]):  # frame by frame: (r, n) temporaries instead of (r, n, frames, frames)
-        for j in range(b.shape[1]):
-            np.bitwise_xor(a[:, i, None], b[None, :, j], out=differing)
-            np.minimum(best, np.bitwise_count(differing, out=count), out=best)
-    return best
-
-
 def audio_bit_error_rate(a: np.ndarray, b: np.ndarray, offset: int) -> float:
     """Share of differing bits with sub-fingerprint n of `b` against n + `offset` of `a` (1.0 when
     the overlap is too short)."""
