@@ -95,7 +95,12 @@ class ProbedSource:
 
 @dataclass(frozen=True)
 class SourceChunk:
-    """A span of one source on the 25 fps grid, decoded by one worker; long inputs get several."""
+    """A span of one source on the 25 fps grid, decoded by one worker; long inputs get several.
+
+    `start_frame` and `end_frame` are where the chunk stage put the boundaries. With a cut search,
+    each boundary between two chunks moves forward onto the first cut found within
+    `cut_search_frames` after it, so a shot is not split there; the chunk after it decodes from
+    `lead_frames` earlier, so its scene detector sees the same frames as the one before it does."""
 
     source: SourceVideo
     probe: ProbeInfo
@@ -103,6 +108,23 @@ class SourceChunk:
     count: int
     start_frame: int
     end_frame: int  # exclusive
+    cut_search_frames: int = 0
+    lead_frames: int = 0
+
+    @property
+    def last(self) -> bool:
+        return self.index == self.count - 1
+
+    @property
+    def decode_start_frame(self) -> int:
+        """The first frame decoded: the detector's lead before a boundary that may move."""
+        return self.start_frame if self.index == 0 else max(0, self.start_frame - self.lead_frames)
+
+    @property
+    def decode_end_frame(self) -> int | None:
+        """One past the last frame decoded (None: the end of the source): far enough past the end
+        boundary to find a cut within the search and confirm it."""
+        return None if self.last else self.end_frame + self.cut_search_frames + self.lead_frames
 
     def reject(self, reason: str, detail: str, stage: str) -> CandidateClip:
         return CandidateClip.for_span(self.source, self.start_frame, self.end_frame, self.index).reject(

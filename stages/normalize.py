@@ -80,7 +80,7 @@ class NormalizedChunk(StreamOutput):
         self.analysis_size = (max(2, round(self.width * scale)), max(2, round(self.height * scale))) if scale else None
         self._strict = strict
         self._audio = np.zeros(0, np.int16)
-        self._audio_base = chunk.start_frame * SAMPLES_PER_FRAME  # grid sample of self._audio[0]
+        self._audio_base = chunk.decode_start_frame * SAMPLES_PER_FRAME  # grid sample of self._audio[0]
         self._audio_end = self._audio_base  # one past the last sample written
         self._audio_first: int | None = None  # first sample written: the stream may start after the video
         self.error_frames: list[int] = []  # grid frames near which a packet failed to decode
@@ -88,6 +88,9 @@ class NormalizedChunk(StreamOutput):
         self._resampler: av.AudioResampler | None = None
         self._resampler_input: tuple[str, str, int] | None = None  # (format, layout, rate) it was made for
         self.frames_out = 0
+        end = chunk.decode_end_frame
+        self._video_end = self._audio_end_frame = 1 << 40 if end is None else end
+        self._next_frame = chunk.decode_start_frame
         # One reformatter per stream (PyAV keeps one made per frame: a 4-minute input grew to 8.6 GB)
         # and per target: it caches one scaling context, which alternating targets would rebuild.
         self._to_small, self._to_analysis = (
@@ -128,6 +131,12 @@ class NormalizedChunk(StreamOutput):
         covered_from = a if self._audio_first is None else max(a, self._audio_first)
         return out, max(0, b - covered_from) / max(1, hi - lo)
 
+    def stop_at(self, video_end_frame: int, audio_end_frame: int) -> None:
+        """Frames from `video_end_frame` on are not needed (the chunk's end boundary landed there):
+        video decoding stops, audio goes on to `audio_end_frame` for the last clip's context."""
+        self._video_end = min(self._video_end, video_end_frame)
+        self._audio_end_frame = min(self._audio_end_frame, max(audio_end_frame, self._video_end))
+
     def frames(self, small_width: int = 0) -> Iterator[NormalizedFrame]:
         """Decode the chunk; `small_width` > 0 also gives each frame as BGR at that width."""
         decoding = self._decode(small_width)
@@ -152,11 +161,8 @@ class NormalizedChunk(StreamOutput):
             (small_width, max(2, round(small_width * self.height / self.width) // 2 * 2)) if small_width else None
         )
         origin = probe.video_start_s
-        chunk_start_s = origin + chunk.start_frame / FPS
+        decode_start_s = origin + chunk.decode_start_frame / FPS
         origin_pts = round(origin * FPS)
-        last_chunk = chunk.index == chunk.count - 1
-        end_frame = chunk.end_frame if not last_chunk else 1 << 40
-        audio_end_sample = end_frame * SAMPLES_PER_FRAME
 
         with open_container(chunk.source.uri) as container:
             video = video_stream(container)
@@ -165,15 +171,16 @@ class NormalizedChunk(StreamOutput):
             if self._strict:
                 # Surface corrupt data as errors instead of silently concealed pictures.
                 video.codec_context.options = {"err_detect": "explode"}
-            if chunk.start_frame > 0:
-                container.seek(int(chunk_start_s / video.time_base), stream=video, backward=True)
+            if chunk.decode_start_frame > 0:
+                container.seek(int(decode_start_s / video.time_base), stream=video, backward=True)
             graph = None
             video_done = False
 
             for packet in container.demux(video, audio):
+                video_done = video_done or self._next_frame >= self._video_end
                 if packet.stream is audio:
                     self._decode_audio(packet, origin)
-                    if video_done and self._audio_end >= audio_end_sample:
+                    if video_done and self._audio_end >= self._audio_end_frame * SAMPLES_PER_FRAME:
                         break
                     continue
                 if video_done:
@@ -188,30 +195,28 @@ class NormalizedChunk(StreamOutput):
                     continue
                 for frame in decoded:
                     if graph is None:
-                        graph = self._build_graph(video, frame, chunk_start_s)
+                        graph = self._build_graph(video, frame, decode_start_s)
                     graph.push(frame)
-                    for out in self._pull(graph, origin_pts, end_frame, small_size):
-                        yield out
-                        if out.index + 1 >= end_frame:
-                            video_done = True
+                    yield from self._pull(graph, origin_pts, small_size)
             if graph is not None and not video_done:
                 with contextlib.suppress(ValueError):
                     graph.push(None)
-                yield from self._pull(graph, origin_pts, end_frame, small_size)
+                yield from self._pull(graph, origin_pts, small_size)
             self._decode_audio(None, origin)
 
     def _pull(
-        self, graph: av.filter.Graph, origin_pts: int, end_frame: int, small_size: tuple[int, int] | None
+        self, graph: av.filter.Graph, origin_pts: int, small_size: tuple[int, int] | None
     ) -> Iterator[NormalizedFrame]:
-        """The pictures the filter graph has ready that fall in the chunk, with their arrays."""
+        """The pictures the filter graph has ready that fall in the decode span, with their arrays."""
         while True:
             try:
                 picture = graph.pull()
             except (av.error.BlockingIOError, av.error.EOFError):
                 return
             index = picture.pts - origin_pts
-            if index < self.chunk.start_frame or index >= end_frame:
+            if index < self.chunk.decode_start_frame or index >= self._video_end:
                 continue
+            self._next_frame = index + 1
             picture.pts = index
             picture.time_base = _FRAME_TIME_BASE
             self.frames_out += 1

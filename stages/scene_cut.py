@@ -5,6 +5,9 @@ than `min_clip_s` becomes a `too_short` row. A clip whose pictures fit in `hold_
 and encoded at the end of the worker group, after the face and sync stages, so the clips they
 reject cost no encode; a larger one is encoded while its frames stream by. A worker holds at most
 one clip's pictures, never a shot.
+
+A chunk's clips take its frames from its start boundary to its end boundary, where these land on
+cuts (see stages/chunk.py): the frames decoded before and after are for the detectors only.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from scenedetect.detectors import AdaptiveDetector, ContentDetector, HashDetecto
 
 from core.config import MB, option
 from schemas.frames import HeldPictures, NormalizedFrame
-from schemas.records import FPS, CandidateClip, ClipVideo, Status
+from schemas.records import FPS, CandidateClip, ClipVideo, SourceChunk, Status
 from stages.base import Resources, Stage
 from stages.clip_encoder import ClipEncoder
 from stages.normalize import NormalizedChunk
@@ -74,6 +77,53 @@ class _OpenClip:
         self.held = None
         if self.encoder is not None:
             self.encoder.abort()
+
+
+class _Boundary:
+    """Where a boundary between two chunks lands: on the first cut that a detector started the
+    chunk's lead before it finds within the cut search after it; else at the end of the search.
+    The chunks on both sides run this on the same frames, so they land it on the same frame."""
+
+    def __init__(self, nominal: int, chunk: SourceChunk, detector):
+        self.nominal, self.search_end = nominal, nominal + chunk.cut_search_frames
+        self._feed_from, self._feed_to = nominal - chunk.lead_frames, self.search_end + chunk.lead_frames
+        self._detector = detector
+        self._cut: int | None = None
+
+    def feed(self, frame: NormalizedFrame) -> None:
+        if self._cut is None and self._feed_from <= frame.index < self._feed_to:
+            found = self._detector.process_frame(FrameTimecode(frame.index, _RATE), frame.small)
+            self._cut = next((tc.frame_num for tc in found if self.nominal <= tc.frame_num < self.search_end), None)
+
+    def landed(self, index: int) -> bool:
+        """Whether the boundary is at or before frame `index`; known once the detector has seen the
+        frames after `index` that it needs to report a cut there."""
+        return (self._cut is not None and self._cut <= index) or index >= self.search_end
+
+    @property
+    def frame(self) -> int:
+        """Where it landed (once it has)."""
+        return self._cut if self._cut is not None else self.search_end
+
+
+class _ChunkSpan:
+    """The frames a chunk's clips take: from its start boundary on, up to its end boundary."""
+
+    def __init__(self, chunk: SourceChunk, make_detector):
+        search = chunk.cut_search_frames > 0
+        self.start = _Boundary(chunk.start_frame, chunk, make_detector()) if search and chunk.index else None
+        self.end = _Boundary(chunk.end_frame, chunk, make_detector()) if search and not chunk.last else None
+
+    def feed(self, frame: NormalizedFrame) -> None:
+        for boundary in (self.start, self.end):
+            if boundary is not None:
+                boundary.feed(frame)
+
+    def takes(self, index: int) -> bool:
+        return self.start is None or self.start.landed(index)
+
+    def ended(self, index: int) -> bool:
+        return self.end is not None and self.end.landed(index)
 
 
 @dataclass
@@ -133,6 +183,8 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
         finished: deque[CandidateClip] = deque()  # encoded, waiting for their audio
         clip: _OpenClip | None = None
         shot = -1
+        span = _ChunkSpan(item.chunk, self._make_detector)
+        ended = False
 
         def place(frame: NormalizedFrame) -> None:
             nonlocal clip, shot
@@ -152,28 +204,39 @@ class SceneCutStage(Stage[NormalizedChunk, CandidateClip]):
                     (finished[0].start_frame if finished else done.end_frame) - self.audio_context_frames
                 )
 
+        def take(frame: NormalizedFrame) -> None:
+            nonlocal ended
+            if span.ended(frame.index):
+                ended = True  # the rest of the decode span is the next chunk's; its audio still comes
+                item.stop_at(span.end.frame, span.end.frame + self.audio_context_frames)
+            elif span.takes(frame.index):
+                place(frame)
+
         last = None
         try:
             for frame in item.frames(small_width=self.detect_width):
+                if ended:
+                    continue
                 last = frame.index
                 cuts.update(
                     tc.frame_num for tc in detector.process_frame(FrameTimecode(frame.index, _RATE), frame.small)
                 )
+                span.feed(frame)
                 waiting.append(frame)
-                while len(waiting) > lag:
-                    place(waiting.popleft())
+                while len(waiting) > lag and not ended:
+                    take(waiting.popleft())
                 yield from ready(final=False)
-            if last is not None:
+            if last is not None and not ended:
                 cuts.update(tc.frame_num for tc in detector.post_process(FrameTimecode(last, _RATE)))
-            while waiting:
-                place(waiting.popleft())
+            while waiting and not ended:
+                take(waiting.popleft())
             if clip is not None:
                 finished.append(self._close(item, clip, min_frames))
                 clip = None
             yield from ready(final=True)
             # Corrupt data up to the end of the chunk decodes to no frames at all: that span still needs its row.
             decoded_to = item.chunk.start_frame if last is None else last + 1
-            if decoded_to < item.chunk.end_frame and any(f >= decoded_to - 1 for f in item.error_frames):
+            if not ended and decoded_to < item.chunk.end_frame and any(f >= decoded_to - 1 for f in item.error_frames):
                 yield item.reject_corrupt(item.remainder(decoded_to), f"no frame decodes from frame {decoded_to} on")
         finally:
             if clip is not None:

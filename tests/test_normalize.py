@@ -235,21 +235,35 @@ def test_coarse_timestamps_do_not_cut_the_audio(tmp_path):
 
 
 def test_two_chunks_decode_exactly_what_one_does(shots_video):
+    """Each chunk decodes its span and the detector's lead and reach around it (stages/chunk.py):
+    the second from 2 s before its start, the first on to the end of the cut search (here past the
+    source's end). Where both decode a frame, the pictures and the audio are the same."""
     (single,) = normalized(shots_video.path)
     halves = normalized(shots_video.path, chunk_s=5.0)
     assert [(c.chunk.start_frame, c.chunk.end_frame) for c in halves] == [(0, 125), (125, 250)]
+    assert [(c.chunk.decode_start_frame, c.chunk.decode_end_frame) for c in halves] == [(0, 125 + 250 + 50), (75, None)]
     whole = decode(single, "yuv420p")
     parts = [decode(half, "yuv420p") for half in halves]
-    assert sorted(parts[0]) == list(range(0, 125)) and sorted(parts[1]) == list(range(125, 250))
+    assert sorted(parts[0]) == list(range(0, 250)) and sorted(parts[1]) == list(range(75, 250))
     assert sorted(whole) == list(range(250))
     # Same decoder, same filters, started from a key frame: the pictures must be identical.
-    for index in range(250):
-        part = parts[index >= 125][index]
-        assert np.array_equal(part, whole[index]), f"frame {index} differs"
+    for part in parts:
+        for index, picture in part.items():
+            assert np.array_equal(picture, whole[index]), f"frame {index} differs"
     # The audio of each chunk is the same stretch of the single decode.
     for half in halves:
-        start, end = half.chunk.start_frame, half.chunk.end_frame
+        start, end = half.chunk.decode_start_frame, 250
         assert np.array_equal(half.audio(start, end)[0], single.audio(start, end)[0])
+
+
+def test_a_chunk_stopped_at_its_boundary_decodes_no_further_video_but_its_audio(shots_video):
+    first, _ = normalized(shots_video.path, chunk_s=5.0)
+    frames = first.frames()
+    for frame in frames:
+        if frame.index == 100:
+            first.stop_at(110, 130)
+    assert frame.index == 109  # the frames already in flight up to the new end, then none
+    assert first.audio_end_frame >= 130 and first.audio(110, 130)[1] == 1.0
 
 
 _SEEK_AND_FREE = """

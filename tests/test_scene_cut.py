@@ -29,11 +29,17 @@ from stages.probe import ProbeStage
 from stages.scene_cut import DETECTORS, SceneCutStage
 
 
-def cut(path: Path, normalize: NormalizeStage | None = None, **options) -> list[CandidateClip]:
+def cut(
+    path: Path, normalize: NormalizeStage | None = None, chunks: ChunkStage | None = None, **options
+) -> list[CandidateClip]:
+    """The scene-cut stage's rows for every chunk of `path` (one chunk unless `chunks` says otherwise)."""
     probed = ProbeStage().process(SourceVideo.from_uri(str(path)))
     assert isinstance(probed, ProbedSource), probed
-    (chunk,) = ChunkStage().process(probed)
-    return list(SceneCutStage(**options).process((normalize or NormalizeStage()).process(chunk)))
+    return [
+        row
+        for chunk in (chunks or ChunkStage()).process(probed)
+        for row in SceneCutStage(**options).process((normalize or NormalizeStage()).process(chunk))
+    ]
 
 
 def assert_tiles(rows: list[CandidateClip], start: int, end: int) -> None:
@@ -168,6 +174,48 @@ def test_undecodable_chunk_still_gets_its_row(corrupt_media):
     rows = list(SceneCutStage().process(normalized))
     assert normalized.frames_out == 0
     assert [(row.start_frame, row.end_frame, row.reason) for row in rows] == [(0, chunk.end_frame, "decode_error")]
+
+
+# -- chunk boundaries land on cuts ------------------------------------------------------------------
+
+
+def spans(rows: list[CandidateClip]) -> list[tuple[int, int, str]]:
+    return [(row.start_frame, row.end_frame, row.status.value) for row in rows]
+
+
+def test_a_chunk_boundary_inside_a_shot_moves_onto_its_cut(shots_video):
+    """Chunks of 5 s put a boundary at frame 125, inside the 4 s shot (75-175): both chunks move it
+    onto the cut at 175, so the shot stays whole, and every clip is the one a single chunk makes:
+    the same span, pictures, analysis frames and audio."""
+    single = cut(shots_video.path)
+    chunked = cut(shots_video.path, chunks=ChunkStage(chunk_s=5.0))
+    assert spans(chunked) == spans(single)
+    assert [row.chunk_index for row in chunked] == [0, 0, 1]
+    assert abs(chunked[2].start_frame - shots_video.cuts[1]) <= 1
+    for one, other in zip(single, chunked):
+        assert EncodeStage().process(one).video.mp4 == EncodeStage().process(other).video.mp4, one.key
+        assert np.array_equal(one.frames, other.frames) and np.array_equal(one.audio_context, other.audio_context)
+    # Without the search, the boundary splits the shot, as it always did.
+    split = cut(shots_video.path, chunks=ChunkStage(chunk_s=5.0, cut_search_s=0))
+    assert [(start, end) for start, end, _ in spans(split)] == [(0, 75), (75, 125), (125, 175), (175, 250)]
+
+
+def test_a_boundary_with_no_cut_in_reach_lands_where_the_search_ends(shots_video):
+    """Frame 125 with a 1 s search finds no cut before 150: both chunks put the boundary at 150,
+    so the rows still cover the source once, with no gap and no overlap."""
+    rows = cut(shots_video.path, NormalizeStage(preset="ultrafast"), ChunkStage(chunk_s=5.0, cut_search_s=1.0))
+    assert_tiles(rows, 0, shots_video.num_frames)
+    assert 150 in [row.start_frame for row in rows if row.chunk_index == 1]
+    assert max(row.end_frame for row in rows if row.chunk_index == 0) == 150
+
+
+def test_many_chunks_cover_a_source_once(shots_video):
+    """Chunks of 1 s: nine boundaries, most with no cut within 2 s, and chunks whose whole span
+    the chunk before them takes: the rows still tile the source, and each cut is a clip's start."""
+    rows = cut(shots_video.path, NormalizeStage(preset="ultrafast"), ChunkStage(chunk_s=1.0, cut_search_s=2.0))
+    assert_tiles(rows, 0, shots_video.num_frames)
+    starts = {row.start_frame for row in rows}
+    assert all(any(abs(start - c) <= 1 for start in starts) for c in shots_video.cuts), (starts, shots_video.cuts)
 
 
 def test_validate_rejects_bad_configurations():
