@@ -18,6 +18,11 @@ word, whose edges Whisper's alignment stretches over the silence around them), t
 how the packed path decided the clip (on its packed result, or alone after a doubtful one). Then per
 path: pooled WER, encoder and total CPU ms per clip-second (the best of `--repeats`). JSON goes to
 bench/results/transcribe-packing-<timestamp>.json.
+
+With `--demo FOLDER` it instead runs the inputs in FOLDER (e.g. demo/media) through the ingest and
+clips groups with the default configuration, then the clips that reach transcription through the
+transcribe stage in batches of `--batch`, once without and once with packing (the first gap), and
+prints each clip's row (key, status, reason, transcript) where the two differ.
 """
 
 from __future__ import annotations
@@ -42,7 +47,10 @@ from long_inputs import test_media  # noqa: E402
 from bench import RESULTS  # noqa: E402  (bench/bench.py: this folder is first on sys.path)
 from core.media_io import decode_audio  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
-from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Rejected, SourceVideo  # noqa: E402
+from pipeline.definition import PIPELINE  # noqa: E402
+from pipeline.inputs import discover  # noqa: E402
+from pipeline.runner import ChainRunner, run_in_process  # noqa: E402
+from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Rejected, SourceVideo, Status  # noqa: E402
 from stages.transcribe import TranscribeStage  # noqa: E402
 from stages.whisper_models import voiced_spans  # noqa: E402
 
@@ -218,16 +226,42 @@ def print_summary(summary: dict[str, dict]) -> None:
         print(f"{path:18} {row['wer']:5.3f} {row['encoder_ms_per_s']:12.0f} {row['total_ms_per_s']:10.0f}{extra}")
 
 
+def demo_rows(folder: str, options: dict, batch: int) -> dict:
+    """key -> (status, reason, transcript) of every clip of `folder`'s inputs, without and with packing."""
+    config = RunConfig.load(None, [])
+    ingest, clips = ([config.stages[cls.name] for cls in group.stages] for group in PIPELINE[:2])
+    rows = [out for source in discover([folder]).sources for out in run_in_process(source.uri, [ingest, clips])]
+    reaching = [row for row in rows if isinstance(row, CandidateClip) and row.status is Status.PENDING]
+    decided = {}
+    for pack in (False, True):
+        runner = ChainRunner([TranscribeStage(**{**options, "pack": pack})])
+        out = [o for i in range(0, len(reaching), batch) for o in runner.run_batch(reaching[i : i + batch])]
+        decided[pack] = {o.key: (o.status.value, o.reason, o.transcript.text) for o in out}
+    print(f"{len(rows)} records from {folder}, {len(reaching)} clips reach transcription, batches of {batch}")
+    for key in decided[False]:
+        same = decided[False][key] == decided[True][key]
+        print(
+            f"{key}: {'same' if same else 'DIFFERENT'} {decided[False][key]}"
+            + ("" if same else f" / {decided[True][key]}")
+        )
+    return {str(pack): rows for pack, rows in decided.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gaps", default="1.0", help="pack_gap_s values to measure, comma-separated")
     parser.add_argument("--batch", type=int, default=8, help="clips per process_batch call")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], metavar="transcribe.KEY=VALUE")
+    parser.add_argument("--demo", help="compare the decisions on this folder's inputs instead")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     configured = RunConfig.load(None, args.set).section("transcribe")
     options = {field.name: getattr(configured, field.name) for field in dataclasses.fields(configured)}
+    options["pack_gap_s"] = float(args.gaps.split(",")[0])
+    if args.demo:
+        write(args.out, {"demo": args.demo, "options": options, "rows": demo_rows(args.demo, options, args.batch)})
+        return
     with tempfile.TemporaryDirectory() as folder:
         clips = speech_clips(Path(folder))
     records = [as_clip(audio, path) for _, _, audio, path in clips]
@@ -268,7 +302,11 @@ def main() -> None:
         report["gaps"][str(gap)] = rows
     print_summary(summary)
     report["summary"] = summary
-    out = args.out or RESULTS / f"transcribe-packing-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    write(args.out, report)
+
+
+def write(out: Path | None, report: dict) -> None:
+    out = out or RESULTS / f"transcribe-packing-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))
     print(f"\nwrote {out}")

@@ -21,7 +21,8 @@ clip's encoded alone.
 With `pack` set, a batch of clips is decoded several to a Whisper window (stages/whisper_packing.py)
 instead of one window each, when the decoding language is fixed (an English-only model, or
 `language` set: a packed window has one language). A clip keeps its packed result only when the
-rules keep it on that result with words of its own the decoder was sure of; any other clip is
+rules keep it on that result with words of its own the decoder was sure of and that are no
+repetition loop (nor is the window's text: a loop can run over several clips); any other clip is
 decoded alone, as without packing, and decided on that, so a clip is never rejected on what other
 clips' speech did to its window. Packing is off by default: with tiny.en it changes the words of
 about half the clips (bench/transcribe_packing.py).
@@ -30,6 +31,7 @@ about half the clips (bench/transcribe_packing.py).
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -50,6 +52,7 @@ from stages.whisper_models import (
 from stages.whisper_packing import plan_windows, transcribe_packed
 
 DEVICES = ("cpu", "cuda")
+MAX_COMPRESSION_RATIO = 2.4  # Whisper's own sign of a repetition loop (its compression_ratio_threshold)
 
 
 @dataclass
@@ -161,6 +164,8 @@ class TranscribeStage(Stage[CandidateClip, CandidateClip]):
                 packed = transcribe_packed(
                     self._model, [items[i].audio for i in indices], [clip_spans[w] for w in window], self.pack_gap_s
                 )
+                if _compression_ratio(" ".join(s.text for t in packed for s in t.segments)) > MAX_COMPRESSION_RATIO:
+                    packed = []  # a repetition loop, which may have run over several clips: each decoded alone
                 for i, transcription in zip(indices, packed):
                     decided = self._decided(results[i][0], transcription, packed=True)
                     if decided is not None:
@@ -192,12 +197,16 @@ class TranscribeStage(Stage[CandidateClip, CandidateClip]):
         self, transcribed: CandidateClip, transcription: Transcription, packed: bool = False
     ) -> CandidateClip | Rejected | None:
         """The rules on `transcription`; for a packed one, None unless they keep the clip on words
-        of its own that the decoder was sure of."""
+        of its own that the decoder was sure of, and that are not a repetition loop."""
         transcript = dataclasses.replace(transcribed.transcript)
         transcribed = dataclasses.replace(transcribed, transcript=transcript)
         _fill(transcript, transcription, _duration(transcribed))
         rejected = self._rejected(transcript, transcribed)
-        if packed and (rejected or _words_logprob(transcript.words) < self.min_avg_logprob):
+        if packed and (
+            rejected
+            or _words_logprob(transcript.words) < self.min_avg_logprob
+            or _compression_ratio(transcript.text) > MAX_COMPRESSION_RATIO
+        ):
             return None
         if rejected:
             return rejected
@@ -227,6 +236,12 @@ class TranscribeStage(Stage[CandidateClip, CandidateClip]):
 
 def _duration(clip: CandidateClip) -> float:
     return clip.num_frames / FPS
+
+
+def _compression_ratio(text: str) -> float:
+    """Whisper's measure of repetition: the text's length over its zlib-compressed length."""
+    data = text.encode()
+    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 def _words_logprob(words: list[Word]) -> float:

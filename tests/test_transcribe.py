@@ -22,15 +22,15 @@ import pytest
 
 from pipeline.runner import ChainRunner
 from schemas.manifest import manifest_row, sample_metadata
-from schemas.records import FPS, SAMPLE_RATE, CandidateClip, Status
+from schemas.records import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, CandidateClip, SourceVideo, Status
 from schemas.text import WHISPER_FEATURE_RATE, frame_feature_window
 from stages.chunk import ChunkStage
 from stages.normalize import NormalizeStage
 from stages.probe import ProbeStage
 from stages.scene_cut import SceneCutStage
-from stages.transcribe import TranscribeStage
+from stages.transcribe import MAX_COMPRESSION_RATIO, TranscribeStage, _compression_ratio
 from stages.whisper_models import FasterWhisperModel, OpenAIWhisperModel, voiced_spans
-from stages.whisper_packing import pack, plan_windows
+from stages.whisper_packing import pack, plan_windows, transcribe_packed
 
 # openai-whisper's decoder hands torch tensors to numpy; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning")
@@ -283,6 +283,27 @@ def test_no_speech_beside_speech_is_decided_as_alone(packed, transcribed):
         clip, alone = results[name], transcribed[name]
         assert (clip.status, clip.reason, clip.rejected_by) == (Status.REJECTED, "no_speech", "transcribe")
         assert clip.reason_detail == alone.reason_detail and clip.transcript == alone.transcript
+
+
+def test_a_repetition_loop_in_a_packed_window_is_decoded_alone():
+    """The demo's portrait track packed before the four GRID sentences sends tiny.en into a loop
+    ("simply yes, no, no, no, ..."), its words sure and covering the clip: every clip of that window
+    is decoded alone instead (a loop may run over several clips). Alone, the raw track loops as
+    well ("I'll see you in the next video, ..."): no rule of the stage looks for loops in a clip
+    decoded alone."""
+    paths = [media.PORTRAIT, *media.GRID]
+    audios = [audio[: len(audio) // SAMPLES_PER_FRAME * SAMPLES_PER_FRAME] for audio in map(media.decoded_audio, paths)]
+    records = [
+        CandidateClip(SourceVideo.from_uri(str(p)), 0, 0, len(a) // SAMPLES_PER_FRAME, audio_context=a)
+        for p, a in zip(paths, audios)
+    ]
+    stage = TranscribeStage(pack=True)
+    stage.setup()
+    spans = [voiced_spans(audio) for audio in audios]
+    looped = transcribe_packed(stage._model, audios, spans, stage.pack_gap_s)[0]
+    assert _compression_ratio(" ".join(s.text for s in looped.segments)) > MAX_COMPRESSION_RATIO, looped
+    for clip, record in zip(stage.process_batch(records), records):
+        assert kept(clip).transcript == kept(stage.process(record)).transcript
 
 
 def test_packing_keeps_the_features_of_each_clip_alone(clips, with_features):
