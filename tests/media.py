@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -602,3 +603,44 @@ def shifted_context(context: np.ndarray, shift: int) -> np.ndarray:
     else:
         out[-shift:] = context[:shift]
     return out
+
+
+# -- what is said in the media ---------------------------------------------------------------------
+
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+# GRID grammar (demo/media/SOURCES.md): command, colour, preposition, letter, digit, adverb.
+GRID_WORDS = [
+    {"b": "bin", "l": "lay", "p": "place", "s": "set"},
+    {"b": "blue", "g": "green", "r": "red", "w": "white"},
+    {"a": "at", "b": "by", "i": "in", "w": "with"},
+    None,  # the letter itself
+    {**{str(digit): word for digit, word in enumerate(DIGITS)}, "z": "zero"},
+    {"a": "again", "n": "now", "p": "please", "s": "soon"},
+]
+
+
+def grid_sentence(code: str) -> str:
+    """The sentence a GRID file name spells, e.g. bbaf2n: "bin blue at f two now"."""
+    return " ".join(code[i] if table is None else table[code[i]] for i, table in enumerate(GRID_WORDS))
+
+
+def words_of(text: str) -> list[str]:
+    """Lower case, no punctuation, digits as words, a letter run into a digit split ("F2": "f two")."""
+    text = re.sub(r"(?<=[a-z])(?=\d)|(?<=\d)(?=[a-z])", " ", text.lower())
+    text = re.sub(r"\d", lambda m: f" {DIGITS[int(m.group())]} ", text)
+    return re.sub(r"[^a-z' ]", " ", text).split()
+
+
+def word_edits(reference: list[str], hypothesis: list[str]) -> int:
+    """Word-level edit distance: substitutions, insertions and deletions."""
+    row = list(range(len(hypothesis) + 1))
+    for i, r in enumerate(reference, 1):
+        previous, row[0] = row[0], i
+        for j, h in enumerate(hypothesis, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (r != h))
+    return row[-1]
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate: word-level edit distance over the reference's length."""
+    return word_edits(words_of(reference), words_of(hypothesis)) / len(words_of(reference))
