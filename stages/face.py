@@ -241,8 +241,8 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
             # rejects the clip (and any other face as a candidate) whatever the later frames hold.
             return Rejected(
                 "no_face",
-                f"the face is visible on at most {detected.reachable / num_frames:.0%} of frames, minimum "
-                f"{self.min_face_coverage:.0%} (detection stopped after {detected.seen} of {num_frames} frames)",
+                f"the face is visible on at most {detected.reachable} of {num_frames} frames, minimum "
+                f"{self.min_face_coverage:.0%} (detection stopped after {detected.seen} frames)",
                 measured=_with_face(item, result),
             )
         if not tracks:
