@@ -97,9 +97,9 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
     early_stop: bool = option(
         True,
         "Stop detecting faces on a clip once no track can be present on `min_face_coverage` of its frames any more: "
-        "the clip is `no_face` as with a full pass, and its row says at most what share a face could reach instead "
-        "of the measured coverage and size (`num_faces` counts the faces of the frames seen). false: always detect "
-        "on every detection frame.",
+        "the clip is `no_face` as with a full pass, and its row gives the most frames a face could still be on "
+        "instead of the measured coverage and size (`num_faces` counts the faces of the frames seen). false: always "
+        "detect on every detection frame.",
     )
     min_face_px: float = option(
         96.0, "Median face box height, in pixels of the stored clip, below which a clip is `face_too_small`."

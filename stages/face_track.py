@@ -98,7 +98,7 @@ class ReachableFrames:
         """Detection saw `frame` (`found`: a face on it); `next_frame` is the next detection frame,
         None after the last. Detection frames are at most `max_gap` + 1 apart."""
         if found:
-            # The frames since the last face are still pending only if this face bridges them.
+            # Frames still pending since the last face were in reach of this one, which bridges them.
             self._settled, self._last_face = frame + 1, frame
             return
         end = self._num_frames if next_frame is None else next_frame
