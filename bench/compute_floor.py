@@ -207,7 +207,8 @@ class ModelFloor:
 
     def _faces(self, clip: ClipPlan) -> None:
         frames = clip.frames
-        detections = self.tracker.detect_faces(frames, self.mediapipe, self.retinaface)
+        min_coverage = self.face.min_face_coverage if self.face.early_stop else 0.0
+        detections = self.tracker.detect_faces(frames, self.mediapipe, self.retinaface, min_coverage).faces
         crops = [
             self.tracker.mesh_crop(frame, box)[0]
             for frame, box in zip(frames, _largest_face_boxes(detections))

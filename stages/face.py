@@ -10,7 +10,9 @@ scheme: a detector now and then, the landmark model in between), its landmarks a
 sample stores, and the face and lip masks are drawn from them (schemas/face.py). When several faces
 count (interviews, two-shots) and `multiple_faces` is `keep`, every face the rules pass gets its
 landmarks and measurements as a candidate, and the sync stage keeps the one that speaks; a clip
-with one face costs nothing extra.
+with one face costs nothing extra. Rejected clips pay for what decided them: detection stops as soon
+as no track can reach the coverage minimum (`early_stop`), and the mesh runs only on a track that
+passed the rules read from its boxes (coverage, size, cut-off).
 """
 
 from __future__ import annotations
@@ -91,6 +93,13 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
     )
     min_face_coverage: float = option(
         0.9, "The tracked face must be present (after bridging) on this share of frames, else `no_face`."
+    )
+    early_stop: bool = option(
+        True,
+        "Stop detecting faces on a clip once no track can be present on `min_face_coverage` of its frames any more: "
+        "the clip is `no_face` as with a full pass, and its row gives the most frames a face could still be on "
+        "instead of the measured coverage and size (`num_faces` counts the faces of the frames seen). false: always "
+        "detect on every detection frame.",
     )
     min_face_px: float = option(
         96.0, "Median face box height, in pixels of the stored clip, below which a clip is `face_too_small`."
@@ -221,11 +230,21 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         if frames is None or len(frames) == 0:
             raise ValueError("the face stage needs the clip's analysis frames (normalize.analysis_long_side > 0)")
         num_frames = len(frames)
-        tracks = self._tracker.tracks(frames)
+        detected = self._tracker.detect(frames, self.min_face_coverage if self.early_stop else 0.0)
+        tracks = self._tracker.link(detected.faces)
         dense = [t.dense_boxes(num_frames, self.max_gap_frames) for t in tracks]
         present = [float(np.mean(~np.isnan(b[:, 0]))) for b in dense]
         counted = [i for i, share in enumerate(present) if share >= self.min_track_share]
         result = FaceResult(backend=_BACKEND, num_faces=len(counted))
+        if detected.stopped:
+            # Every track of a full pass would be under the coverage minimum: the coverage rule
+            # rejects the clip (and any other face as a candidate) whatever the later frames hold.
+            return Rejected(
+                "no_face",
+                f"the face is visible on at most {detected.reachable} of {num_frames} frames, minimum "
+                f"{self.min_face_coverage:.0%} (detection stopped after {detected.seen} frames)",
+                measured=_with_face(item, result),
+            )
         if not tracks:
             return Rejected("no_face", "no face detected on any frame", measured=_with_face(item, result))
         main = max(range(len(tracks)), key=lambda i: (present[i], len(tracks[i].frames)))

@@ -1,5 +1,6 @@
 """Following faces through frames: detections (mediapipe, RetinaFace) linked into tracks by greedy
-IoU matching with short gaps bridged, and the face mesh's landmarks along a track."""
+IoU matching with short gaps bridged, and the face mesh's landmarks along a track. Detection can stop
+early, once no track could cover enough of the frames any more."""
 
 from __future__ import annotations
 
@@ -79,6 +80,47 @@ def link(detections: list[list[Detection]], min_iou: float, max_gap: int) -> lis
     return finished + active
 
 
+class ReachableFrames:
+    """How many of a clip's frames a face track can still cover while detection goes through the
+    detection frames in order. A track covers its detection frames and the frames between two of
+    them at most `max_gap` + 1 apart, so a frame is out of reach once no face found on or before it
+    can be bridged to a face on or after it. Whatever the frames not yet seen hold, no track of the
+    full pass covers more than `count` frames."""
+
+    def __init__(self, num_frames: int, max_gap: int):
+        self.count = num_frames
+        self._num_frames = num_frames
+        self._max_gap = max_gap
+        self._settled = 0  # the frames before this one are counted in or out for good
+        self._last_face: int | None = None
+
+    def add(self, frame: int, found: bool, next_frame: int | None) -> None:
+        """Detection saw `frame` (`found`: a face on it); `next_frame` is the next detection frame,
+        None after the last. Detection frames are at most `max_gap` + 1 apart."""
+        if found:
+            # Frames still pending since the last face were in reach of this one, which bridges them.
+            self._settled, self._last_face = frame + 1, frame
+            return
+        end = self._num_frames if next_frame is None else next_frame
+        if next_frame is None or self._last_face is None or next_frame - self._last_face > self._max_gap + 1:
+            self.count -= end - self._settled
+            self._settled = end
+
+
+@dataclass
+class FaceDetections:
+    """The faces detection found on a clip's frames (empty between detection frames and after
+    `seen`), and at most how many frames a track of them can cover."""
+
+    faces: list[list[Detection]]
+    seen: int  # detection looked at the frames before this one: all of them, unless it stopped early
+    reachable: int
+
+    @property
+    def stopped(self) -> bool:
+        return self.seen < len(self.faces)
+
+
 def square_crop(box: np.ndarray, width: int, height: int, scale: float) -> tuple[int, int, int, int]:
     """A square around the box in pixels, `scale` times its larger side, clipped to the frame."""
     cx, cy = (box[0] + box[2]) / 2 * width, (box[1] + box[3]) / 2 * height
@@ -110,8 +152,15 @@ class FaceTracker:
 
     def tracks(self, frames: np.ndarray) -> list[Track]:
         """The faces on `frames` (RGB, T x H x W x 3) linked into tracks."""
-        detections = self.detect_faces(frames, self._mediapipe, self._retinaface)
-        return link(detections, self.track_min_iou, self.max_gap_frames)
+        return self.link(self.detect(frames).faces)
+
+    def detect(self, frames: np.ndarray, min_coverage: float = 0.0) -> FaceDetections:
+        """The faces on `frames`, with the loaded detectors; see `detect_faces`."""
+        return self.detect_faces(frames, self._mediapipe, self._retinaface, min_coverage)
+
+    def link(self, faces: list[list[Detection]]) -> list[Track]:
+        """Per-frame detections linked into tracks."""
+        return link(faces, self.track_min_iou, self.max_gap_frames)
 
     def longest_track_landmarks(self, frames: np.ndarray) -> np.ndarray | None:
         """(T, 478, 3) landmarks of the longest face track in `frames`, or None without a face: the
@@ -131,18 +180,24 @@ class FaceTracker:
         return picks + [num_frames - 1] if picks and picks[-1] != num_frames - 1 else picks
 
     def detect_faces(
-        self, frames: Sequence[np.ndarray], mediapipe: FaceDetector, retinaface: FaceDetector
-    ) -> list[list[Detection]]:
+        self, frames: Sequence[np.ndarray], mediapipe: FaceDetector, retinaface: FaceDetector, min_coverage: float = 0.0
+    ) -> FaceDetections:
         """Per frame, the faces found; empty on the frames between detection frames. RetinaFace
-        also looks at every `retinaface_every`-th frame and where mediapipe found nothing. The
-        detectors are arguments so the benchmark's floor can time each one."""
+        also looks at every `retinaface_every`-th frame and where mediapipe found nothing. Detection
+        stops once no track can be present on `min_coverage` of the frames any more. The detectors
+        are arguments so the benchmark's floor can time each one."""
         picks = self.detection_frames(len(frames))
         detections: list[list[Detection]] = [[] for _ in range(len(frames))]
-        for index, faces in zip(picks, mediapipe.detect([frames[i] for i in picks])):
+        reach = ReachableFrames(len(frames), self.max_gap_frames)
+        for n, index in enumerate(picks):
+            faces = mediapipe.detect([frames[index]])[0]
             if not faces or (self.retinaface_every and index % self.retinaface_every == 0):
                 faces = merge_backends(faces, retinaface.detect([frames[index]])[0])
             detections[index] = faces
-        return detections
+            reach.add(index, bool(faces), picks[n + 1] if n + 1 < len(picks) else None)
+            if reach.count / len(frames) < min_coverage:
+                return FaceDetections(detections, index + 1, reach.count)
+        return FaceDetections(detections, len(frames), reach.count)
 
     def landmarks(self, frames: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(T, 478, 3) landmarks in [0, 1] of the frame of the face in `boxes` (T, 4), and on which

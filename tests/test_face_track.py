@@ -1,5 +1,6 @@
-"""Linking face detections into tracks: IoU, greedy matching, gap bridging and splitting, and
-merging a second detector's faces into the first's. Detections are built here, no model runs."""
+"""Linking face detections into tracks: IoU, greedy matching, gap bridging and splitting, merging a
+second detector's faces into the first's, and the bound on the frames a track can still reach that
+lets detection stop early. Detections are built here, no model runs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from stages.face_models import Detection
-from stages.face_track import Track, iou, link, merge_backends
+from stages.face_track import FaceTracker, ReachableFrames, Track, iou, link, merge_backends
 
 MIN_IOU, MAX_GAP = 0.3, 8
 
@@ -146,3 +147,46 @@ def test_merge_backends_drops_secondary_duplicates():
     assert same(merge_backends([], [duplicate, new]), [duplicate, new])
     assert same(merge_backends(primary, []), primary)
     assert same(merge_backends(primary, [slight], same_face_iou=0.02), primary)  # a looser notion of "same face"
+
+
+def reach_after_each_detection(found: dict[int, bool], picks: list[int], num_frames: int) -> list[int]:
+    reach = ReachableFrames(num_frames, MAX_GAP)
+    counts = []
+    for n, frame in enumerate(picks):
+        reach.add(frame, found[frame], picks[n + 1] if n + 1 < len(picks) else None)
+        counts.append(reach.count)
+    return counts
+
+
+def test_reachable_frames_of_a_hand_made_schedule():
+    """20 frames, detection on every 2nd (and the last): faces on 0-4, none on 6-14, one on 16, none
+    after. Frames 0-4 are covered; 5-13 could be bridged to a face on 14 until the detection on 12
+    finds none, as 14 is more than MAX_GAP + 1 frames after the face on 4 (then 14-15 on 14); 16 is
+    covered, 17-19 out of reach once the last frame shows no face."""
+    picks = FaceTracker(detect_every=2).detection_frames(20)
+    found = {f: f <= 4 or f == 16 for f in picks}
+    counts = reach_after_each_detection(found, picks, 20)
+    assert dict(zip(picks, counts)) == {0: 20, 2: 20, 4: 20, 6: 20, 8: 20, 10: 20, 12: 11, 14: 9, 16: 9, 18: 9, 19: 6}
+    assert counts[-1] == 6 == (~np.isnan(Track([0, 2, 4, 16], [np.zeros(4)] * 4).dense_boxes(20, MAX_GAP)[:, 0])).sum()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_no_track_covers_more_frames_than_are_reachable(seed):
+    """Random faces in two places on random frames: after every detection frame, the count is at
+    least the frames each track of the full pass covers (the bound early stopping relies on), and
+    after the last it is exactly the frames covered when every face is bridged to its neighbours."""
+    rng = np.random.default_rng(seed)
+    num_frames = int(rng.integers(20, 90))
+    detect_every = int(rng.integers(1, 4))
+    picks = FaceTracker(detect_every=detect_every).detection_frames(num_frames)
+    places = [det(0.1, 0.1, 0.3, 0.3), det(0.6, 0.6, 0.8, 0.8)]
+    visible = rng.random((num_frames, 2)) < rng.uniform(0.2, 0.95)
+    visible[rng.integers(0, num_frames, 2)] = False  # a long gap now and then
+    detections = [[places[i] for i in range(2) if visible[f, i]] if f in picks else [] for f in range(num_frames)]
+    counts = reach_after_each_detection({f: bool(detections[f]) for f in picks}, picks, num_frames)
+    covered = [(~np.isnan(t.dense_boxes(num_frames, MAX_GAP)[:, 0])).sum() for t in link(detections, MIN_IOU, MAX_GAP)]
+    assert all(count >= max(covered, default=0) for count in counts)
+    assert all(a >= b for a, b in zip(counts, counts[1:]))  # it only falls
+    union = [f for f in picks if detections[f]]
+    bridged = Track(union, [np.zeros(4)] * len(union)).dense_boxes(num_frames, MAX_GAP) if union else None
+    assert counts[-1] == (0 if bridged is None else (~np.isnan(bridged[:, 0])).sum())
