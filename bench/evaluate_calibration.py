@@ -4,7 +4,7 @@ under another person's speech. Prints the ranges per condition (the README's cal
 the real-speech ranges of the face-stability numbers (evaluate/scores.py's REAL_SPEECH), and writes
 every measurement as JSON.
 
-    python bench/evaluate_calibration.py [--out bench_results/evaluate_calibration.json]
+    python bench/evaluate_calibration.py [--out bench/results/evaluate_calibration.json]
 """
 
 from __future__ import annotations
@@ -95,16 +95,19 @@ def spread(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench_results/evaluate_calibration.json")
+    parser.add_argument("--out", default="bench/results/evaluate_calibration.json")
     args = parser.parse_args()
     clips = [CORPUS / name for name in CLIPS]
     evaluator = Evaluator(EvaluationConfig())
     rows: dict[str, list[dict]] = {}
+    pooled: dict[str, dict] = {}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         variants = speech_variants(clips, Path(folder))
         for condition, speeches in variants.items():
+            evaluator.sync_evidence.clear()
             rows[condition] = [row(evaluator.evaluate(clip, speech=speech)) for clip, speech in zip(clips, speeches)]
+            pooled[condition] = evaluator.pooled_sync()
             for r in rows[condition]:
                 print(condition, json.dumps(r), flush=True)
     print(f"\n{len(clips)} clips, 3 conditions, {time.perf_counter() - started:.0f} s\n")
@@ -122,6 +125,13 @@ def main() -> None:
     for verdict in ("in_sync", "offset", "unsure"):
         counts = [sum(r["verdict"] == verdict for r in rows[c]) for c in CONDITIONS]
         print(f"| verdict {verdict} | " + " | ".join(f"{n} of {len(clips)}" for n in counts) + " |")
+    for key in ("offset_ms", "confidence", "confidence_at_zero", "margin", "verdict"):
+        values = [pooled[c][key] for c in CONDITIONS]
+        print(
+            f"| all {len(clips)} pooled: {key} | "
+            + " | ".join(v if isinstance(v, str) else f"{v:.2f}" for v in values)
+            + " |"
+        )
     print("\nreal speech (in-sync clips): min, max over clips")
     real = {
         k: [min(r[k] for r in rows["in sync"]), max(r[k] for r in rows["in sync"])]
@@ -130,7 +140,11 @@ def main() -> None:
     print(json.dumps(real, indent=1))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"clips": CLIPS, "shift_ms": SHIFT_MS, "rows": rows, "real_speech": real}, indent=1))
+    out.write_text(
+        json.dumps(
+            {"clips": CLIPS, "shift_ms": SHIFT_MS, "rows": rows, "pooled": pooled, "real_speech": real}, indent=1
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from core.media_io import decode_audio
@@ -28,9 +29,10 @@ class EvaluationError(Exception):
 
 @dataclass
 class Decoded:
-    frames: np.ndarray  # (T, H, W, 3) uint8 RGB, long side ANALYSIS_LONG_SIDE
+    frames: np.ndarray  # (T, H, W, 3) uint8 RGB, long side ANALYSIS_LONG_SIDE (scaled either way)
     audio: np.ndarray | None  # (T * 640,) int16 on the frames' grid (zeros where the input has none); None: silent
     audio_coverage: float  # share of the frames' span the input's own audio covers
+    source_size: tuple[int, int]  # (width, height) of the video as displayed
 
     @property
     def num_frames(self) -> int:
@@ -63,7 +65,19 @@ def decode(path: str | Path, max_frames: int | None = None) -> Decoded:
         raise EvaluationError("decode_error", "the video decodes to no frames")
     silent = not probed.probe.audio_codec
     audio, coverage = (None, 0.0) if silent else stream.audio(0, len(frames))
-    return Decoded(np.stack(frames), audio, coverage)
+    source_size = (probed.probe.width, probed.probe.height)
+    return Decoded(analysis_sized(np.stack(frames)), audio, coverage, source_size)
+
+
+def analysis_sized(frames: np.ndarray) -> np.ndarray:
+    """Frames smaller than the analysis size scaled up to it (a generated 64x64 or a 160x160 crop),
+    as lip editing scales a reference video's, so the face mesh sees enough pixels."""
+    height, width = frames.shape[1:3]
+    scale = ANALYSIS_LONG_SIDE / max(height, width)
+    if scale <= 1:
+        return frames
+    size = (round(width * scale), round(height * scale))
+    return np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR) for frame in frames])
 
 
 def speech_on_grid(path: str | Path, num_frames: int) -> tuple[np.ndarray, float]:

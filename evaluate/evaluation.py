@@ -21,7 +21,7 @@ from evaluate.decode import ANALYSIS_LONG_SIDE, Decoded, EvaluationError, decode
 from evaluate.paper_metrics import PaperMetrics
 from schemas.records import FPS
 from stages.face import FaceStage
-from stages.lip_sync import LipSyncScorer
+from stages.lip_sync import LipSyncScorer, SyncEvidence, pooled
 from stages.sync import SyncStage
 from stages.sync_embedded import speech_range_db
 
@@ -65,6 +65,15 @@ class Evaluator:
         self.rules = scores.SyncRules(sync.min_significance, sync.min_margin, config.in_sync_ms)
         self.lip_sync = LipSyncScorer(config.lip_sync_model)
         self.paper = PaperMetrics(config, decode)
+        self.sync_evidence: list[SyncEvidence] = []  # each measured video's whole-video evidence, for the set's
+
+    def pooled_sync(self) -> dict:
+        """Lip sync of every video measured so far taken together (each weighed by its length, as the
+        sync stage pools a source's clips): a checkpoint's offset and confidence over a test set, surer
+        than any one short video's."""
+        if not self.sync_evidence:
+            return {"videos": 0, "status": "not computed: no video's lip sync was measured"}
+        return {"videos": len(self.sync_evidence), **scores.described(pooled(self.sync_evidence), self.rules)}
 
     # -- the reference face ------------------------------------------------------------------------
 
@@ -72,8 +81,10 @@ class Evaluator:
         """The face of an image, or a video's first frames with a face."""
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is not None:
-            scale = min(1.0, ANALYSIS_LONG_SIDE / max(image.shape[:2]))
-            image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else image
+            scale = ANALYSIS_LONG_SIDE / max(image.shape[:2])
+            image = cv2.resize(
+                image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            )
             frames, kind = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)[None], "image"
         else:
             frames, kind = decode(path, max_frames=round(10 * FPS)).frames, "video"
@@ -95,8 +106,8 @@ class Evaluator:
 
     def evaluate(self, path: str | Path, reference: Reference | None = None, speech: str | Path | None = None) -> dict:
         """Everything measured on one video, as DIR/NAME.json holds it; `error` names why a part is missing."""
-        report = {"video": str(path), "name": Path(path).stem, "error": None}
-        report.update(sync=None, identity=None, face=None)
+        report = {"video": str(path), "name": Path(path).stem, "error": None, "frames": None, "duration_s": None}
+        report.update(size=None, audio=None, sync=None, identity=None, face=None)
         report["paper_metrics"] = self.paper.absent("the video could not be measured")
         try:
             video = decode(path)
@@ -106,7 +117,7 @@ class Evaluator:
         report.update(
             frames=video.num_frames,
             duration_s=video.num_frames / FPS,
-            size=list(video.size),
+            size=list(video.source_size),
             audio={
                 "source": audio_source,
                 "coverage": coverage,
@@ -137,20 +148,22 @@ class Evaluator:
     def _sync(self, video: Decoded, face: scores.TrackedFace, audio: np.ndarray) -> dict:
         config = self.config
 
-        def measured(span: tuple[int, int]) -> dict:
-            score = scores.sync_score(
+        def measured(span: tuple[int, int]) -> tuple[dict, SyncEvidence]:
+            score, evidence = scores.sync_score(
                 self.lip_sync, face.landmarks, video.size, audio, span, config.max_offset_frames, self.rules
             )
             score["face_share"] = float(face.found[span[0] : span[1]].mean())
-            return score
+            return score, evidence
 
+        whole, evidence = measured((0, video.num_frames))
+        self.sync_evidence.append(evidence)
         spans = scores.windows(video.num_frames, round(config.window_s * FPS), round(config.hop_s * FPS))
         return {
             "backend": self.lip_sync.name,
-            "whole": measured((0, video.num_frames)),
+            "whole": whole,
             "window_s": config.window_s,
             "hop_s": config.hop_s,
-            "windows": [measured(span) for span in spans],
+            "windows": [measured(span)[0] for span in spans],
             "rules": {
                 "in_sync": f"confidence >= {self.rules.min_confidence:g}, margin >= {self.rules.min_margin:g} "
                 f"and |offset| <= {self.rules.max_offset_ms:g} ms",
@@ -179,9 +192,10 @@ class Evaluator:
         return {
             "num_faces": face.num_faces,
             "found_share": float(face.found.mean()),
-            "jitter": scores.landmark_jitter(face.landmarks, face.found, video.size),
-            "mouth": scores.mouth_statistics(face.landmarks, face.found, video.size),
-            "real_speech": scores.REAL_SPEECH,
+            **scores.against_real_speech(
+                scores.landmark_jitter(face.landmarks, face.found, video.size),
+                scores.mouth_statistics(face.landmarks, face.found, video.size),
+            ),
         }
 
 
@@ -211,6 +225,7 @@ def evaluate_videos(
     summary = {
         "videos": {name: data["video"] for data, name in zip(reports, names)},
         "errors": sum(data["error"] is not None for data in reports),
+        "sync_pooled": evaluator.pooled_sync(),
         **evaluator.paper.summary(),
     }
     output.write_json(folder / "summary.json", summary)

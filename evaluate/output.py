@@ -78,6 +78,17 @@ def summary_table(reports: list[dict]) -> str:
     ).rstrip()
 
 
+def pooled_line(pooled: dict) -> str:
+    """One line on the lip sync of all videos taken together."""
+    if not pooled["videos"]:
+        return f"lip sync of all videos pooled: {pooled['status']}"
+    return (
+        f"lip sync of all {pooled['videos']} videos pooled: offset {pooled['offset_ms']:+.0f} ms, confidence "
+        f"{pooled['confidence']:.2f}, at offset 0 {pooled['confidence_at_zero']:.2f}, margin {pooled['margin']:.3f}: "
+        f"{pooled['verdict']}"
+    )
+
+
 def svg_chart(title: str, points: list[tuple[float, float]], duration: float, low: float, high: float, line=None):
     """A line chart of (time s, value) over [0, duration] s and [low, high], with an optional
     dashed horizontal line (a threshold)."""
@@ -170,6 +181,7 @@ def html_page(reports: list[dict], names: list[str], folder: Path, summary: dict
         f"<li>{key.upper()}: {_number(summary[key])} ({html.escape(summary[key + '_status'])})</li>"
         for key in ("fid", "fvd")
     )
+    paper += f"<li>{html.escape(pooled_line(summary['sync_pooled']))}</li>"
     return (
         "<!doctype html><html><head><meta charset=utf-8><title>talkcurate evaluate</title><style>"
         "body{font-family:sans-serif;margin:1em 2em}.row{display:flex;gap:1em;align-items:flex-start}"

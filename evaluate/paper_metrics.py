@@ -1,8 +1,10 @@
 """The numbers papers report, computed only from weights the user names: FID over frames and FVD
 over 16-frame clips (evaluate/realism.py: Inception and I3D TorchScript detectors), against the
 frames and clips of real videos; Sync-C and Sync-D from SyncNet (evaluate/syncnet_scores.py) on the
-face crops syncnet-python's evaluation cuts. Without the weights (or the real videos) each number is
-null and its status says why: nothing here is ever estimated or invented."""
+face crops syncnet-python's evaluation cuts, with its offset in its own sign
+(`syncnet_offset_frames`: positive when the audio comes early, the opposite of `offset_ms`).
+Without the weights (or the real videos) each number is null and its status says why: nothing
+here is ever estimated or invented."""
 
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ class PaperMetrics:
         for metric in ("fid", "fvd"):
             out[metric], out[f"{metric}_status"] = None, self._missing(metric) or f"not computed: {why}"
         missing = "not computed: no SyncNet weights given" if not self.syncnet_model else f"not computed: {why}"
-        out.update(sync_c=None, sync_d=None, sync_offset_frames=None, sync_c_d_status=missing)
+        out.update(sync_c=None, sync_d=None, syncnet_offset_frames=None, sync_c_d_status=missing)
         return out
 
     def video(self, frames: np.ndarray, boxes: np.ndarray, audio: np.ndarray | None) -> dict:
@@ -88,7 +90,7 @@ class PaperMetrics:
             out.update(
                 sync_c=float(scored["sync_c"]),
                 sync_d=float(scored["sync_d"]),
-                sync_offset_frames=int(scored["offset_frames"]),
+                syncnet_offset_frames=int(scored["offset_frames"]),
                 sync_c_d_status="computed: SyncNet on syncnet-python's face crops",
             )
         return out

@@ -16,7 +16,7 @@ from schemas.records import FPS, SAMPLES_PER_FRAME
 from stages.face import IDENTITY_KEYPOINTS
 from stages.face_models import IdentityModel
 from stages.face_track import FaceTracker
-from stages.lip_sync import RIGID_POINTS, LipSyncScorer
+from stages.lip_sync import RIGID_POINTS, LipSyncScorer, SyncEvidence
 from stages.sync import MS_PER_FRAME
 
 MIN_TRACK_SHARE = 0.3  # a track counts as a face on this share of frames (the face stage's min_track_share)
@@ -81,25 +81,28 @@ def sync_score(
     span: tuple[int, int],
     max_offset: int,
     rules: SyncRules,
-) -> dict:
+) -> tuple[dict, SyncEvidence]:
     """The learned model's offset curve for frames [start, end) against `audio` (int16 on the
-    frames' grid): offset (positive: the audio lags), confidence (significance of the peak over
-    chance), margin over the best rival, and the confidence at offset 0, how well the video fits
-    its audio as it plays. The audio around the span is its context, silence past the video's ends."""
+    frames' grid), described (`described`), and the evidence itself, which sets of videos pool. The
+    audio around the span is its context, silence past the video's ends."""
     start, end = span
     padded = np.pad(audio, max_offset * SAMPLES_PER_FRAME)
     context = padded[start * SAMPLES_PER_FRAME : (end + 2 * max_offset) * SAMPLES_PER_FRAME]
-    estimate = scorer.score(landmarks[start:end], *size, context, max_offset, max_offset)
-    evidence = estimate.evidence
-    offset_ms = float(estimate.offset_frames * MS_PER_FRAME)
+    evidence = scorer.score(landmarks[start:end], *size, context, max_offset, max_offset).evidence
+    return {"start_s": start / FPS, "end_s": end / FPS, **described(evidence, rules)}, evidence
+
+
+def described(evidence: SyncEvidence, rules: SyncRules) -> dict:
+    """Offset (positive: the audio lags), confidence (significance of the curve's peak over chance),
+    margin over the best rival peak, the confidence at offset 0 (how well the video fits its audio
+    as it plays) and the verdict."""
+    offset_ms = float(evidence.offset_frames * MS_PER_FRAME)
     return {
-        "start_s": start / FPS,
-        "end_s": end / FPS,
         "offset_ms": offset_ms,
-        "confidence": float(estimate.confidence),
-        "margin": float(estimate.margin),
+        "confidence": float(evidence.significance),
+        "margin": float(evidence.margin),
         "confidence_at_zero": float(evidence.significance_of(evidence.at(0))),
-        "verdict": rules.verdict(offset_ms, estimate.confidence, estimate.margin),
+        "verdict": rules.verdict(offset_ms, evidence.significance, evidence.margin),
     }
 
 
@@ -177,4 +180,30 @@ def mouth_statistics(landmarks: np.ndarray, found: np.ndarray, size: tuple[int, 
     }
 
 
-REAL_SPEECH: dict = {}
+REAL_SPEECH = {
+    "jitter": (0.0027, 0.0068),
+    "mouth_mean": (0.0068, 0.058),
+    "mouth_std": (0.0088, 0.039),
+    "mouth_p95": (0.027, 0.12),
+    "mouth_speed": (0.0027, 0.015),
+}
+"""Lowest and highest value of each face-stability number over 10 real clips of 10 people speaking
+(the `test` people of bench/sync_people.json in ../shared/media/talking, 3-15 s each; measured by
+bench/evaluate_calibration.py, which prints them)."""
+
+
+def against_real_speech(jitter: float | None, mouth: dict) -> dict:
+    """The face-stability numbers, the range real speech spans for each, and where each falls in it."""
+    values = {"jitter": jitter, **{f"mouth_{name}": value for name, value in mouth.items()}}
+
+    def place(name: str) -> str | None:
+        low, high = REAL_SPEECH[name]
+        value = values[name]
+        return None if value is None else "below" if value < low else "above" if value > high else "within"
+
+    return {
+        "jitter": jitter,
+        "mouth": mouth,
+        "real_speech_range": {name: list(bounds) for name, bounds in REAL_SPEECH.items()},
+        "against_real_speech": {name: place(name) for name in REAL_SPEECH},
+    }

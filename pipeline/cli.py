@@ -176,7 +176,7 @@ def _cmd_sample(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from evaluate.evaluation import EvaluationConfig, evaluate_videos
-    from evaluate.output import summary_table
+    from evaluate.output import pooled_line, summary_table
 
     logging.getLogger("evaluate").setLevel(logging.INFO)
     config = EvaluationConfig(
@@ -195,6 +195,7 @@ def _cmd_evaluate(args) -> int:
     )
     reports, summary = evaluate_videos(args.videos, args.out, config, args.reference, args.audio)
     print(summary_table(reports))
+    print(pooled_line(summary["sync_pooled"]))
     for metric in ("fid", "fvd"):
         value = summary[metric]
         print(f"{metric.upper()}: {'-' if value is None else f'{value:.2f}'} ({summary[f'{metric}_status']})")

