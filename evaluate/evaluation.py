@@ -37,7 +37,6 @@ class EvaluationConfig:
     identity_per_second: float = option(2.0, "Frames a second whose face is compared with the reference face.")
     reference_frames: int = option(5, "The reference face is the mean of the first this many frames with a face.")
     in_sync_ms: float = option(40.0, "An offset this close to zero (one frame) is in sync.")
-    max_offset_frames: int = option(15, "Offsets are searched within +-this many frames (as the sync stage).")
     identity_backend: str = option("dlib-resnet", "Identity model when no ArcFace path is given (face stage's).")
     arcface_model: str = option("", "ArcFace ONNX model (insightface format); when set, the identity model.")
     lip_sync_model: str = option("", "Weights of the learned lip-sync model; empty: the shipped ones.")
@@ -54,6 +53,8 @@ class Reference:
 
 
 class Evaluator:
+    """The curation models, loaded once, measuring one video after another."""
+
     def __init__(self, config: EvaluationConfig):
         self.config = config
         faces = FaceStage(identity_backend=config.identity_backend, identity_model_path=config.arcface_model)
@@ -61,7 +62,8 @@ class Evaluator:
         self.tracker = faces.tracker()
         self.tracker.load()
         self.identity, _ = faces.identity_model()
-        sync = SyncStage()
+        sync = SyncStage()  # its defaults: the offset search, and the thresholds of a sure offset
+        self.max_offset = sync.max_offset_frames
         self.rules = scores.SyncRules(sync.min_significance, sync.min_margin, config.in_sync_ms)
         self.lip_sync = LipSyncScorer(config.lip_sync_model)
         self.paper = PaperMetrics(config, decode)
@@ -150,7 +152,7 @@ class Evaluator:
 
         def measured(span: tuple[int, int]) -> tuple[dict, SyncEvidence]:
             score, evidence = scores.sync_score(
-                self.lip_sync, face.landmarks, video.size, audio, span, config.max_offset_frames, self.rules
+                self.lip_sync, face.landmarks, video.size, audio, span, self.max_offset, self.rules
             )
             score["face_share"] = float(face.found[span[0] : span[1]].mean())
             return score, evidence

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import media
+import models
 import numpy as np
 import pytest
 
@@ -211,6 +212,18 @@ def test_a_silent_video_is_measured_with_the_speech_given_and_without_it_names_n
     assert "no --reference" in alone["identity"]["reference"]["note"]
 
 
+@pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")  # insightface's alignment
+def test_an_arcface_model_given_by_path_is_the_identity_model(tmp_path):
+    """ArcFace in insightface's format (random weights whose cosine is the correlation of aligned face
+    thumbnails: tests/models.arcface_onnx): GRID[0] against its own video is the same face, lwbsza is not."""
+    evaluator = Evaluator(EvaluationConfig(arcface_model=str(models.arcface_onnx(tmp_path / "arcface.onnx"))))
+    reference = evaluator.reference(media.GRID[0])
+    same = evaluator.evaluate(media.GRID[0], reference)["identity"]
+    other = evaluator.evaluate(media.GRID[2], reference)["identity"]
+    assert same["backend"] == other["backend"] == "insightface"
+    assert same["min"] > 0.9 and other["mean"] < 0.6, (same["min"], other["mean"])
+
+
 def test_without_weights_the_paper_metrics_are_null_and_say_why(evaluator):
     report = evaluator.evaluate(media.GRID[1])
     paper = report["paper_metrics"]
@@ -224,12 +237,8 @@ def test_a_sample_from_the_tiny_checkpoint_is_evaluated_end_to_end(checkpoint, s
     """`talkcurate sample` editing GRID[0] (the barely trained model regenerates its mouth) with its own
     speech, then `talkcurate evaluate` on it, on a file that is not a video and on a video without a
     face, in one run: every field of the sample's JSON is there and measured, the others name their error."""
-    generated, face_png, not_video, no_face = (
-        tmp_path / "generated.mp4",
-        tmp_path / "face.png",
-        tmp_path / "notes.mp4",
-        tmp_path / "bikes.mp4",
-    )
+    generated, face_png, not_video = tmp_path / "generated.mp4", tmp_path / "face.png", tmp_path / "notes.mp4"
+    no_face = media.NO_AUDIO  # shots of bikes, no audio stream
     run = [sys.executable, "-m", "pipeline"]
     subprocess.run(
         [
