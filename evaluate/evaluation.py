@@ -185,8 +185,11 @@ class Evaluator:
             return {**described, "mean": None, "min": None, "samples": [], "status": "not computed: no identity model"}
         sampled = scores.identity_frames(video.num_frames, self.config.identity_per_second)
         sampled = sampled[face.found[sampled]]  # frames whose face the mesh found
-        embeddings = scores.embed_frames(self.identity, video.frames, face, sampled)
-        similarities = embeddings @ reference.embedding if len(sampled) else np.zeros(0)
+        similarities = (
+            scores.embed_frames(self.identity, video.frames, face, sampled) @ reference.embedding
+            if len(sampled)
+            else np.zeros(0)
+        )
         curve = scores.identity_curve(similarities, sampled)
         return {**described, "per_second": self.config.identity_per_second, **curve}
 
