@@ -174,6 +174,35 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+def _cmd_evaluate(args) -> int:
+    from evaluate.evaluation import EvaluationConfig, evaluate_videos
+    from evaluate.output import pooled_line, summary_table
+
+    logging.getLogger("evaluate").setLevel(logging.INFO)
+    config = EvaluationConfig(
+        **_given(
+            window_s=args.window_s,
+            hop_s=args.hop_s,
+            identity_per_second=args.identity_per_second,
+            identity_backend=args.identity_backend,
+            arcface_model=args.arcface_model,
+            lip_sync_model=args.lip_sync_model,
+            syncnet_model=args.syncnet_model,
+            inception_model=args.inception_model,
+            i3d_model=args.i3d_model,
+            real=args.real,
+        )
+    )
+    reports, summary = evaluate_videos(args.videos, args.out, config, args.reference, args.audio)
+    print(summary_table(reports))
+    print(pooled_line(summary["sync_pooled"]))
+    for metric in ("fid", "fvd"):
+        value = summary[metric]
+        print(f"{metric.upper()}: {'-' if value is None else f'{value:.2f}'} ({summary[f'{metric}_status']})")
+    print(f"\n{len(reports)} videos, {summary['errors']} with errors; JSON per video and index.html in {args.out}")
+    return 0
+
+
 def _cmd_train_sync(args) -> int:
     from train.sync_training import SyncTrainingConfig, train
 
@@ -209,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_dedup,
         _add_split,
         _add_sample,
+        _add_evaluate,
         _add_train_sync,
         _add_config,
     ):
@@ -378,6 +408,55 @@ def _add_sample(commands) -> None:
     sample.add_argument("--device", default="cpu")
     sample.add_argument("--no-progress", action="store_true", help="no progress bars")
     sample.set_defaults(func=_cmd_sample)
+
+
+def _add_evaluate(commands) -> None:
+    from evaluate.evaluation import EvaluationConfig
+
+    defaults = EvaluationConfig()
+    evaluate = commands.add_parser(
+        "evaluate", help="score generated (or real) talking-portrait videos: lip sync, identity, face stability"
+    )
+    evaluate.add_argument("videos", nargs="+", metavar="GENERATED", help="video files to evaluate")
+    evaluate.add_argument("--out", required=True, help="folder for NAME.json per video, summary.json and index.html")
+    evaluate.add_argument(
+        "--reference",
+        help="image or video of the person (a video: its first frames with a face); default: each "
+        "video's own first frames",
+    )
+    evaluate.add_argument(
+        "--audio", help="speech that replaces every video's own audio track (generated videos are often silent)"
+    )
+    evaluate.add_argument("--window-s", type=float, help=f"lip-sync window length (default {defaults.window_s})")
+    evaluate.add_argument("--hop-s", type=float, help=f"seconds between windows (default {defaults.hop_s})")
+    evaluate.add_argument(
+        "--identity-per-second",
+        type=float,
+        help=f"frames compared with the reference a second (default {defaults.identity_per_second})",
+    )
+    evaluate.add_argument(
+        "--identity-backend",
+        choices=("dlib-resnet", "none"),
+        help="identity model without --arcface-model (default dlib-resnet, shipped)",
+    )
+    evaluate.add_argument(
+        "--arcface-model",
+        metavar="ONNX",
+        help="ArcFace recognition model (insightface format, "
+        "e.g. w600k_r50.onnx): the identity model, as CSIM papers use",
+    )
+    evaluate.add_argument(
+        "--lip-sync-model",
+        metavar="NPZ",
+        help="learned lip-sync weights (default: the shipped stages/models/lip_sync.npz)",
+    )
+    evaluate.add_argument(
+        "--syncnet-model", metavar="PATH", help="syncnet-python's syncnet_v2.model: Sync-C and Sync-D"
+    )
+    evaluate.add_argument("--inception-model", metavar="PT", help="Inception TorchScript detector: FID (with --real)")
+    evaluate.add_argument("--i3d-model", metavar="PT", help="I3D TorchScript detector: FVD (with --real)")
+    evaluate.add_argument("--real", nargs="+", metavar="VIDEO", help="real videos FID and FVD compare with")
+    evaluate.set_defaults(func=_cmd_evaluate)
 
 
 def _add_train_sync(commands) -> None:

@@ -166,7 +166,7 @@ class NormalizedChunk(StreamOutput):
 
         with open_container(chunk.source.uri) as container:
             video = video_stream(container)
-            audio = container.streams.audio[0]
+            audio = container.streams.audio[0] if container.streams.audio else None  # None: probed as silent
             video.thread_type = "AUTO"
             if self._strict:
                 # Surface corrupt data as errors instead of silently concealed pictures.
@@ -176,9 +176,9 @@ class NormalizedChunk(StreamOutput):
             graph = None
             video_done = False
 
-            for packet in container.demux(video, audio):
+            for packet in container.demux(*(stream for stream in (video, audio) if stream is not None)):
                 video_done = video_done or self._next_frame >= self._video_end
-                if packet.stream is audio:
+                if audio is not None and packet.stream is audio:
                     self._decode_audio(packet, origin)
                     if video_done and self._audio_end >= self._audio_end_frame * SAMPLES_PER_FRAME:
                         break

@@ -61,6 +61,11 @@ class ProbeStage(Stage[SourceVideo, ProbedSource]):
         0.9, "An input whose packets cover less than this share of its declared duration is `truncated`."
     )
     decode_check_frames: int = option(3, "Frames of each stream decoded to prove the codecs work.")
+    require_audio: bool = option(
+        True,
+        "Inputs without an audio stream are rejected `no_audio` (false: probed as silent video, as `talkcurate "
+        "evaluate` reads generated videos whose speech comes separately).",
+    )
 
     def process(self, item: SourceVideo) -> ProbedSource | Rejected:
         try:
@@ -83,7 +88,7 @@ class ProbeStage(Stage[SourceVideo, ProbedSource]):
         audio = container.streams.audio[0] if container.streams.audio else None
         if video is None:
             return Rejected("no_video", "the input has no video stream")
-        if audio is None:
+        if audio is None and self.require_audio:
             return Rejected("no_audio", "the input has no audio stream")
 
         coverage = _demux(container, video, audio)
@@ -96,9 +101,9 @@ class ProbeStage(Stage[SourceVideo, ProbedSource]):
         if video_packets == 0:
             return Rejected("no_video", "the video stream holds no packets")
         video_start = starts.get(video.index, 0.0)
-        audio_start = starts.get(audio.index, 0.0)
+        audio_start = starts.get(audio.index, 0.0) if audio is not None else 0.0
         video_span = ends[video.index] - video_start
-        audio_span = ends[audio.index] - audio_start
+        audio_span = ends[audio.index] - audio_start if audio is not None else 0.0
         # The container's duration spans every stream (audio may outlast the video), so it is
         # compared with what all packets cover, the video stream's own duration with the video's.
         all_span = max(ends.values()) - min(starts.values(), default=0.0)
@@ -110,7 +115,7 @@ class ProbeStage(Stage[SourceVideo, ProbedSource]):
                 return Rejected("truncated", f"packets cover {span:.2f} s of the declared {declared:.2f} s")
         if coverage.error is not None and video_span == 0:
             return Rejected("unreadable", f"demuxing failed: {coverage.error}")
-        if audio_span <= 0:
+        if audio is not None and audio_span <= 0:
             return Rejected("no_audio", "the audio stream holds no packets")
         if video_span < self.min_duration_s:
             return Rejected("too_short", f"video lasts {video_span:.2f} s")
@@ -118,7 +123,7 @@ class ProbeStage(Stage[SourceVideo, ProbedSource]):
         first_video = self._first_frames(item.uri, "video")
         if isinstance(first_video, Rejected):
             return first_video
-        first_audio = self._first_frames(item.uri, "audio")
+        first_audio = self._first_frames(item.uri, "audio") if audio is not None else None
         if isinstance(first_audio, Rejected):
             return first_audio
 
@@ -145,9 +150,9 @@ class ProbeStage(Stage[SourceVideo, ProbedSource]):
                 variable_frame_rate=variable,
                 num_video_packets=video_packets,
                 video_start_s=video_start,
-                audio_codec=audio.codec_context.name,
-                audio_sample_rate=audio.codec_context.sample_rate or 0,
-                audio_channels=audio.codec_context.channels or 0,
+                audio_codec=audio.codec_context.name if audio is not None else "",
+                audio_sample_rate=(audio.codec_context.sample_rate or 0) if audio is not None else 0,
+                audio_channels=(audio.codec_context.channels or 0) if audio is not None else 0,
                 audio_start_s=audio_start,
                 audio_duration_s=audio_span,
             ),
@@ -182,10 +187,12 @@ class _Coverage:
 
 
 def _demux(container: av.container.InputContainer, video, audio) -> _Coverage:
-    """Demux everything once: packet coverage, frame rate regularity, errors in the container."""
-    coverage = _Coverage({}, {video.index: 0.0, audio.index: 0.0}, 0, [], None)
+    """Demux everything once: packet coverage, frame rate regularity, errors in the container.
+    `audio` is None for a silent video."""
+    streams = [stream for stream in (video, audio) if stream is not None]
+    coverage = _Coverage({}, {stream.index: 0.0 for stream in streams}, 0, [], None)
     try:
-        for packet in container.demux(video, audio):
+        for packet in container.demux(*streams):
             if packet.pts is None or packet.size == 0:
                 continue
             t0 = float(packet.pts * packet.time_base)

@@ -4,7 +4,6 @@ changes only its mouth region."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,33 +17,6 @@ from scipy.ndimage import binary_dilation
 from train.editing import ReferenceVideo
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def checkpoint(demo_shards, tmp_path_factory) -> Path:
-    """Three steps of the tiny preset on the demo shards, one rank."""
-    out = tmp_path_factory.mktemp("tiny_run") / "run"
-    subprocess.run(
-        [
-            str(BIN / "torchrun"),
-            "--nproc_per_node",
-            "1",
-            "-m",
-            "train",
-            f"data.shards={demo_shards}",
-            f"out={out}",
-            "data.num_workers=0",
-            "data.num_frames=8",
-            "curriculum=[{steps=3}]",
-        ],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=600,
-    )
-    return out
 
 
 @pytest.fixture(scope="module")

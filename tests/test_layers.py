@@ -1,7 +1,7 @@
 """Imports go one way: schemas/ (the records) under core/ (config convention, storage, media I/O),
-both under stages/ (plain-Python stages), all three under train/ and pipeline/; pipeline/ (Ray,
-the CLI) may use all of them and nothing imports pipeline/. Checked over every import statement,
-module level or not."""
+both under stages/ (plain-Python stages), all three under evaluate/ (scoring videos with the
+stages' models), all four under train/ and pipeline/; pipeline/ (Ray, the CLI) may use all of them
+and nothing imports pipeline/. Checked over every import statement, module level or not."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
-PACKAGES = ("schemas", "core", "stages", "train", "pipeline")
+PACKAGES = ("schemas", "core", "stages", "evaluate", "train", "pipeline")
 MAY_IMPORT = {
     "schemas": {"schemas"},
     "core": {"schemas", "core"},
     "stages": {"schemas", "core", "stages"},
-    "train": {"schemas", "core", "stages", "train"},
-    "pipeline": {"schemas", "core", "stages", "train", "pipeline"},
+    "evaluate": {"schemas", "core", "stages", "evaluate"},
+    "train": {"schemas", "core", "stages", "evaluate", "train"},
+    "pipeline": {"schemas", "core", "stages", "evaluate", "train", "pipeline"},
 }
 
 

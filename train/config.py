@@ -99,6 +99,26 @@ class MetricsConfig:
 
 
 @dataclass
+class HeldOutReference:
+    """One held-out reference: a portrait and speech, as `talkcurate sample` takes them."""
+
+    image: str = option("", "Portrait image (the identity; empty: the video's first frame).")
+    audio: str = option("", "Speech the sample is driven by.")
+    video: str = option("", "Reference video whose mouth the sample regenerates (lip editing; empty: none).")
+
+
+@dataclass
+class HeldOutConfig:
+    """Scoring the model while it trains: every `every` steps the newest checkpoint samples each
+    reference and `talkcurate evaluate`'s measurements score the samples (rank 0, in a process of
+    its own); the scores go to metrics.jsonl, the samples and their reports to evaluation/step-N/."""
+
+    every: int = option(0, "Evaluate every n steps (0: never).")
+    steps: int = option(10, "Denoising steps of each sample.")
+    references: list[HeldOutReference] = option([], "The held-out references, as [[evaluation.references]] tables.")
+
+
+@dataclass
 class JobConfig:
     """A training job: its run folder, batch and seed, then a section per part of the job."""
 
@@ -120,6 +140,7 @@ class JobConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    evaluation: HeldOutConfig = field(default_factory=HeldOutConfig)
     curriculum: list[CurriculumStage] = field(default_factory=lambda: [CurriculumStage()])
 
     @property
@@ -132,6 +153,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> JobConfig
     config.data.validate()
     if not config.curriculum or any(stage.steps < 1 for stage in config.curriculum):
         raise ValueError("the curriculum needs at least one stage, each of at least one step")
+    if config.evaluation.every and not config.evaluation.references:
+        raise ValueError("evaluation.every needs at least one [[evaluation.references]]")
+    for reference in config.evaluation.references:
+        if not reference.audio or not (reference.image or reference.video):
+            raise ValueError("each evaluation reference needs audio and an image or a video")
     for stage in config.curriculum:
         if stage.trainable not in ("all", "audio"):
             raise ValueError(f"curriculum stage {stage.name!r}: trainable must be `all` or `audio`")

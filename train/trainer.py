@@ -152,6 +152,9 @@ class Trainer:
                         return self.metrics
                     if every and self.step % every == 0:
                         self.save()
+                    if self.config.evaluation.every and self.step % self.config.evaluation.every == 0:
+                        self.save()
+                        self._evaluate_held_out()
                     if self.stage_step >= stage.steps:
                         break
             self.stage_index += 1
@@ -160,6 +163,19 @@ class Trainer:
             self.loader = None
         self.save()
         return self.metrics
+
+    def _evaluate_held_out(self) -> None:
+        """Rank 0 samples and scores the held-out references from the checkpoint just written
+        (train/held_out.py, in a process of its own) into metrics.jsonl; the other ranks wait."""
+        if self.rank == 0:
+            from train.held_out import run_apart  # the evaluation's models load in that process only
+
+            record = run_apart(self.out, self.step)
+            log.info("held-out evaluation at step %d: %s", self.step, json.dumps(record["evaluation"])[:500])
+            self.metrics.append(record)
+            with open(self.out / "metrics.jsonl", "a") as stream:
+                stream.write(json.dumps(record) + "\n")
+        dist.barrier()
 
     def _train_step(
         self, batch: Batch, stage: CurriculumStage, loss_config: LossConfig, window: _Window
