@@ -1,9 +1,9 @@
 """Sync-C and Sync-D (a.k.a. LSE-C and LSE-D), as the papers' evaluation scripts compute them.
 
-LatentSync's `eval/syncnet/syncnet_eval.py`, Wav2Lip's `evaluation/scores_LSE` and
-syncnet-python's `SyncNetInstance.evaluate`, which papers' evaluations call, run SyncNet (`syncnet_v2.model`) on a
-face track's 224 x 224 crops and its 16 kHz audio, and report from the mean distance curve over
-offsets -vshift..vshift (vshift 15):
+syncnet-python's `SyncNetInstance.evaluate`, and the copies of it in LatentSync's
+`eval/syncnet/syncnet_eval.py` and Wav2Lip's `evaluation/scores_LSE`, run SyncNet (`syncnet_v2.model`)
+on a face track's 224 x 224 crops and its 16 kHz audio, and report from the mean distance curve
+over offsets -vshift..vshift (vshift 15):
 
 * Sync-D: the smallest mean distance;
 * Sync-C: the median of the mean distances minus that smallest one;
