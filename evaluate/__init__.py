@@ -1,1 +1,1 @@
-"""Scoring generated (or real) talking-portrait videos with the models that curate the data (`talkcurate evaluate`)."""
+"""`talkcurate evaluate`: score generated (or real) talking-portrait videos with the models that curate the data."""

@@ -12,12 +12,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from evaluate.realism import FVD_FRAMES
 from stages.sync_models import crop_for_syncnet
 
-FVD_CLIP_FRAMES = 16  # frames per clip, as FVD's reference implementation
 
-
-def clips_of(frames: np.ndarray, length: int = FVD_CLIP_FRAMES) -> np.ndarray:
+def clips_of(frames: np.ndarray, length: int = FVD_FRAMES) -> np.ndarray:
     """(N, length, H, W, 3): consecutive non-overlapping clips from the first frame; the remainder is left out."""
     count = len(frames) // length
     return frames[: count * length].reshape(count, length, *frames.shape[1:])
@@ -75,7 +74,7 @@ class PaperMetrics:
             if self._missing(metric):
                 continue
             features = self._features(metric, frames)
-            unit = "frames" if metric == "fid" else f"{FVD_CLIP_FRAMES}-frame clips"
+            unit = "frames" if metric == "fid" else f"{FVD_FRAMES}-frame clips"
             if len(features) < 2:
                 out[f"{metric}_status"] = f"not computed: {len(features)} {unit}, at least 2 needed"
                 continue

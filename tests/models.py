@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
+import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 # What insightface's recognition models (buffalo_l's w600k_r50.onnx, antelopev2's glintr100.onnx)
@@ -90,7 +92,6 @@ def syncnet_checkpoint(path: Path, seed: int = 0, drop_batch_counters: bool = Tr
     stage does). The published file predates PyTorch's BatchNorm `num_batches_tracked` counters, so by
     default they are left out, like there.
     """
-    import torch
 
     from stages.sync_models import syncnet_model_class
 
@@ -101,6 +102,62 @@ def syncnet_checkpoint(path: Path, seed: int = 0, drop_batch_counters: bool = Tr
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
+    return path
+
+
+class TinyInception(torch.nn.Module):
+    """What NVlabs' `inception-2015-12-05.pt` looks like from outside: `forward(img, return_features)`
+    on uint8 RGB (N, 3, H, W) images of any size, resized inside to 299 x 299 (bilinear) and scaled
+    to [-1, 1], giving 2048 pool features or 1008 logits. Inside: an 8 x 8 average-pool thumbnail
+    times a fixed random matrix, then ReLU."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.pool_weight = torch.nn.Parameter(torch.randn(2048, 3 * 8 * 8, generator=generator) / 14)
+        self.logits = torch.nn.Linear(2048, 1008)
+
+    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        x = F.interpolate(img.to(torch.float32), size=[299, 299], mode="bilinear", align_corners=False)
+        x = F.adaptive_avg_pool2d((x - 128) / 128, [8, 8]).flatten(1)
+        features = torch.relu(x @ self.pool_weight.t())
+        if return_features:
+            return features
+        return self.logits(features)
+
+
+class TinyI3D(torch.nn.Module):
+    """What StyleGAN-V's `i3d_torchscript.pt` looks like from outside: `forward(x, rescale, resize,
+    return_features)` on (N, 3, T, H, W) clips; `rescale` takes 0-255 values to [-1, 1], `resize`
+    resizes every frame to 224 x 224 (trilinear, T kept), as the original FVD code's preprocessing;
+    400 logits (`return_features`) or their softmax. Inside: a (2, 4, 4) average-pool thumbnail of
+    the clip times a fixed random matrix."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.weight = torch.nn.Parameter(torch.randn(400, 3 * 2 * 4 * 4, generator=generator))
+
+    def forward(
+        self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False
+    ) -> torch.Tensor:
+        x = x.to(torch.float32)
+        if rescale:
+            x = x * (2.0 / 255.0) - 1.0
+        if resize:
+            x = F.interpolate(x, size=[x.shape[2], 224, 224], mode="trilinear", align_corners=False)
+        logits = F.adaptive_avg_pool3d(x, [2, 4, 4]).flatten(1) @ self.weight.t()
+        if return_features:
+            return logits
+        return torch.softmax(logits, dim=1)
+
+
+def torchscript_file(module: torch.nn.Module, path: Path) -> Path:
+    """Save `module` scripted, as a TorchScript archive (`torch.jit.save`): the published format of
+    `inception-2015-12-05.pt` and `i3d_torchscript.pt`, which `torch.jit.load` reads without the class."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(torch.jit.script(module.eval()), str(path))
     return path
 
 
@@ -119,7 +176,6 @@ def whisper_checkpoint(path: Path, seed: int = 0) -> Path:
     memory held, NaN at times), since real weights always replace it; here it gets small Gaussian
     values, so the file depends on the seed alone.
     """
-    import torch
     from whisper.model import ModelDimensions, Whisper
 
     torch.manual_seed(seed)
@@ -170,7 +226,6 @@ def qwen_vl_folder(path: Path, model_type: str = "qwen2_5_vl", seed: int = 0) ->
     captioning prompt (a vocabulary of about 350 tokens), with Qwen's special tokens; the model's token
     ids point at them. The image processor is Qwen2-VL's (both models use it) with its published defaults.
     """
-    import torch
     from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
     from tokenizers import models as token_models
     from transformers import (
