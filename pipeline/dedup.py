@@ -63,18 +63,19 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from core.storage import OutputDir
 from pipeline.forest import root
 from pipeline.inspect import load
 from pipeline.output import annotated, write_annotation, write_manifest
 from pipeline.similarity import hamming_pairs
-from schemas.fingerprint import Fingerprint, audio_bit_error_rate, motion_correlations
+from schemas.fingerprint import MIN_OVERLAP_FRAMES, MIN_OVERLAP_SHARE, look, series_correlations
 from schemas.manifest import MANIFEST
 from schemas.records import Status
 
 MAX_SHARED_CLIPS = 50
-_MOTION_BATCH = 64  # pairs per batch of motion correlations: small arrays stay in the CPU's caches
+_AUDIO_BATCH = 1 << 22  # sub-fingerprints compared at once
 _COLUMNS = (
     "key",
     "source",
@@ -116,7 +117,6 @@ class Clip:
     pixels: int
     duration_s: float
     sync_confidence: float
-    fingerprint: Fingerprint
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,18 @@ class DedupResult:
     thresholds: DedupThresholds
 
 
+@dataclass(frozen=True)
+class _Prints:
+    """The kept clips' fingerprints, each kind one array after the other, as the manifest stores them."""
+
+    looks: np.ndarray  # (clips,) uint64: schemas.fingerprint.look of each clip's frame hashes
+    motion: np.ndarray  # uint8, video_motion of clip 0, then of clip 1, ...
+    motion_frames: np.ndarray  # (clips,) int64
+    tracked: np.ndarray  # (clips,) bool: video_motion is there (a face was tracked)
+    audio: np.ndarray  # uint32
+    audio_frames: np.ndarray  # (clips,) int64
+
+
 def find_duplicates(table: pa.Table, thresholds: DedupThresholds) -> DedupResult:
     """Near-duplicate groups among the kept rows of a manifest table."""
     missing = [name for name in _COLUMNS if name not in table.column_names]
@@ -142,14 +154,17 @@ def find_duplicates(table: pa.Table, thresholds: DedupThresholds) -> DedupResult
             f"the manifest has no {', '.join(missing)} column: it was written before near-duplicate "
             "fingerprints; curate the inputs again into a new --out"
         )
-    rows = [row for row in table.select(_COLUMNS).to_pylist() if row["status"] == Status.KEPT.value]
-    unprinted = [row["key"] for row in rows if row["audio_fingerprint"] is None or row["video_phash"] is None]
-    if unprinted:
+    kept = table.filter(pc.equal(table["status"], Status.KEPT.value)).select(_COLUMNS).combine_chunks()
+    unprinted = pc.or_(pc.is_null(kept["audio_fingerprint"]), pc.is_null(kept["video_phash"]))
+    if pc.any(unprinted).as_py():
+        keys = kept["key"].filter(unprinted).to_pylist()
         raise ValueError(
-            f"{len(unprinted)} kept clips have no fingerprints (video_phash, audio_fingerprint), e.g. {unprinted[0]}"
+            f"{len(keys)} kept clips have no fingerprints (video_phash, audio_fingerprint), e.g. {keys[0]}"
         )
-    clips = [_clip(row) for row in rows]
-    matches = _audio_matches(clips, thresholds) + _video_matches(clips, thresholds)
+    clips = _clips(kept)
+    prints = _prints(kept)
+    _, source = np.unique(np.array(kept["source_id"].to_pylist(), dtype=object), return_inverse=True)
+    matches = _audio_matches(prints, thresholds) + _video_matches(prints, source, thresholds)
     return DedupResult(clips, matches, _groups(clips, matches), thresholds)
 
 
@@ -166,86 +181,139 @@ def dedup(out: OutputDir, thresholds: DedupThresholds) -> DedupResult:
     return result
 
 
-def _clip(row: dict) -> Clip:
-    return Clip(
-        key=row["key"],
-        source=row["source"],
-        source_id=row["source_id"],
-        pixels=row["width"] * row["height"],
-        duration_s=row["duration_s"],
-        sync_confidence=row["sync_confidence"] if row["sync_confidence"] is not None else float("-inf"),
-        fingerprint=Fingerprint.from_columns(row["video_phash"], row["video_motion"], row["audio_fingerprint"]),
+def _clips(kept: pa.Table) -> list[Clip]:
+    columns = {name: kept[name].to_pylist() for name in _COLUMNS[:8] if name != "status"}
+    return [
+        Clip(
+            key=key,
+            source=source,
+            source_id=source_id,
+            pixels=width * height,
+            duration_s=duration_s,
+            sync_confidence=sync_confidence if sync_confidence is not None else float("-inf"),
+        )
+        for key, source, source_id, width, height, duration_s, sync_confidence in zip(*columns.values())
+    ]
+
+
+def _prints(kept: pa.Table) -> _Prints:
+    phash = kept["video_phash"].chunk(0) if kept.num_rows else pa.array([], pa.list_(pa.uint64()))
+    motion, motion_bytes = _bytes(kept["video_motion"])
+    audio, audio_bytes = _bytes(kept["audio_fingerprint"])
+    return _Prints(
+        looks=look(
+            pc.list_flatten(phash).to_numpy().astype(np.uint64),
+            pc.fill_null(pc.list_value_length(phash), 0).to_numpy().astype(np.int64),
+        ),
+        motion=motion,
+        motion_frames=motion_bytes,
+        tracked=kept["video_motion"].is_valid().to_numpy(zero_copy_only=False),
+        audio=audio.view("<u4").astype(np.uint32),
+        audio_frames=audio_bytes // 4,
     )
 
 
-def _audio_matches(clips: list[Clip], thresholds: DedupThresholds) -> list[Match]:
-    matches = []
-    for (i, j), offsets in sorted(_audio_candidates([c.fingerprint.audio for c in clips]).items()):
-        a, b = clips[i].fingerprint.audio, clips[j].fingerprint.audio
-        ber, offset = min((audio_bit_error_rate(a, b, offset), offset) for offset in sorted(offsets))
-        if ber <= thresholds.max_audio_ber:
-            matches.append(Match(i, j, f"audio: bit error rate {ber:.3f} at offset {offset} frames"))
-    return matches
+def _bytes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A binary column's values one after the other (uint8) and each row's length (0 when null)."""
+    array = column.chunk(0) if column.num_chunks else pa.array([], pa.binary())
+    _, offset_buffer, data = array.buffers()
+    width = np.int64 if pa.types.is_large_binary(array.type) else np.int32
+    offsets = np.frombuffer(offset_buffer, width)[array.offset : array.offset + len(array) + 1].astype(np.int64)
+    values = np.frombuffer(data, np.uint8)[offsets[0] : offsets[-1]] if data is not None else np.zeros(0, np.uint8)
+    return values, np.diff(offsets)
 
 
-def _audio_candidates(prints: list[np.ndarray]) -> dict[tuple[int, int], set[int]]:
-    """(i, j) with i < j -> the offsets (position in i minus position in j) at which clip i and
-    clip j share an exact sub-fingerprint."""
-    if not prints:
-        return {}
-    values = np.concatenate(prints)
-    clip = np.repeat(np.arange(len(prints), dtype=np.int32), [len(p) for p in prints])
-    position = np.concatenate([np.arange(len(p), dtype=np.int32) for p in prints])
-    informative = (values != 0) & (values != 0xFFFFFFFF)  # digital silence, clipping
-    values, clip, position = values[informative], clip[informative], position[informative]
-    order = np.argsort(values, kind="stable")
-    values, clip, position = values[order], clip[order], position[order]
-    starts = np.flatnonzero(np.diff(values, prepend=values[:1] ^ 1))  # where a new value begins
-    ends = np.append(starts[1:], len(values))
-    candidates: dict[tuple[int, int], set[int]] = defaultdict(set)
-    for start, end in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
-        members, places = clip[start:end], position[start:end]
-        if not 1 < len(np.unique(members)) <= MAX_SHARED_CLIPS:
-            continue
-        x, y = np.nonzero(members[:, None] < members[None, :])
-        for i, j, offset in zip(members[x].tolist(), members[y].tolist(), (places[x] - places[y]).tolist()):
-            candidates[(i, j)].add(offset)
-    return candidates
+def _audio_matches(prints: _Prints, thresholds: DedupThresholds) -> list[Match]:
+    i, j, offset = _audio_candidates(prints.audio, prints.audio_frames)
+    ber = _bit_error_rates(prints.audio, prints.audio_frames, i, j, offset)
+    order = np.lexsort((offset, ber, j, i))  # each pair's best offset first: the lowest rate, then the smallest
+    i, j, offset, ber = i[order], j[order], offset[order], ber[order]
+    best = np.ones(len(i), bool)
+    best[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
+    best &= ber <= thresholds.max_audio_ber
+    return [
+        Match(a, b, f"audio: bit error rate {rate:.3f} at offset {o} frames")
+        for a, b, o, rate in zip(i[best].tolist(), j[best].tolist(), offset[best].tolist(), ber[best].tolist())
+    ]
 
 
-def _video_matches(clips: list[Clip], thresholds: DedupThresholds) -> list[Match]:
-    moving = [i for i, c in enumerate(clips) if c.fingerprint.video_motion is not None]
-    hashes = [np.unique(clips[i].fingerprint.video_phash) for i in moving]  # a repeated hash changes no minimum
-    codes = np.concatenate([np.zeros(0, np.uint64), *hashes])
-    owner = np.repeat(np.array(moving, np.int64), [len(h) for h in hashes])  # the clip of each code
-    first, second, bits = hamming_pairs(codes, thresholds.max_phash_bits)
-    i, j = owner[first], owner[second]  # i <= j: codes are in clip order
-    _, source = np.unique([c.source_id for c in clips], return_inverse=True)
+def _audio_candidates(audio: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, offset), i < j, each once: clip i and clip j share an exact sub-fingerprint at that
+    offset (position in i minus position in j); `audio` holds the clips' sub-fingerprints one after
+    the other, `frames[k]` of clip k."""
+    starts = np.concatenate([[0], np.cumsum(frames)[:-1]]).astype(np.int64)
+    element = np.flatnonzero((audio != 0) & (audio != 0xFFFFFFFF))  # digital silence, clipping
+    # one sort of value and place together: equal values end up side by side, in clip order
+    packed = np.sort((audio[element].astype(np.uint64) << np.uint64(32)) | element.astype(np.uint64))
+    value, element = packed >> np.uint64(32), (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    shared = np.zeros(len(value), bool)
+    shared[1:] = value[1:] == value[:-1]
+    shared[:-1] |= shared[1:]
+    value, element = value[shared], element[shared]
+    clip = np.searchsorted(starts, element, side="right") - 1
+    position = element - starts[clip]
+    group_start = np.flatnonzero(np.diff(value, prepend=value[:1] ^ np.uint64(1)))
+    group_end = np.append(group_start[1:], len(value))
+    new_clip = np.ones(len(clip), bool)
+    new_clip[1:] = (clip[1:] != clip[:-1]) | (value[1:] != value[:-1])
+    clips_in_group = np.add.reduceat(new_clip, group_start) if len(group_start) else np.zeros(0, np.int64)
+    chosen = (clips_in_group > 1) & (clips_in_group <= MAX_SHARED_CLIPS)  # silence-like values say nothing
+    end_of = np.repeat(np.where(chosen, group_end, group_start), group_end - group_start)  # chosen groups only
+    later = np.maximum(end_of - np.arange(len(value)) - 1, 0)  # the elements after each, in its group
+    x = np.repeat(np.arange(len(value)), later)
+    y = x + 1 + np.arange(len(x)) - np.repeat(np.cumsum(later) - later, later)
+    apart = clip[x] != clip[y]
+    i, j, offset = clip[x][apart], clip[y][apart], (position[x] - position[y])[apart]
+    order = np.lexsort((offset, j, i))
+    i, j, offset = i[order], j[order], offset[order]
+    once = np.ones(len(i), bool)
+    once[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1]) | (offset[1:] != offset[:-1])
+    return i[once], j[once], offset[once]
+
+
+def _bit_error_rates(
+    audio: np.ndarray, frames: np.ndarray, i: np.ndarray, j: np.ndarray, offset: np.ndarray
+) -> np.ndarray:
+    """schemas.fingerprint.audio_bit_error_rate of clips i and j at each offset, all at once."""
+    starts = np.concatenate([[0], np.cumsum(frames)[:-1]]).astype(np.int64)
+    start_i, start_j = starts[i] + np.maximum(0, offset), starts[j] + np.maximum(0, -offset)
+    length = np.minimum(frames[i] - np.maximum(0, offset), frames[j] - np.maximum(0, -offset))
+    enough = length >= np.maximum(MIN_OVERLAP_FRAMES, np.ceil(MIN_OVERLAP_SHARE * np.minimum(frames[i], frames[j])))
+    rates = np.ones(len(i))
+    measured = np.flatnonzero(enough)
+    for batch in np.array_split(measured, -(-int(length[measured].sum()) // _AUDIO_BATCH)) if len(measured) else []:
+        count = length[batch]
+        first = np.cumsum(count) - count
+        along = np.arange(int(count.sum())) - np.repeat(first, count)
+        differing = np.bitwise_count(
+            audio[np.repeat(start_i[batch], count) + along] ^ audio[np.repeat(start_j[batch], count) + along]
+        )
+        rates[batch] = np.add.reduceat(differing, first, dtype=np.int64) / (32 * count)
+    return rates
+
+
+def _video_matches(prints: _Prints, source: np.ndarray, thresholds: DedupThresholds) -> list[Match]:
+    tracked = np.flatnonzero(prints.tracked)
+    first, second, bits = hamming_pairs(prints.looks[tracked], thresholds.max_phash_bits)
+    i, j = tracked[first], tracked[second]
     apart = source[i] != source[j]
     i, j, bits = i[apart], j[apart], bits[apart]
-    order = np.lexsort((bits, j, i))  # each pair of clips once, with its fewest differing bits
-    i, j, bits = i[order], j[order], bits[order]
-    first_of_pair = np.ones(len(i), bool)
-    first_of_pair[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
-    alike = list(zip(i[first_of_pair].tolist(), j[first_of_pair].tolist(), bits[first_of_pair].tolist()))
-    matches = []
-    for start in range(0, len(alike), _MOTION_BATCH):
-        batch = alike[start : start + _MOTION_BATCH]
-        correlations, offsets = motion_correlations(
-            [clips[i].fingerprint.video_motion for i, _, _ in batch],
-            [clips[j].fingerprint.video_motion for _, j, _ in batch],
+    correlations, offsets = series_correlations(prints.motion, prints.motion_frames, i, j)
+    alike = np.flatnonzero(correlations >= thresholds.min_motion_corr)
+    return [
+        Match(
+            a,
+            b,
+            f"video: looks {n} bits apart, mouth motion correlation {correlation:.3f} at offset {o} frames",
         )
-        for (i, j, bits), correlation, offset in zip(batch, correlations, offsets):
-            if correlation >= thresholds.min_motion_corr:
-                matches.append(
-                    Match(
-                        i,
-                        j,
-                        f"video: frame hashes {bits} bits apart, mouth motion correlation "
-                        f"{correlation:.3f} at offset {offset} frames",
-                    )
-                )
-    return matches
+        for a, b, n, correlation, o in zip(
+            i[alike].tolist(),
+            j[alike].tolist(),
+            bits[alike].tolist(),
+            correlations[alike].tolist(),
+            offsets[alike].tolist(),
+        )
+    ]
 
 
 def _groups(clips: list[Clip], matches: list[Match]) -> dict[int, int]:
@@ -285,7 +353,7 @@ def render(result: DedupResult) -> str:
     lines = [
         f"{len(result.clips)} kept clips compared: {len(result.matches)} near-duplicate pairs, "
         f"{len(groups)} groups, {len(result.kept_of)} clips marked duplicate_of",
-        f"(audio: bit error rate <= {t.max_audio_ber}; video, across sources: frame hashes within "
+        f"(audio: bit error rate <= {t.max_audio_ber}; video, across sources: looks within "
         f"{t.max_phash_bits} bits and mouth motion correlation >= {t.min_motion_corr})",
     ]
     group_of = {i: kept for kept, members in groups.items() for i in (kept, *members)}
