@@ -109,6 +109,9 @@ def measure(clips: int) -> dict:
     people_s = time.perf_counter() - started
 
     found = {(min(m.first, m.second), max(m.first, m.second)) for m in result.matches}
+    by_video = {
+        (min(m.first, m.second), max(m.first, m.second)) for m in result.matches if m.evidence.startswith("video")
+    }
     members: dict[int, list[int]] = {}
     for i, g in enumerate(group.tolist()):
         if g >= 0:
@@ -123,6 +126,7 @@ def measure(clips: int) -> dict:
         "groups_found": sum(len({kept[i] for i in m}) == 1 for m in members.values()),
         "planted_pairs": len(planted),
         "pairs_found": len(planted & found),
+        "pairs_found_by_video": len(planted & by_video),
         "false_pairs": len(found - same_group),
         "dedup_s": round(dedup_s, 1),
         "people_s": round(people_s, 1),
