@@ -6,14 +6,15 @@ measures are in schemas/fingerprint.py):
 
 - audio: at the best offset, their sub-fingerprints differ in at most `max_audio_ber` (0.3) of the
   bits;
-- video: they come from different sources, a frame of one is within `max_phash_bits` (16 of 64) of
-  a frame of the other (they look alike), and their mouth-opening series correlate by at least
-  `min_motion_corr` (0.75) at the best offset (the mouth does the same thing: the same take).
-  Within a source, repeated footage is found by its audio.
+- video: they come from different sources, their looks are within `max_phash_bits` (16 of 64)
+  (they look alike; a clip's look is the bitwise majority of its frame hashes, one 64-bit code:
+  the frames of a talking head are near-identical pictures), and their mouth-opening series
+  correlate by at least `min_motion_corr` (0.75) at the best offset (the mouth does the same thing:
+  the same take). Within a source, repeated footage is found by its audio.
 
 Measured through the pipeline's stages (tests/test_fingerprint.py):
 
-| pair of clips | frame hash bits | audio bit error rate | mouth motion correlation |
+| pair of clips | look bits | audio bit error rate | mouth motion correlation |
 |---|---|---|---|
 | GRID clip and a copy: centre 90%, 320 px wide, CRF 26, AAC | 8 | 0.044 | 0.90 |
 | GRID clip and a copy cut 0.6 s later: centre 92%, 300 px, CRF 28, Opus 48 kb/s | 8 | 0.109 (*) | 0.93 (*) |
@@ -22,8 +23,8 @@ Measured through the pipeline's stages (tests/test_fingerprint.py):
 
 (*) at the best offset, 15 frames.
 
-The frame hash alone cannot decide: two takes of one speaker in one room look more alike (0 bits)
-than the same take cropped (8). Unrelated audio measures about 0.5 (Haitsma and Kalker's own
+The look alone cannot decide: two takes of one speaker in one room look more alike (0 bits) than
+the same take cropped (8). Unrelated audio measures about 0.5 (Haitsma and Kalker's own
 threshold is 0.35).
 
 Groups are the connected clips; the clip kept is the one with the most pixels, then the longest,
@@ -31,24 +32,21 @@ then the best sync confidence, then the smallest key.
 
 Cost: audio candidates share at least one exact sub-fingerprint (Haitsma and Kalker's lookup: the
 copies above keep 36% and 7% of them exactly; values held by more than MAX_SHARED_CLIPS clips, such as
-silence or hum, are skipped), and only the offsets such values imply are measured, so audio scales
-with the number of clips. Video candidates come from a range search over every kept clip's frame
-hashes (pipeline/similarity.py, faiss): up to HAMMING_EXACT_LIMIT hashes (50,000: about 6,000 clips
-of 8 frames) every pair is compared, so nothing is missed; beyond, a binary inverted-file index
-compares each hash with those of its 16 nearest cells only, near linear, and a look-alike pair can
-be missed (the more bits apart, the likelier: 3 of 150 random hashes 4-12 bits apart among 3,300 in
-tests/test_hamming_pairs.py; a clip's 8 frames give a copy 8 chances). Every look-alike pair
-across sources then has its motion correlated (about 700 pairs a second on a busy machine): that
-grows with how many clips look alike, about 40 others within 16 bits per clip at 1,000,000 random
-looks. bench/dedup_scale.py, synthetic clips with planted copies, on a busy 2-core machine:
+silence or hum, are skipped), found by one sort of every sub-fingerprint, and only the offsets such
+values imply are measured, all with numpy, so audio grows with the number of clips. Video
+candidates come from a range search over the clips' looks (pipeline/similarity.py, faiss): up to
+HAMMING_EXACT_LIMIT clips (50,000) every pair is compared, so nothing is missed; beyond, a binary
+inverted-file index compares each look with those of its 16 nearest cells only, near linear, and a
+look-alike pair can be missed: in the bench below the video rule alone finds 85% of the planted
+copies (4-12 bits apart) at 100,000 clips and RECALL_1M at 1,000,000; the audio rule finds most of
+the others. Every look-alike pair across sources then has its motion correlated (one FFT per pair,
+schemas/fingerprint.py `series_correlations`), which grows with how many clips look alike: about 35
+others within 16 bits per clip at 1,000,000 random looks. bench/dedup_scale.py, synthetic clips
+with planted copies, on this 2-core machine shared with other work (load average beside each):
 
-| clips | planted pairs found | planted groups found | false pairs | dedup | people | peak memory |
-|---|---|---|---|---|---|---|
-| 10,000 | 900 of 900 | 455 of 455 | 0 | 51 s | 4 s | 0.33 GB |
-| 100,000 | 9,078 of 9,078 | 4,545 of 4,545 | 0 | 624 s | 23 s | 1.45 GB |
-
-1,000,000 clips is not measured yet: the motion correlations of random look-alikes (above) would
-take hours at that rate, past the issue's 10 minutes.
+| clips | planted pairs found (by video) | planted groups found | false pairs | dedup | people | peak memory | load |
+|---|---|---|---|---|---|---|---|
+TABLE_ROWS
 
 The decisions are kept in the journal (`.talkcurate/annotations/dedup.parquet`) and joined into the
 manifest, which is rewritten; a later run over more inputs keeps them, but its new clips are not
@@ -208,7 +206,7 @@ def _prints(kept: pa.Table) -> _Prints:
         motion=motion,
         motion_frames=motion_bytes,
         tracked=kept["video_motion"].is_valid().to_numpy(zero_copy_only=False),
-        audio=audio.view("<u4").astype(np.uint32),
+        audio=audio.view("<u4").astype(np.uint32, copy=False),
         audio_frames=audio_bytes // 4,
     )
 
@@ -242,14 +240,22 @@ def _audio_candidates(audio: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray
     offset (position in i minus position in j); `audio` holds the clips' sub-fingerprints one after
     the other, `frames[k]` of clip k."""
     starts = np.concatenate([[0], np.cumsum(frames)[:-1]]).astype(np.int64)
-    element = np.flatnonzero((audio != 0) & (audio != 0xFFFFFFFF))  # digital silence, clipping
-    # one sort of value and place together: equal values end up side by side, in clip order
-    packed = np.sort((audio[element].astype(np.uint64) << np.uint64(32)) | element.astype(np.uint64))
-    value, element = packed >> np.uint64(32), (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    # one sort of value and place together, in place (8 bytes a sub-fingerprint): equal values end
+    # up side by side, in clip order
+    packed = np.empty(len(audio), np.uint64)
+    for start in range(0, len(audio), _AUDIO_BATCH):
+        end = min(start + _AUDIO_BATCH, len(audio))
+        packed[start:end] = (audio[start:end].astype(np.uint64) << np.uint64(32)) | np.arange(
+            start, end, dtype=np.uint64
+        )
+    packed.sort()
+    value = packed >> np.uint64(32)
     shared = np.zeros(len(value), bool)
     shared[1:] = value[1:] == value[:-1]
     shared[:-1] |= shared[1:]
-    value, element = value[shared], element[shared]
+    shared &= (value != 0) & (value != 0xFFFFFFFF)  # digital silence, clipping
+    value, element = value[shared], (packed[shared] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    del packed
     clip = np.searchsorted(starts, element, side="right") - 1
     position = element - starts[clip]
     group_start = np.flatnonzero(np.diff(value, prepend=value[:1] ^ np.uint64(1)))

@@ -24,9 +24,6 @@ _TRAIN_PER_CELL = 40  # training vectors per k-means cell (faiss warns below 39)
 _KMEANS_ITERATIONS = 10  # of faiss's default 25: the cells only route queries, training was most of the time
 _SEED = 1234
 _RANGE_BATCH = 1 << 16  # hashes per range search: bounds the results faiss holds at once
-# one thread: on a shared 2-core machine faiss's OpenMP threads wait on each other, and a binary
-# index over 220,000 hashes took 350 s with two threads against 22 s with one
-faiss.omp_set_num_threads(1)
 
 
 def cosine_neighbours(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,15 +107,29 @@ def hamming_pairs(
     n = len(codes)
     packed = codes.view(np.uint8).reshape(n, 8)  # faiss's binary codes: bytes
     pairs = [np.zeros(0, np.int64)]  # i * n + j
-    if n > 1:
-        index = _hamming_index(packed, exact_limit)
-        for start in range(0, n, _RANGE_BATCH):
-            limits, _, found = index.range_search(packed[start : start + _RANGE_BATCH], max_bits + 1)  # below radius
-            query = start + np.repeat(np.arange(len(limits) - 1), np.diff(limits.astype(np.int64)))
-            other = query != found
-            pairs.append(np.minimum(query, found)[other] * n + np.maximum(query, found)[other])
+    threads = faiss.omp_get_max_threads()
+    # one thread: on a shared 2-core machine the binary index's OpenMP threads wait on each other
+    # (220,000 hashes: 350 s with two threads, 22 s with one)
+    faiss.omp_set_num_threads(1)
+    try:
+        if n > 1:
+            pairs += _range_pairs(packed, max_bits, exact_limit)
+    finally:
+        faiss.omp_set_num_threads(threads)
     i, j = np.divmod(np.unique(np.concatenate(pairs)), max(n, 1))  # the IVF can find a pair from both sides
     return i, j, np.bitwise_count(codes[i] ^ codes[j]).astype(np.int64)
+
+
+def _range_pairs(packed: np.ndarray, max_bits: int, exact_limit: int) -> list[np.ndarray]:
+    """i * n + j for each pair the range search finds, from either side."""
+    n, pairs = len(packed), []
+    index = _hamming_index(packed, exact_limit)
+    for start in range(0, n, _RANGE_BATCH):
+        limits, _, found = index.range_search(packed[start : start + _RANGE_BATCH], max_bits + 1)  # below radius
+        query = start + np.repeat(np.arange(len(limits) - 1), np.diff(limits.astype(np.int64)))
+        other = query != found
+        pairs.append(np.minimum(query, found)[other] * n + np.maximum(query, found)[other])
+    return pairs
 
 
 def _hamming_index(packed: np.ndarray, exact_limit: int) -> faiss.IndexBinary:
