@@ -92,8 +92,14 @@ def planted_manifest(clips: int, seed: int = 0) -> tuple[pa.Table, np.ndarray]:
 def _flips(rng: np.random.Generator, shape: tuple[int, int], fewest: int, most: int) -> np.ndarray:
     """uint64 masks of `shape`, each with fewest..most random bits set."""
     count = rng.integers(fewest, most + 1, size=shape)
-    bits = np.argsort(rng.random((*shape, 64)), axis=-1) < count[..., None]  # the first `count` of a permutation
-    return np.packbits(bits, axis=-1, bitorder="little").view("<u8")[..., 0].astype(np.uint64)
+    masks = np.zeros(shape, np.uint64)
+    for start in range(0, shape[0], 1 << 14):  # a few rows at a time: the bench's own memory stays small
+        rows = slice(start, start + (1 << 14))
+        bits = (
+            np.argsort(rng.random((*masks[rows].shape, 64)), axis=-1) < count[rows, ..., None]
+        )  # a permutation's first `count`
+        masks[rows] = np.packbits(bits, axis=-1, bitorder="little").view("<u8")[..., 0]
+    return masks
 
 
 def measure(clips: int) -> dict:
