@@ -39,15 +39,22 @@ candidates come from a range search over the clips' looks (pipeline/similarity.p
 HAMMING_EXACT_LIMIT clips (50,000) every pair is compared, so nothing is missed; beyond, a binary
 inverted-file index compares each look with those of its 16 nearest cells only, near linear, and a
 look-alike pair can be missed: in the bench below the video rule alone finds 85% of the planted
-copies (4-12 bits apart) at 100,000 clips and RECALL_1M at 1,000,000; the audio rule finds most of
-the others. Every look-alike pair across sources then has its motion correlated (one FFT per pair,
+copies (4-12 bits apart) at 100,000 clips and 74% at 1,000,000; the audio rule finds most of the
+others. Every look-alike pair across sources then has its motion correlated (one FFT per pair,
 schemas/fingerprint.py `series_correlations`), which grows with how many clips look alike: about 35
 others within 16 bits per clip at 1,000,000 random looks. bench/dedup_scale.py, synthetic clips
-with planted copies, on this 2-core machine shared with other work (load average beside each):
+with planted copies, on this 2-core machine shared with other work (1-minute load average at the start and end):
 
 | clips | planted pairs found (by video) | planted groups found | false pairs | dedup | people | peak memory | load |
 |---|---|---|---|---|---|---|---|
-TABLE_ROWS
+| 10,000 | 900 of 900 (900) | 455 of 455 | 0 | 0.4 s | 1.4 s | 0.31 GB | 1.5-1.7 |
+| 100,000 | 9,068 of 9,078 (7,755) | 4,538 of 4,545 | 0 | 17.1 s | 24.1 s | 0.93 GB | 1.7-2.9 |
+| 1,000,000 | 90,723 of 90,909 (66,904): 99.8% | 45,272 of 45,422 | 1 | 288 s | 236 s | 6.9 GB | 2.9-2.5 |
+
+At 1,000,000 clips `dedup` spends about 35 s on audio, 55 s on the look search and 190 s on the
+motion of the look-alike pairs (the rest reads the manifest and groups). Before one look per clip,
+the one-FFT correlation and the numpy audio (the same bench, a busier machine): 51 s at 10,000
+clips and 624 s at 100,000.
 
 The decisions are kept in the journal (`.talkcurate/annotations/dedup.parquet`) and joined into the
 manifest, which is rewritten; a later run over more inputs keeps them, but its new clips are not

@@ -1,6 +1,6 @@
 """Nearest neighbours with faiss: the similarity-search library behind people (identity
-embeddings by inner product, pipeline/people.py) and near-duplicate video (64-bit frame hashes by
-Hamming distance, pipeline/dedup.py).
+embeddings by inner product, pipeline/people.py) and near-duplicate video (64-bit looks, each the
+majority of a clip's frame hashes, by Hamming distance, pipeline/dedup.py).
 
 Up to a limit (EXACT_LIMIT embeddings, HAMMING_EXACT_LIMIT hashes: a hash comparison is one
 popcount) every pair is compared. Beyond it an inverted-file index (IVF: k-means cells, each query
