@@ -77,9 +77,10 @@ def look(video_phash: np.ndarray, frames: np.ndarray) -> np.ndarray:
     looks = np.zeros(len(frames), np.uint64)
     if len(video_phash) == 0:
         return looks
+    hashed = frames > 0  # a clip without hashes has look 0
     for bit in range(64):
-        votes = np.add.reduceat(((video_phash >> np.uint64(bit)) & np.uint64(1)).astype(np.int32), starts)
-        looks |= (2 * votes > frames).astype(np.uint64) << np.uint64(bit)
+        votes = np.add.reduceat(((video_phash >> np.uint64(bit)) & np.uint64(1)).astype(np.int32), starts[hashed])
+        looks[hashed] |= (2 * votes > frames[hashed]).astype(np.uint64) << np.uint64(bit)
     return looks
 
 
