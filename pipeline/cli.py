@@ -363,7 +363,7 @@ def _add_dedup(commands) -> None:
         "--max-phash-bits",
         type=int,
         default=near.max_phash_bits,
-        help="video: frames look alike within this many of 64 hash bits (default %(default)s)",
+        help="video: looks (the majority of a clip's frame hashes) within this many of 64 bits (default %(default)s)",
     )
     dedup.add_argument(
         "--min-motion-corr",

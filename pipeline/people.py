@@ -46,7 +46,8 @@ def assign(table: pa.Table, known: dict[str, str] | None = None) -> dict[str, st
     """key -> identity_id for every kept clip of a manifest table (None without an embedding);
     the ids in `known` (key -> id, from an earlier assignment) are kept."""
     known = known or {}
-    kept = table.filter(pc.equal(table["status"], Status.KEPT.value)).select(_COLUMNS)
+    kept = table.select(_COLUMNS)  # the columns first: filtering copies only these
+    kept = kept.filter(pc.equal(kept["status"], Status.KEPT.value))
     ids: dict[str, str | None] = dict.fromkeys(kept["key"].to_pylist())
     embedded = kept.filter(pc.is_valid(kept["identity_embedding"]))
     for backend in sorted(set(embedded["identity_backend"].to_pylist())):

@@ -1,6 +1,6 @@
 """Nearest neighbours with faiss: the similarity-search library behind people (identity
-embeddings by inner product, pipeline/people.py) and near-duplicate video (64-bit frame hashes by
-Hamming distance, pipeline/dedup.py).
+embeddings by inner product, pipeline/people.py) and near-duplicate video (64-bit looks, each the
+majority of a clip's frame hashes, by Hamming distance, pipeline/dedup.py).
 
 Up to a limit (EXACT_LIMIT embeddings, HAMMING_EXACT_LIMIT hashes: a hash comparison is one
 popcount) every pair is compared. Beyond it an inverted-file index (IVF: k-means cells, each query
@@ -107,15 +107,29 @@ def hamming_pairs(
     n = len(codes)
     packed = codes.view(np.uint8).reshape(n, 8)  # faiss's binary codes: bytes
     pairs = [np.zeros(0, np.int64)]  # i * n + j
-    if n > 1:
-        index = _hamming_index(packed, exact_limit)
-        for start in range(0, n, _RANGE_BATCH):
-            limits, _, found = index.range_search(packed[start : start + _RANGE_BATCH], max_bits + 1)  # below radius
-            query = start + np.repeat(np.arange(len(limits) - 1), np.diff(limits.astype(np.int64)))
-            other = query != found
-            pairs.append(np.minimum(query, found)[other] * n + np.maximum(query, found)[other])
+    threads = faiss.omp_get_max_threads()
+    # one thread: on a shared 2-core machine the binary index's OpenMP threads wait on each other
+    # (220,000 hashes: 350 s with two threads, 22 s with one)
+    faiss.omp_set_num_threads(1)
+    try:
+        if n > 1:
+            pairs += _range_pairs(packed, max_bits, exact_limit)
+    finally:
+        faiss.omp_set_num_threads(threads)
     i, j = np.divmod(np.unique(np.concatenate(pairs)), max(n, 1))  # the IVF can find a pair from both sides
     return i, j, np.bitwise_count(codes[i] ^ codes[j]).astype(np.int64)
+
+
+def _range_pairs(packed: np.ndarray, max_bits: int, exact_limit: int) -> list[np.ndarray]:
+    """i * n + j for each pair the range search finds, from either side."""
+    n, pairs = len(packed), []
+    index = _hamming_index(packed, exact_limit)
+    for start in range(0, n, _RANGE_BATCH):
+        limits, _, found = index.range_search(packed[start : start + _RANGE_BATCH], max_bits + 1)  # below radius
+        query = start + np.repeat(np.arange(len(limits) - 1), np.diff(limits.astype(np.int64)))
+        other = query != found
+        pairs.append(np.minimum(query, found)[other] * n + np.maximum(query, found)[other])
+    return pairs
 
 
 def _hamming_index(packed: np.ndarray, exact_limit: int) -> faiss.IndexBinary:

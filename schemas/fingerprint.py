@@ -69,37 +69,109 @@ def audio_bit_error_rate(a: np.ndarray, b: np.ndarray, offset: int) -> float:
     return float(differing) / (32 * length)
 
 
+def look(video_phash: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Each clip's look: the bitwise majority of its frame hashes (a bit is set when more than half
+    of the clip's frames have it). `video_phash` holds the clips' hashes one after the other,
+    `frames[k]` of clip k; (clips,) uint64."""
+    starts = np.concatenate([[0], np.cumsum(frames)[:-1]]).astype(np.int64)
+    looks = np.zeros(len(frames), np.uint64)
+    if len(video_phash) == 0:
+        return looks
+    hashed = frames > 0  # a clip without hashes has look 0
+    for bit in range(64):
+        votes = np.add.reduceat(((video_phash >> np.uint64(bit)) & np.uint64(1)).astype(np.int32), starts[hashed])
+        looks[hashed] |= (2 * votes > frames[hashed]).astype(np.uint64) << np.uint64(bit)
+    return looks
+
+
 def motion_correlations(first: list[np.ndarray], second: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """For each pair of mouth-opening series (first[k], second[k]): the highest Pearson correlation
     over every offset with enough overlap, and that offset (frame n of the second against n + offset
-    of the first); -1 and 0 where no offset has motion on both sides. All pairs and offsets at once:
-    every sum over an overlap (of x, x^2, y, y^2, xy and of ones: its length) is a cross-correlation
-    with the other series or with its support, computed by FFT."""
+    of the first); -1 and 0 where no offset has motion on both sides."""
+    series = [*first, *second]
+    lengths = np.array([len(s) for s in series], np.int64)
+    values = np.concatenate([np.zeros(0, np.uint8), *series])
     count = len(first)
-    if count == 0:
-        return np.zeros(0), np.zeros(0, int)
-    longest = max(max(len(x) for x in first), max(len(y) for y in second))
-    x, y = np.zeros((count, longest)), np.zeros((count, longest))
-    x_support, y_support = np.zeros_like(x), np.zeros_like(y)
-    for k in range(count):
-        x[k, : len(first[k])], y[k, : len(second[k])] = first[k], second[k]
-        x_support[k, : len(first[k])], y_support[k, : len(second[k])] = 1, 1
+    return series_correlations(values, lengths, np.arange(count), count + np.arange(count))
+
+
+def series_correlations(
+    values: np.ndarray, lengths: np.ndarray, first: np.ndarray, second: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """motion_correlations of the pairs (series first[k], series second[k]), where series k is
+    `lengths[k]` values of `values`, after those of series 0..k-1.
+
+    Only the cross term, sum of x * y over the overlap at each offset, needs a cross-correlation
+    (by FFT, float32); the other sums (of x, x^2, y, y^2) are differences of prefix sums, as each
+    overlap is a contiguous range of each series. Series are centred first (the correlation does
+    not change), which keeps float32's error in the cross term near 1e-6 of the correlation. Pairs
+    are taken longest first in batches of similar length, and each series of a batch is
+    transformed once, however many of its pairs the batch holds."""
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    first, second = np.asarray(first, np.int64), np.asarray(second, np.int64)
+    correlations, offsets = np.full(len(first), -1.0), np.zeros(len(first), np.int64)
+    order = np.argsort(-np.maximum(lengths[first], lengths[second]), kind="stable")
+    for batch in np.array_split(order, -(-len(order) // _CORRELATION_BATCH)) if len(order) else []:
+        correlations[batch], offsets[batch] = _batch_correlations(values, starts, lengths, first[batch], second[batch])
+    return correlations, offsets
+
+
+_CORRELATION_BATCH = 512  # pairs at once: their arrays stay in the CPU caches (2048 took twice as long)
+
+
+def _batch_correlations(
+    values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, first: np.ndarray, second: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    series, inverse = np.unique(np.concatenate([first, second]), return_inverse=True)
+    a, b = inverse[: len(first)], inverse[len(first) :]
+    len_x, len_y = lengths[first], lengths[second]
+    longest = max(int(lengths[series].max()), 1)
     size = 1 << (2 * longest - 1).bit_length()
-    offsets = np.arange(-(longest - 1), longest)
+    frame = np.arange(longest)
+    inside = frame < lengths[series][:, None]
+    padded = np.where(inside, values[np.minimum(starts[series][:, None] + frame, len(values) - 1)], 0).astype(float)
+    means = padded.sum(1) / np.maximum(lengths[series], 1)
+    centred = np.where(inside, padded - means[:, None], 0.0)
+    spectra = np.fft.rfft(centred.astype(np.float32), size)
+    cross = np.fft.irfft(spectra[a] * np.conj(spectra[b]), size)  # [o % size]: sum of x[n + o] * y[n]
 
-    def overlap_sums(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """sum over k of a[k + offset] * b[k], for every offset (count, offsets)."""
-        return np.fft.irfft(np.fft.rfft(a, size) * np.conj(np.fft.rfft(b, size)), size)[:, offsets % size]
-
-    length = np.round(overlap_sums(x_support, y_support))
-    sx, sxx = overlap_sums(x, y_support), overlap_sums(x * x, y_support)
-    sy, syy = overlap_sums(x_support, y), overlap_sums(x_support, y * y)
+    need = np.maximum(MIN_OVERLAP_FRAMES, np.ceil(MIN_OVERLAP_SHARE * np.minimum(len_x, len_y)).astype(np.int64))
+    first_offset = need - len_y  # offsets with enough overlap: first_offset .. len_x - need
+    width = max(int((len_x + len_y - 2 * need + 1).max()), 1)
+    offset = first_offset[:, None] + np.arange(width)
+    # prefix sums padded with 2 * longest on each side: index 2 * longest + t holds the sum of the first t
+    sums = [_padded_prefix(centred, longest), _padded_prefix(centred * centred, longest)]
+    sx, sxx = (
+        _window(p, a, 2 * longest + len_y + first_offset, width) - _window(p, a, 2 * longest + first_offset, width)
+        for p in sums
+    )
+    # y's overlap runs backwards as the offset grows: read its prefix sums reversed
+    sy, syy = (
+        _window(p[:, ::-1], b, 3 * longest - len_x + first_offset, width)
+        - _window(p[:, ::-1], b, 3 * longest + first_offset, width)
+        for p in sums
+    )
+    sxy = _window(np.concatenate([cross, cross[:, :width]], axis=1), np.arange(len(first)), first_offset % size, width)
+    length = np.minimum(len_x[:, None], len_y[:, None] + offset) - np.maximum(0, offset)
+    valid = length >= need[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
-        covariance = overlap_sums(x, y) - sx * sy / length
+        covariance = sxy - sx * sy / length
         spread = np.sqrt(np.maximum(sxx - sx * sx / length, 0) * np.maximum(syy - sy * sy / length, 0))
-        correlation = np.where(spread > 1e-6, covariance / spread, -1.0)
-    needed = [min_overlap(len(a), len(b)) for a, b in zip(first, second)]
-    correlation[length < np.array(needed)[:, None]] = -1.0
+        correlation = np.where(valid & (spread > 1e-6), covariance / spread, -1.0)
     best = np.argmax(correlation, axis=1)
-    values = correlation[np.arange(count), best]
-    return values, np.where(values > -1, offsets[best], 0)
+    rows = np.arange(len(first))
+    values_at_best = correlation[rows, best]
+    return values_at_best, np.where(values_at_best > -1, offset[rows, best], 0)
+
+
+def _padded_prefix(series: np.ndarray, longest: int) -> np.ndarray:
+    """(count, 5 * longest + 1): 2 * longest zeros, the prefix sums from 0, then the total repeated."""
+    prefix = np.cumsum(series, axis=1)
+    return np.concatenate(
+        [np.zeros((len(series), 2 * longest + 1)), prefix, np.repeat(prefix[:, -1:], 2 * longest, axis=1)], axis=1
+    )
+
+
+def _window(rows: np.ndarray, which: np.ndarray, start: np.ndarray, width: int) -> np.ndarray:
+    """rows[which[k], start[k] : start[k] + width] for each k."""
+    return np.lib.stride_tricks.sliding_window_view(rows, width, axis=1)[which, start]

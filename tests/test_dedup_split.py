@@ -115,7 +115,7 @@ def test_dedup_marks_the_reuploads_and_nothing_else(run, deduped):
     assert {key for key, row in rows.items() if row["duplicate_of"] is not None} == {copy["key"] for copy in copies}
     # both rules found the copies (the cut one at its offset); the portrait's two takes (the same
     # person, room and clothes) matched neither
-    assert "audio: bit error rate" in printed and "video: frame hashes" in printed
+    assert "audio: bit error rate" in printed and "video: looks" in printed
     assert re.search(r"at offset -?15 frames", printed)
     assert "1 groups, 2 clips marked duplicate_of" in printed
     assert all(rows_of(rows, path)[0]["duplicate_of"] is None for path in run.excerpts)

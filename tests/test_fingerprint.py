@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from pipeline.dedup import DedupThresholds
-from schemas.fingerprint import Fingerprint, audio_bit_error_rate, motion_correlations
+from schemas.fingerprint import Fingerprint, audio_bit_error_rate, min_overlap, motion_correlations
+from schemas.fingerprint import look as looks
 from schemas.manifest import manifest_row, rows_to_table
 from schemas.records import CandidateClip, Status
 from stages.chunk import ChunkStage
@@ -65,8 +66,11 @@ def prints(run_chain, tmp_path_factory) -> dict[str, Fingerprint]:
 
 
 def look(a: Fingerprint, b: Fingerprint) -> int:
-    """The fewest differing bits between any frame hash of one and any of the other (dedup's look)."""
-    return int(np.bitwise_count(a.video_phash[:, None] ^ b.video_phash[None, :]).min())
+    """How many bits the two clips' looks (the majority of their frame hashes) differ in: dedup's look."""
+    first, second = looks(
+        np.concatenate([a.video_phash, b.video_phash]), np.array([len(a.video_phash), len(b.video_phash)])
+    )
+    return int(np.bitwise_count(first ^ second))
 
 
 def audio(a: Fingerprint, b: Fingerprint) -> tuple[float, int]:
@@ -130,6 +134,42 @@ def test_different_speakers_do_not_match(prints):
     for a, b in itertools.combinations(SPEAKERS, 2):
         assert look(prints[a], prints[b]) > THRESHOLDS.max_phash_bits, (a, b)
         assert audio(prints[a], prints[b])[0] > THRESHOLDS.max_audio_ber, (a, b)
+
+
+def pearson_at_every_offset(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    """The definition, one offset at a time: the best Pearson correlation and its offset."""
+    best = (-1.0, 0)
+    for offset in range(-(len(y) - 1), len(x)):
+        start_x, start_y = max(0, offset), max(0, -offset)
+        length = min(len(x) - start_x, len(y) - start_y)
+        a, b = x[start_x : start_x + length].astype(float), y[start_y : start_y + length].astype(float)
+        if length >= min_overlap(len(x), len(y)) and a.std() * b.std() * length > 1e-6:
+            correlation = float(np.corrcoef(a, b)[0, 1])
+            best = max(best, (correlation, offset), key=lambda found: found[0])  # the first offset of a tie
+    return best
+
+
+def test_motion_correlations_are_pearson_at_the_best_offset():
+    """Prefix sums and one FFT per pair give the definition's correlations and offsets: random
+    series of 10-250 frames (some too short to compare), copies cut later with noise, a flat one."""
+    rng = np.random.default_rng(3)
+    first = [rng.integers(0, 120, int(n)).astype(np.uint8) for n in rng.integers(10, 251, 60)]
+    second = [rng.integers(0, 120, int(n)).astype(np.uint8) for n in rng.integers(10, 251, 50)]
+    second += [np.clip(x[7:] + rng.normal(0, 20, len(x) - 7), 0, 255).astype(np.uint8) for x in first[50:59]]
+    second.append(np.full(100, 40, np.uint8))
+    correlations, offsets = motion_correlations(first, second)
+    expected = [pearson_at_every_offset(x, y) for x, y in zip(first, second)]
+    assert np.allclose(correlations, [c for c, _ in expected], atol=1e-5)
+    assert offsets.tolist() == [o for _, o in expected]
+    copies = [k for k in range(50, 59) if len(first[k]) >= 60]  # long enough that noise cannot hide the match
+    assert (correlations[copies] > 0.7).all() and (offsets[copies] == 7).all() and correlations[59] == -1
+
+
+def test_a_look_is_the_majority_of_the_frame_hashes():
+    frames = np.array([0b0111, 0b0011, 0b0001, 0b1111, 0b1000], np.uint64)
+    # 2 of 3 have bit 1; a tie of 1 in 2 is not a majority; a clip without hashes looks like nothing
+    assert looks(frames, np.array([3, 0, 2, 0])).tolist() == [0b0011, 0, 0b1000, 0]
+    assert looks(np.zeros(0, np.uint64), np.zeros(0, np.int64)).tolist() == []
 
 
 def test_identical_input_gives_identical_bits():
