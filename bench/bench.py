@@ -132,7 +132,7 @@ class Case:
 def bench_case(case: Case, work: Path, overrides: list[str], baseline: bool, floor: bool, cores: int) -> None:
     from pipeline.inputs import discover
 
-    case.files = [s.uri for s in discover([case.input_dir])]
+    case.files = [s.uri for s in discover([case.input_dir]).sources]
     case.load_before = os.getloadavg()[0]
     out = work / f"out-{case.name}"
     shutil.rmtree(out, ignore_errors=True)
