@@ -125,7 +125,7 @@ def _cmd_dedup(args) -> int:
     from pipeline.dedup import DedupThresholds, dedup, render
 
     thresholds = DedupThresholds(args.max_audio_ber, args.max_phash_bits, args.min_motion_corr)
-    print(render(dedup(OutputDir(args.dir), thresholds)))
+    print(render(dedup(OutputDir(args.dir), thresholds, args.address)))
     return 0
 
 
@@ -370,6 +370,13 @@ def _add_dedup(commands) -> None:
         type=float,
         default=near.min_motion_corr,
         help="video: mouth motion correlates at least this much (default %(default)s)",
+    )
+    dedup.add_argument(
+        "--address",
+        nargs="?",
+        const="",
+        help="spread the motion correlations over the Ray cluster at ADDRESS (given without one: RAY_ADDRESS, "
+        "else a local instance; default: in this process)",
     )
     dedup.set_defaults(func=_cmd_dedup)
 

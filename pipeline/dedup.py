@@ -76,12 +76,21 @@ from pipeline.forest import root
 from pipeline.inspect import load
 from pipeline.output import annotated, write_annotation, write_manifest
 from pipeline.similarity import hamming_pairs
-from schemas.fingerprint import MIN_OVERLAP_FRAMES, MIN_OVERLAP_SHARE, look, series_correlations
+from schemas.fingerprint import (
+    MIN_OVERLAP_FRAMES,
+    MIN_OVERLAP_SHARE,
+    batch_correlations,
+    correlation_batches,
+    look,
+    series_correlations,
+    series_starts,
+)
 from schemas.manifest import MANIFEST
 from schemas.records import Status
 
 MAX_SHARED_CLIPS = 50
 _AUDIO_BATCH = 1 << 22  # sub-fingerprints compared at once
+_TASK_BATCHES = 64  # correlation batches (512 pairs, a few ms each) a Ray task measures at most
 _COLUMNS = (
     "key",
     "source",
@@ -152,8 +161,9 @@ class _Prints:
     audio_frames: np.ndarray  # (clips,) int64
 
 
-def find_duplicates(table: pa.Table, thresholds: DedupThresholds) -> DedupResult:
-    """Near-duplicate groups among the kept rows of a manifest table."""
+def find_duplicates(table: pa.Table, thresholds: DedupThresholds, spread: bool = False) -> DedupResult:
+    """Near-duplicate groups among the kept rows of a manifest table; with `spread` the motion
+    correlations run as Ray tasks on the cluster Ray is connected to (the same decisions)."""
     missing = [name for name in _COLUMNS if name not in table.column_names]
     if missing:
         raise ValueError(
@@ -171,16 +181,26 @@ def find_duplicates(table: pa.Table, thresholds: DedupThresholds) -> DedupResult
     clips = _clips(kept)
     prints = _prints(kept)
     _, source = np.unique(np.array(kept["source_id"].to_pylist(), dtype=object), return_inverse=True)
-    matches = _audio_matches(prints, thresholds) + _video_matches(prints, source, thresholds)
+    correlate = _spread_correlations if spread else series_correlations
+    matches = _audio_matches(prints, thresholds) + _video_matches(prints, source, thresholds, correlate)
     return DedupResult(clips, matches, _groups(clips, matches), thresholds)
 
 
-def dedup(out: OutputDir, thresholds: DedupThresholds) -> DedupResult:
-    """Find the near-duplicates of the run in `out`, record them and rewrite its manifest."""
+def dedup(out: OutputDir, thresholds: DedupThresholds, address: str | None = None) -> DedupResult:
+    """Find the near-duplicates of the run in `out`, record them and rewrite its manifest. With an
+    `address` the motion correlations are spread over that Ray cluster (as `talkcurate run
+    --address`; "": RAY_ADDRESS, else a local instance); without, they run in this process."""
     thresholds.validate()
     table, _ = load(out)
     try:
-        result = find_duplicates(table, thresholds)
+        if address is None:
+            result = find_duplicates(table, thresholds)
+        else:
+            from pipeline.config import RunConfig
+            from pipeline.executor import ray_session
+
+            with ray_session(address or None, RunConfig()):
+                result = find_duplicates(table, thresholds, spread=True)
     except ValueError as exc:
         raise ValueError(f"{out.uri}/{MANIFEST}: {exc}") from None
     write_annotation(out, "dedup", _notes(result))
@@ -307,13 +327,13 @@ def _bit_error_rates(
     return rates
 
 
-def _video_matches(prints: _Prints, source: np.ndarray, thresholds: DedupThresholds) -> list[Match]:
+def _video_matches(prints: _Prints, source: np.ndarray, thresholds: DedupThresholds, correlate) -> list[Match]:
     tracked = np.flatnonzero(prints.tracked)
     first, second, bits = hamming_pairs(prints.looks[tracked], thresholds.max_phash_bits)
     i, j = tracked[first], tracked[second]
     apart = source[i] != source[j]
     i, j, bits = i[apart], j[apart], bits[apart]
-    correlations, offsets = series_correlations(prints.motion, prints.motion_frames, i, j)
+    correlations, offsets = correlate(prints.motion, prints.motion_frames, i, j)
     alike = np.flatnonzero(correlations >= thresholds.min_motion_corr)
     return [
         Match(
@@ -329,6 +349,35 @@ def _video_matches(prints: _Prints, source: np.ndarray, thresholds: DedupThresho
             offsets[alike].tolist(),
         )
     ]
+
+
+def _spread_correlations(
+    values: np.ndarray, lengths: np.ndarray, first: np.ndarray, second: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """series_correlations as Ray tasks: the series and the pairs go to the object store once, each
+    task gets the positions of a few of series_correlations' own batches of pairs (so every pair is
+    measured with the same bits) and returns their correlations and offsets."""
+    import ray
+
+    first, second = np.asarray(first, np.int64), np.asarray(second, np.int64)
+    batches = correlation_batches(lengths, first, second)
+    # at least 4 tasks a CPU while there are batches enough, so a slow node does not hold up the end
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    per_task = min(max(-(-len(batches) // (4 * cpus)), 1), _TASK_BATCHES)
+    tasks = [batches[k : k + per_task] for k in range(0, len(batches), per_task)]
+    shared = [ray.put(array) for array in (values, series_starts(lengths), lengths, first, second)]
+    measure = ray.remote(_measure_batches)
+    pending = [measure.remote(*shared, task) for task in tasks]
+    correlations, offsets = np.full(len(first), -1.0), np.zeros(len(first), np.int64)
+    for task, measured in zip(tasks, ray.get(pending)):
+        for batch, (batch_correlation, batch_offset) in zip(task, measured):
+            correlations[batch], offsets[batch] = batch_correlation, batch_offset
+    return correlations, offsets
+
+
+def _measure_batches(values, starts, lengths, first, second, batches: list[np.ndarray]) -> list:
+    """A Ray task of _spread_correlations: batch_correlations of each batch of pairs."""
+    return [batch_correlations(values, starts, lengths, first[batch], second[batch]) for batch in batches]
 
 
 def _groups(clips: list[Clip], matches: list[Match]) -> dict[int, int]:

@@ -107,21 +107,34 @@ def series_correlations(
     not change), which keeps float32's error in the cross term near 1e-6 of the correlation. Pairs
     are taken longest first in batches of similar length, and each series of a batch is
     transformed once, however many of its pairs the batch holds."""
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    starts = series_starts(lengths)
     first, second = np.asarray(first, np.int64), np.asarray(second, np.int64)
     correlations, offsets = np.full(len(first), -1.0), np.zeros(len(first), np.int64)
-    order = np.argsort(-np.maximum(lengths[first], lengths[second]), kind="stable")
-    for batch in np.array_split(order, -(-len(order) // _CORRELATION_BATCH)) if len(order) else []:
-        correlations[batch], offsets[batch] = _batch_correlations(values, starts, lengths, first[batch], second[batch])
+    for batch in correlation_batches(lengths, first, second):
+        correlations[batch], offsets[batch] = batch_correlations(values, starts, lengths, first[batch], second[batch])
     return correlations, offsets
 
 
 _CORRELATION_BATCH = 512  # pairs at once: their arrays stay in the CPU caches (2048 took twice as long)
 
 
-def _batch_correlations(
+def series_starts(lengths: np.ndarray) -> np.ndarray:
+    """Where each series begins in `values` (series_correlations)."""
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
+def correlation_batches(lengths: np.ndarray, first: np.ndarray, second: np.ndarray) -> list[np.ndarray]:
+    """The batches series_correlations measures, as positions in `first` and `second`: longest
+    pairs first, similar lengths together. A batch's transform size is its longest series', so the
+    same batches give the same bits wherever they are measured."""
+    order = np.argsort(-np.maximum(lengths[first], lengths[second]), kind="stable")
+    return np.array_split(order, -(-len(order) // _CORRELATION_BATCH)) if len(order) else []
+
+
+def batch_correlations(
     values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, first: np.ndarray, second: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
+    """series_correlations of one batch of pairs (correlation_batches), with series_starts."""
     series, inverse = np.unique(np.concatenate([first, second]), return_inverse=True)
     a, b = inverse[: len(first)], inverse[len(first) :]
     len_x, len_y = lengths[first], lengths[second]
