@@ -54,7 +54,8 @@ with planted copies, on this 2-core machine shared with other work (1-minute loa
 At 1,000,000 clips `dedup` spends about 35 s on audio, 55 s on the look search and 190 s on the
 motion of the look-alike pairs (the rest reads the manifest and groups). Before one look per clip,
 the one-FFT correlation and the numpy audio (the same bench, a busier machine): 51 s at 10,000
-clips and 624 s at 100,000.
+clips and 624 s at 100,000. Over a cluster, `talkcurate dedup DIR --address ADDRESS` runs the
+motion correlations as Ray tasks there (`find_duplicates(..., spread=True)`), with the same decisions.
 
 The decisions are kept in the journal (`.talkcurate/annotations/dedup.parquet`) and joined into the
 manifest, which is rewritten; a later run over more inputs keeps them, but its new clips are not

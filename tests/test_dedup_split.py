@@ -121,6 +121,20 @@ def test_dedup_marks_the_reuploads_and_nothing_else(run, deduped):
     assert all(rows_of(rows, path)[0]["duplicate_of"] is None for path in run.excerpts)
 
 
+def test_dedup_spread_over_ray_decides_the_same(run, deduped, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(run.out, out)
+    # --address without an address: a local Ray instance of its own, as `talkcurate run` starts
+    done = subprocess.run(
+        [TALKCURATE, "dedup", str(out), "--address"], check=True, capture_output=True, text=True, timeout=180
+    )
+    assert done.stdout == deduped[1]
+    spread, alone = manifest(out), manifest(deduped[0])
+    assert {key: row["duplicate_of"] for key, row in spread.items()} == {
+        key: row["duplicate_of"] for key, row in alone.items()
+    }
+
+
 def test_dedup_keeps_its_decisions_on_rejected_rows_null(deduped):
     rows = manifest(deduped[0])
     assert all(row["duplicate_of"] is None for row in rows.values() if row["status"] == "rejected")
