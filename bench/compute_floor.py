@@ -106,6 +106,7 @@ class ClipPlan:
     start_frame: int
     num_frames: int
     faces: bool  # reached the face stage
+    mesh: bool  # the face stage meshed its face: its detection rules passed
     speech: bool  # reached transcription
     audio_shift: int  # samples the sync stage moved the clip's audio by, so Whisper hears what the stage's did
     encode: bool  # kept
@@ -122,11 +123,16 @@ def _stage_order(name: str | None) -> int:
     return names.index(name) if name in names else len(names)
 
 
+_BEFORE_MESH = {"no_face", "multiple_faces", "face_too_small", "face_cut_off"}
+"""The face stage's rejections made from detections alone: the mesh runs only on a track past them."""
+
+
 def plan_clips(manifest: Path) -> dict[str, list[ClipPlan]]:
-    """Per source, the clips of a run's manifest that reached the face stage, with what each needs."""
+    """Per source (by source_id: the manifest names a source relative to its input), the clips of a
+    run's manifest that reached the face stage, with what each needs."""
     import pyarrow.parquet as pq
 
-    columns = ["source", "start_s", "num_frames", "status", "rejected_by", "sync_offset_ms"]
+    columns = ["source_id", "start_s", "num_frames", "status", "rejected_by", "reason", "sync_offset_ms"]
     rows = pq.read_table(manifest, columns=columns).to_pylist()
     plans: dict[str, list[ClipPlan]] = defaultdict(list)
     for row in rows:
@@ -134,11 +140,12 @@ def plan_clips(manifest: Path) -> dict[str, list[ClipPlan]]:
         reached = len(ALL_STAGES) if kept else _stage_order(row["rejected_by"])
         if reached < _stage_order(FaceStage.name) or not row["num_frames"]:
             continue
-        plans[row["source"]].append(
+        plans[row["source_id"]].append(
             ClipPlan(
                 start_frame=round(row["start_s"] * FPS),
                 num_frames=row["num_frames"],
                 faces=True,
+                mesh=row["rejected_by"] != FaceStage.name or row["reason"] not in _BEFORE_MESH,
                 speech=reached >= _stage_order(TranscribeStage.name),
                 encode=kept,
                 audio_shift=round((row["sync_offset_ms"] or 0.0) * SAMPLE_RATE / 1000),  # as the sync stage rounds it
@@ -209,6 +216,8 @@ class ModelFloor:
         frames = clip.frames
         min_coverage = self.face.min_face_coverage if self.face.early_stop else 0.0
         detections = self.tracker.detect_faces(frames, self.mediapipe, self.retinaface, min_coverage).faces
+        if not clip.mesh:
+            return
         crops = [
             self.tracker.mesh_crop(frame, box)[0]
             for frame, box in zip(frames, _largest_face_boxes(detections))
@@ -302,8 +311,9 @@ def measure_floor(files: list[str], run_dir: str, overrides: list[str]) -> dict:
     decode = decode_inputs(files)
     models = ModelFloor(config)
     plans = plan_clips(Path(run_dir) / "manifest.parquet")
-    for uri, clips in plans.items():
-        models.measure_source(uri, clips)
+    uris = {SourceVideo.from_uri(uri).source_id: uri for uri in files}
+    for source_id, clips in plans.items():
+        models.measure_source(uris[source_id], clips)
     parts = dict(models.timer.parts)
     total_cpu = decode["cpu_s"] + sum(p["cpu_s"] for p in parts.values())
     return {
