@@ -13,6 +13,7 @@ from pathlib import Path
 
 import media
 import pytest
+from runs import train_tiny
 
 from pipeline.runner import run_in_process
 from schemas.records import CandidateClip, ChunkDone
@@ -248,28 +249,4 @@ def demo_shards(tmp_path_factory) -> Path:
 def checkpoint(demo_shards, tmp_path_factory) -> Path:
     """Three steps of the tiny preset on the demo shards, one rank (`torchrun -m train`): a run folder
     `talkcurate sample` reads."""
-    import os
-    import subprocess
-    import sys
-
-    out = tmp_path_factory.mktemp("tiny_run") / "run"
-    subprocess.run(
-        [
-            str(Path(sys.executable).with_name("torchrun")),
-            "--nproc_per_node",
-            "1",
-            "-m",
-            "train",
-            f"data.shards={demo_shards}",
-            f"out={out}",
-            "data.num_workers=0",
-            "data.num_frames=8",
-            "curriculum=[{steps=3}]",
-        ],
-        cwd=Path(__file__).resolve().parent.parent,
-        check=True,
-        capture_output=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=600,
-    )
-    return out
+    return train_tiny(demo_shards, tmp_path_factory.mktemp("tiny_run") / "run", "curriculum=[{steps=3}]")

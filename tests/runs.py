@@ -247,3 +247,28 @@ def reference_for(reference: dict[str, bytes], sources: list[str]) -> tuple[list
     return compared(rows), {
         key: members for key, members in comparable(shard_samples(reference)).items() if key in keys
     }
+
+
+def train_tiny(shards: Path, out: Path, *options: str, timeout: float = 600) -> Path:
+    """The tiny preset on `shards`, one rank, as a user launches it (`torchrun -m train`), with
+    `options` (KEY=VALUE) after the test defaults: a run folder in `out`."""
+    subprocess.run(
+        [
+            str(Path(sys.executable).with_name("torchrun")),
+            "--nproc_per_node",
+            "1",
+            "-m",
+            "train",
+            f"data.shards={shards}",
+            f"out={out}",
+            "data.num_workers=0",
+            "data.num_frames=8",
+            *options,
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=timeout,
+    )
+    return out

@@ -14,6 +14,7 @@ import media
 import models
 import numpy as np
 import pytest
+from runs import train_tiny
 
 from evaluate import scores
 from evaluate.decode import decode
@@ -337,30 +338,15 @@ def test_a_sample_from_the_tiny_checkpoint_is_evaluated_end_to_end(checkpoint, g
 def test_the_trainer_scores_held_out_references_every_n_steps(demo_shards, grid_speech, tmp_path):
     """Two steps of the tiny preset with `evaluation.every = 2` and one held-out reference (GRID[0]'s
     video to lip-edit, its speech): metrics.jsonl gets the sample's scores at step 2."""
-    import os
-
     out = tmp_path / "run"
     reference = f'[{{video = "{media.GRID[0]}", audio = "{grid_speech}"}}]'
-    subprocess.run(
-        [
-            str(Path(sys.executable).with_name("torchrun")),
-            "--nproc_per_node",
-            "1",
-            "-m",
-            "train",
-            f"data.shards={demo_shards}",
-            f"out={out}",
-            "data.num_workers=0",
-            "data.num_frames=8",
-            "curriculum=[{steps=2}]",
-            "evaluation.every=2",
-            "evaluation.steps=2",
-            f"evaluation.references={reference}",
-        ],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    train_tiny(
+        demo_shards,
+        out,
+        "curriculum=[{steps=2}]",
+        "evaluation.every=2",
+        "evaluation.steps=2",
+        f"evaluation.references={reference}",
         timeout=900,
     )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
