@@ -13,10 +13,8 @@ import numpy as np
 
 from core.media_io import decode_audio
 from schemas.records import SAMPLES_PER_FRAME, Rejected, SourceChunk, SourceVideo
-from stages.normalize import NormalizeStage
+from stages.normalize import ANALYSIS_LONG_SIDE, NormalizeStage
 from stages.probe import ProbeStage
-
-ANALYSIS_LONG_SIDE = 512  # the face stage's analysis size (normalize.analysis_long_side's default)
 
 
 class EvaluationError(Exception):

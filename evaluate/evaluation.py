@@ -17,11 +17,12 @@ import numpy as np
 
 from core.config import option
 from evaluate import output, scores
-from evaluate.decode import ANALYSIS_LONG_SIDE, Decoded, EvaluationError, decode, speech_on_grid
+from evaluate.decode import Decoded, EvaluationError, decode, speech_on_grid
 from evaluate.paper_metrics import PaperMetrics
 from schemas.records import FPS
 from stages.face import FaceStage
 from stages.lip_sync import LipSyncScorer, SyncEvidence, pooled
+from stages.normalize import ANALYSIS_LONG_SIDE
 from stages.sync import SyncStage
 from stages.sync_embedded import speech_range_db
 

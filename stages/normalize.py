@@ -38,6 +38,10 @@ their timestamps, such frames would leave runs of zeros (clicks) and drop sample
 of milliseconds. A frame that starts this close to the end of the last one continues it."""
 _FRAME_TIME_BASE = Fraction(1, FPS)
 
+ANALYSIS_LONG_SIDE = 512
+"""Long side of the analysis frames the face stage sees by default; lip editing and evaluation
+scale their frames to it too, so the face models see what they see when they curate."""
+
 _ROTATION_FILTERS = {90: [("transpose", "cclock")], 180: [("hflip", ""), ("vflip", "")], 270: [("transpose", "clock")]}
 
 
@@ -312,7 +316,8 @@ class NormalizeStage(Stage[SourceChunk, NormalizedChunk]):
         True, "Treat concealable decode errors as errors, so clips with corrupt frames are rejected `decode_error`."
     )
     analysis_long_side: int = option(
-        512, "Long side of the RGB frames shared in memory with frame-level stages such as faces (0: none)."
+        ANALYSIS_LONG_SIDE,
+        "Long side of the RGB frames shared in memory with frame-level stages such as faces (0: none).",
     )
 
     def process(self, item: SourceChunk) -> NormalizedChunk:

@@ -26,8 +26,7 @@ from core.media_io import open_container
 from schemas.face import face_and_lip_masks
 from schemas.records import FPS
 from stages.face_track import FaceTracker
-
-ANALYSIS_SIDE = 512  # the long side of the frames the face stage sees (its analysis size)
+from stages.normalize import ANALYSIS_LONG_SIDE
 
 
 def fit_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -71,7 +70,7 @@ class ReferenceVideo:
 
     def __init__(self, path: str | Path, height: int, width: int, mouth_dilation: float = 0.12):
         self.path, self.height, self.width, self.mouth_dilation = Path(path), height, width, mouth_dilation
-        scale = ANALYSIS_SIDE / max(height, width)
+        scale = ANALYSIS_LONG_SIDE / max(height, width)
         self.analysis_size = (max(height, round(height * scale)), max(width, round(width * scale)))
         self.faces = FaceTracker()
         self.faces.load()
