@@ -1,7 +1,7 @@
 """Accuracy of the sync stage on real footage of people it was not trained or tuned on.
 
     python bench/sync_accuracy.py [--split test] [--corpus ../shared/media/talking] [--out RESULTS.json]
-                                  [--set sync.KEY=VALUE ...] [--shifts -480,-320,...]
+                                  [--set sync.KEY=VALUE ...] [--shifts -480,-320,...] [--cache DIR]
 
 People and their split come from bench/sync_people.json. For every file of the split's people it
 runs probe .. face once for 3 s clips (scene_cut.max_clip_s=3) and once for the default clips
@@ -19,6 +19,11 @@ and the speaker in two-face composites (two people of the split side by side, th
 Prints per person and shift how many clips were kept right (within 40 ms), kept near (40-80 ms),
 kept wrong (beyond 80 ms) and rejected; the totals against the targets; the sync stage's CPU per
 clip; and writes everything as JSON (default bench/results/sync-<timestamp>.json).
+
+The stages before sync (decoding, the face mesh, the shifted files' audio) take nearly all the
+time and do not depend on the sync options; `--cache DIR` keeps their outputs (clips without their
+analysis frames, so not with SyncNet) per file, clip length and shift, and a second run with other
+sync options or weights reads them back: minutes instead of most of an hour on 2 cores.
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import pickle
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +82,34 @@ def clips(path: Path, scene_cut: dict, with_faces: bool) -> list[CandidateClip]:
     return [o for o in out if isinstance(o, CandidateClip) and o.status is not Status.REJECTED]
 
 
+class StageCache:
+    """The outputs of the stages before sync kept in `folder` (None: not kept), by the source file
+    they came from (its name, size and time) and what was made of it; clips are kept without their
+    analysis frames or pictures."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def clips(self, source: Path, what: str, make: Callable[[], list[CandidateClip]]) -> list[CandidateClip]:
+        if self.folder is None:
+            return make()
+        stat = source.stat()
+        stored = self.folder / f"{source.name} {stat.st_size} {int(stat.st_mtime)} {what}.pkl"
+        if stored.exists():
+            return pickle.loads(stored.read_bytes())
+        made = [_unpictured(c) for c in make()]
+        stored.write_bytes(pickle.dumps(made, protocol=pickle.HIGHEST_PROTOCOL))
+        return made
+
+
+def _unpictured(clip: CandidateClip) -> CandidateClip:
+    """`clip` without its analysis frames and held pictures (which never leave their worker)."""
+    video = clip.video and dataclasses.replace(clip.video, held=None)
+    return dataclasses.replace(clip, frames=None, video=video)
+
+
 @dataclasses.dataclass
 class Outcome:
     kept: bool
@@ -113,6 +149,13 @@ def synced(stage: SyncStage, clips: list[tuple[CandidateClip, np.ndarray]]) -> l
     return results
 
 
+def shifted_clips(path: Path, shift: int, scene_cut: dict, work: Path) -> list[CandidateClip]:
+    """The clips of `path` with its sound `shift` ms later (for their audio contexts)."""
+    shifted = work / f"shifted {shift}.mkv"
+    media.audio_shifted(path, shifted, shift)
+    return clips(shifted, scene_cut, with_faces=False)
+
+
 def verdict(outcome: Outcome, shift_ms: float) -> str:
     if not outcome.kept:
         return "rejected"
@@ -135,9 +178,13 @@ def main() -> None:
         "--no-foreign", action="store_true", help="skip the foreign-audio, still-face and two-face checks"
     )
     parser.add_argument("--out", type=Path, default=RESULTS / f"sync-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    parser.add_argument("--cache", type=Path, help="keep the stages before sync's outputs here, and reuse them")
     args = parser.parse_args()
     shifts = [int(s) for s in args.shifts.split(",")]
     stage = RunConfig.load(None, args.set).section("sync")
+    if args.cache is not None and stage.syncnet_model_path:
+        parser.error("--cache keeps clips without their analysis frames, which the SyncNet backend needs")
+    cache = StageCache(args.cache)
     stage.setup()
     split = people(args.split, args.corpus)
     reference_ms = json.loads(PEOPLE.read_text())["reference_offsets_ms"]["files"]
@@ -155,13 +202,15 @@ def main() -> None:
         for person, files in split.items():
             for path in files:
                 for lengths, scene_cut in CLIP_LENGTHS.items():
-                    faced = clips(path, scene_cut, with_faces=True)
+                    faced = cache.clips(path, f"{lengths} faces", partial(clips, path, scene_cut, True))
                     if lengths == "default":
                         faced_by_person[person] += faced
                     for shift in shifts:
-                        shifted = work / f"shifted {shift}.mkv"
-                        media.audio_shifted(path, shifted, shift)
-                        contexts = {c.start_frame: c.audio_context for c in clips(shifted, scene_cut, with_faces=False)}
+                        shifted = partial(shifted_clips, path, shift, scene_cut, work)
+                        contexts = {
+                            c.start_frame: c.audio_context
+                            for c in cache.clips(path, f"{lengths} shifted {shift:+d}", shifted)
+                        }
                         trials = [(clip, contexts[clip.start_frame]) for clip in faced if clip.start_frame in contexts]
                         truth = shift + reference_ms.get(path.name, 0.0)
                         for (clip, _), (outcome, _) in zip(trials, synced(stage, trials)):
@@ -210,7 +259,7 @@ def main() -> None:
                             **dataclasses.asdict(outcome),
                         }
                     )
-            speakers = two_face_composites(stage, split, work)
+            speakers = two_face_composites(stage, split, work, cache)
 
     report(rows, rejections, speakers, shifts)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -235,7 +284,7 @@ def _still(track):
     return dataclasses.replace(track, landmarks=np.repeat(track.landmarks[:1], len(track.landmarks), axis=0))
 
 
-def two_face_composites(stage: SyncStage, split: dict[str, list[Path]], work: Path) -> list[dict]:
+def two_face_composites(stage: SyncStage, split: dict[str, list[Path]], work: Path, cache: StageCache) -> list[dict]:
     """Pairs of the split's people side by side (scaled to one height), with the sound of one:
     the kept face must be that one's."""
     firsts = [files[0] for files in split.values()]
@@ -243,40 +292,7 @@ def two_face_composites(stage: SyncStage, split: dict[str, list[Path]], work: Pa
     for i, left in enumerate(firsts):
         right = firsts[(i + 1) % len(firsts)]
         for speaker, (a, b) in (("left", (left, right)), ("right", (right, left))):
-            out = work / f"pair {i} {speaker}.mp4"
-            scaled = [work / f"scaled {j}.mp4" for j in range(2)]
-            for src, dst in zip((a, b), scaled):
-                media.ffmpeg(
-                    "-i",
-                    src,
-                    "-vf",
-                    "scale=-2:360,fps=25,setsar=1",
-                    "-t",
-                    "6",
-                    *media.H264,
-                    *media.AAC,
-                    dst,
-                )
-            if speaker == "left":
-                media.side_by_side(scaled[0], scaled[1], out)
-            else:  # the sound of `a`, which stands on the right
-                media.ffmpeg(
-                    "-i",
-                    scaled[1],
-                    "-i",
-                    scaled[0],
-                    "-filter_complex",
-                    "[0:v][1:v]hstack=inputs=2,setsar=1[v]",
-                    "-map",
-                    "[v]",
-                    "-map",
-                    "1:a",
-                    *media.H264,
-                    *media.AAC,
-                    "-shortest",
-                    out,
-                )
-            faced = clips(out, {}, with_faces=True)
+            faced = cache.clips(a, f"beside {b.name} {speaker} speaks", partial(composite_clips, a, b, speaker, work))
             for clip, (outcome, synced_clip) in zip(faced, synced(stage, [(c, c.audio_context) for c in faced])):
                 centre = None
                 if outcome.kept:
@@ -294,6 +310,45 @@ def two_face_composites(stage: SyncStage, split: dict[str, list[Path]], work: Pa
                     }
                 )
     return rows
+
+
+def composite_clips(a: Path, b: Path, speaker: str, work: Path) -> list[CandidateClip]:
+    """The clips (with faces) of `a` and `b` side by side (scaled to one height) with the sound of
+    `a`, which stands on the `speaker` side."""
+    out = work / f"pair {a.stem} {speaker}.mp4"
+    scaled = [work / f"scaled {j}.mp4" for j in range(2)]
+    for src, dst in zip((a, b), scaled):
+        media.ffmpeg(
+            "-i",
+            src,
+            "-vf",
+            "scale=-2:360,fps=25,setsar=1",
+            "-t",
+            "6",
+            *media.H264,
+            *media.AAC,
+            dst,
+        )
+    if speaker == "left":
+        media.side_by_side(scaled[0], scaled[1], out)
+    else:  # the sound of `a`, which stands on the right
+        media.ffmpeg(
+            "-i",
+            scaled[1],
+            "-i",
+            scaled[0],
+            "-filter_complex",
+            "[0:v][1:v]hstack=inputs=2,setsar=1[v]",
+            "-map",
+            "[v]",
+            "-map",
+            "1:a",
+            *media.H264,
+            *media.AAC,
+            "-shortest",
+            out,
+        )
+    return clips(out, {}, with_faces=True)
 
 
 def summary(rows: list[dict], rejections: list[dict], speakers: list[dict]) -> dict:
