@@ -30,9 +30,10 @@ PEOPLE = Path(__file__).resolve().parent / "sync_people.json"
 
 
 def predicate(split: str) -> str:
-    """The manifest rows of the split's files with one face."""
+    """The manifest rows of the split's files with one face (a row names its source relative to the
+    run's input: the file's name, or a path ending in it)."""
     files = [name for names in json.loads(PEOPLE.read_text())[split].values() for name in names]
-    sources = " or ".join(f"source like '%/{name}'" for name in files)
+    sources = " or ".join(f"source = '{name}' or source like '%/{name}'" for name in files)
     return f"({sources}) and num_faces = 1"
 
 
