@@ -13,7 +13,9 @@ clips (hard cuts, 25 fps, 640x360; bench/long_inputs.py). For each case, in one 
 * the compute floor (bench/compute_floor.py): one threaded decode of each input and the model
   calls the run's configuration needs on the clips the run produced, each timed alone in a fresh
   process with a Ray worker's thread settings; floor wall = max(decode wall, CPU s / cores);
-* the staged baseline on the same inputs (bench/baseline.py), wall time;
+* the staged baseline on the same inputs (bench/baseline.py), wall time, and how talkcurate's
+  manifest covers the clips it keeps: each one kept by talkcurate too, rejected for a recorded
+  reason, or not covered by any row (which should not happen);
 * ratios end-to-end / floor and baseline / end-to-end, per case and for case `all`: with two or more
   cases, one more run of the pipeline and of the baseline over all their inputs together (Ray
   starts once, as for a user's run), whose floor is the cases' floors combined.
@@ -42,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))  # the pipeline packages, also in the spawned processes
 
-from baseline import run_staged_baseline  # noqa: E402
+from baseline import baseline_coverage, run_staged_baseline  # noqa: E402
 from compute_floor import combine_floors, measure_floor  # noqa: E402
 from long_inputs import build_long_input  # noqa: E402
 from process_sampler import ProcessSampler  # noqa: E402
@@ -125,6 +127,7 @@ class Case:
     pipeline: dict = field(default_factory=dict)
     floor: dict = field(default_factory=dict)
     baseline: dict = field(default_factory=dict)
+    coverage: dict = field(default_factory=dict)  # the baseline's kept clips in talkcurate's manifest
     build_s: float | None = None  # seconds spent making the input (built cases only)
     load_before: float = 0.0  # 1-minute load average when the case started: other work skews timings
 
@@ -144,6 +147,16 @@ def bench_case(case: Case, work: Path, overrides: list[str], baseline: bool, flo
     if baseline:
         print(f"[{case.name}] staged baseline", flush=True)
         case.baseline = run_staged_baseline(case.input_dir, work / f"baseline-{case.name}", cores)
+        if "error" not in case.baseline:
+            case.coverage = baseline_coverage(case.baseline["kept_spans"], manifest_spans(out))
+
+
+def manifest_spans(out: Path) -> list[dict]:
+    """Every manifest row's source, span, status and reason."""
+    import pyarrow.parquet as pq
+
+    columns = ["source", "start_s", "end_s", "status", "reason"]
+    return pq.read_table(out / "manifest.parquet", columns=columns).to_pylist()
 
 
 def together_case(cases: list[Case], work: Path) -> Case:
@@ -292,6 +305,12 @@ def render_summary(cases: list[Case]) -> list[str]:
         ("peak RSS sum, Ray session MB", mem("session_mb")),
         ("kept / rejected clips", lambda c: f"{c.pipeline['kept']} / {c.pipeline['rejected']}"),
         ("staged baseline kept clips", lambda c: str(c.baseline.get("clips_kept", "-"))),
+        ("  of them kept by talkcurate", lambda c: str(c.coverage.get("kept", "-"))),
+        (
+            "  rejected for a reason",
+            lambda c: str(sum(c.coverage["rejected_by_reason"].values())) if c.coverage else "-",
+        ),
+        ("  not covered by any row", lambda c: str(len(c.coverage["not_covered"])) if c.coverage else "-"),
     ]
     lines = [f"{'end to end':<36}" + "".join(f"{c.name:>24}" for c in cases)]
     for label, value in rows:
@@ -301,6 +320,14 @@ def render_summary(cases: list[Case]) -> list[str]:
             lines.append(f"[{case.name}] staged baseline failed: {case.baseline['error']}")
         rejected = ", ".join(f"{k} {v}" for k, v in case.pipeline["rejected_by_reason"].items())
         lines.append(f"[{case.name}] rejected: {rejected or 'none'}")
+        if case.coverage:
+            reasons = ", ".join(f"{k} {v}" for k, v in case.coverage["rejected_by_reason"].items())
+            lines.append(f"[{case.name}] the staged baseline's kept clips that talkcurate rejects: {reasons or 'none'}")
+            for span in case.coverage["not_covered"]:
+                lines.append(
+                    f"[{case.name}] NOT COVERED: the baseline's {span['clip']} ({span['source']} "
+                    f"{span['start_s']:.2f}-{span['end_s']:.2f} s) overlaps no talkcurate row"
+                )
     lines.append(
         "(session sum counts the driver, raylet, GCS and all workers; shared object-store pages count in each)"
     )
@@ -369,7 +396,22 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="talkcurate-bench-"))
     work.mkdir(parents=True, exist_ok=True)
 
+    out = args.out or RESULTS / f"{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     cases, memory_cases = [], []
+
+    def write_results() -> None:  # after every case, so a run cut short keeps what it measured
+        results = {
+            "created": stamp,
+            "input_dir": args.input_dir,
+            "overrides": overrides,
+            "cpus": os.cpu_count(),
+            "cores": cores,
+            "cases": [{**asdict(c), "ratios": ratios(c)} for c in cases if c.pipeline],
+            "memory_check": [asdict(c) for c in memory_cases if c.pipeline],
+        }
+        out.write_text(json.dumps(results, indent=1))
+
     try:
         if args.input_dir:
             source = Path(args.input_dir).resolve()
@@ -378,14 +420,17 @@ def main(argv: list[str] | None = None) -> int:
             cases.append(built_case("long", work, args.long_minutes, (640, 360)))
         for case in cases:
             bench_case(case, work, overrides, baseline=not args.no_baseline, floor=not args.no_floor, cores=cores)
+            write_results()
         if len(cases) > 1:
             cases.append(together_case(cases, work))
             bench_case(cases[-1], work, overrides, baseline=not args.no_baseline, floor=False, cores=cores)
+            write_results()
         if args.memory_check:
             for minutes in memory_minutes:
                 case = built_case(f"{minutes:g}min", work, minutes, (1920, 1080))
                 memory_cases.append(case)
                 bench_case(case, work, overrides, baseline=False, floor=False, cores=cores)
+                write_results()
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -396,18 +441,6 @@ def main(argv: list[str] | None = None) -> int:
     if memory_cases:
         lines += ["", *render_memory(memory_cases)]
     print("\n".join(lines))
-    out = args.out or RESULTS / f"{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    results = {
-        "created": stamp,
-        "input_dir": args.input_dir,
-        "overrides": overrides,
-        "cpus": os.cpu_count(),
-        "cores": cores,
-        "cases": [{**asdict(c), "ratios": ratios(c)} for c in cases],
-        "memory_check": [asdict(c) for c in memory_cases],
-    }
-    out.write_text(json.dumps(results, indent=1))
     print(f"\nresults: {out}")
     return 0
 

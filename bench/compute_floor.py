@@ -107,6 +107,7 @@ class ClipPlan:
     num_frames: int
     faces: bool  # reached the face stage
     mesh: bool  # the face stage meshed its face: its detection rules passed
+    identity: bool  # the face stage embedded its face: every face rule before identity passed
     speech: bool  # reached transcription
     audio_shift: int  # samples the sync stage moved the clip's audio by, so Whisper hears what the stage's did
     encode: bool  # kept
@@ -125,6 +126,8 @@ def _stage_order(name: str | None) -> int:
 
 _BEFORE_MESH = {"no_face", "multiple_faces", "face_too_small", "face_cut_off"}
 """The face stage's rejections made from detections alone: the mesh runs only on a track past them."""
+_BEFORE_IDENTITY = _BEFORE_MESH | {"profile_face", "low_quality"}
+"""The face stage's rejections made before the identity model runs (it embeds only a face past them)."""
 
 
 def plan_clips(manifest: Path) -> dict[str, list[ClipPlan]]:
@@ -146,6 +149,7 @@ def plan_clips(manifest: Path) -> dict[str, list[ClipPlan]]:
                 num_frames=row["num_frames"],
                 faces=True,
                 mesh=row["rejected_by"] != FaceStage.name or row["reason"] not in _BEFORE_MESH,
+                identity=row["rejected_by"] != FaceStage.name or row["reason"] not in _BEFORE_IDENTITY,
                 speech=reached >= _stage_order(TranscribeStage.name),
                 encode=kept,
                 audio_shift=round((row["sync_offset_ms"] or 0.0) * SAMPLE_RATE / 1000),  # as the sync stage rounds it
@@ -230,6 +234,8 @@ class ModelFloor:
                     landmarks = [mesh.landmarks(crop) for crop in crops]
             finally:
                 mesh.close()
+        if not clip.identity:
+            return
         # The identity model on the clip's sampled frames (here their mesh crops), as the face stage samples them.
         meshed = [(crop, points) for crop, points in zip(crops, landmarks) if points is not None]
         picks = self.face.identity_picks(len(meshed))

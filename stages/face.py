@@ -11,8 +11,10 @@ sample stores, and the face and lip masks are drawn from them (schemas/face.py).
 count (interviews, two-shots) and `multiple_faces` is `keep`, every face the rules pass gets its
 landmarks and measurements as a candidate, and the sync stage keeps the one that speaks; a clip
 with one face costs nothing extra. Rejected clips pay for what decided them: detection stops as soon
-as no track can reach the coverage minimum (`early_stop`), and the mesh runs only on a track that
-passed the rules read from its boxes (coverage, size, cut-off).
+as no track can reach the coverage minimum (`early_stop`), the mesh runs only on a track that
+passed the rules read from its boxes (coverage, size, cut-off), and the identity model (the
+stage's costliest call a face) only on a face that passed every other rule: only the
+`identity_changed` rule and kept clips (`talkcurate people`) read the identity.
 """
 
 from __future__ import annotations
@@ -308,6 +310,7 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         low, high = self.face_brightness_range
         if not low <= face.brightness <= high:
             return Rejected("low_quality", f"face brightness {face.brightness:.0f}, allowed {low:.0f}-{high:.0f}")
+        self._identify(frames, landmarks, face)
         if face.identity_consistency is not None and face.identity_consistency < self._min_consistency:
             return Rejected(
                 "identity_changed",
@@ -349,7 +352,6 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         result.sharpness = float(np.median(sharpness))
         result.brightness = float(np.median(brightness))
         result.track = data
-        self._identify(frames, pixels, result)
 
     def _clip_crop_box(self, boxes: np.ndarray) -> np.ndarray:
         """One box around every position of the face in the clip, grown like the mesh crop."""
@@ -363,9 +365,11 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         """The frames embedded for identity: `identity_samples`, evenly spread, first and last included."""
         return np.linspace(0, num_frames - 1, min(self.identity_samples, num_frames)).round().astype(int)
 
-    def _identify(self, frames, pixels, result: FaceResult) -> None:
+    def _identify(self, frames, landmarks, result: FaceResult) -> None:
+        height, width = frames.shape[1:3]
+        keypoints = landmarks[:, IDENTITY_KEYPOINTS, :2] * np.array([width, height], np.float32)
         picks = self.identity_picks(len(frames))
-        embeddings = self._identity.embed([(frames[t], pixels[t, IDENTITY_KEYPOINTS]) for t in picks])
+        embeddings = self._identity.embed([(frames[t], keypoints[t]) for t in picks])
         result.identity_backend = self._identity.name
         if embeddings is None:
             return

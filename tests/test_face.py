@@ -512,4 +512,10 @@ def test_turned_blurred_and_badly_lit_faces_are_rejected_by_their_thresholds(run
     assert blurred.reason == "low_quality" and "sharpness" in blurred.reason_detail
     dark = only_clip(face_rows(run_chain, media.GRID[2], face_brightness_range=[150.0, 255.0]))
     assert dark.reason == "low_quality" and "brightness" in dark.reason_detail
-    assert only_clip(face_rows(run_chain, media.GRID[2])).status is Status.PENDING
+    passed = only_clip(face_rows(run_chain, media.GRID[2]))
+    assert passed.status is Status.PENDING
+    # The identity model runs only on a face past these rules: the rejected clips were not embedded.
+    assert passed.face.identity_embedding is not None and passed.face.identity_consistency > 0.9
+    for rejected in (turned, blurred, dark):
+        assert rejected.face.track is not None  # meshed and measured
+        assert rejected.face.identity_embedding is None and rejected.face.identity_consistency is None
