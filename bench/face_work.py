@@ -21,7 +21,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before the native libraries loa
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from compute_floor import CallTimer  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 from pipeline.config import RunConfig  # noqa: E402
 from pipeline.inputs import discover  # noqa: E402
@@ -171,10 +171,7 @@ def main() -> None:
     args = parser.parse_args()
     results = measure(args.inputs, args.set)
     print_table(results["summary"])
-    out = args.out or ROOT / "bench" / "results" / f"face_work-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(f"\nwrote {out}")
+    write_results(results, "face_work", args.out)
 
 
 if __name__ == "__main__":

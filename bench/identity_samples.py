@@ -21,9 +21,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before the native libraries load, as in a Ray worker
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -33,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from face_work import candidate_clips, face_rows  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 from pipeline.config import RunConfig  # noqa: E402
 from pipeline.inputs import discover  # noqa: E402
@@ -162,10 +161,7 @@ def main() -> None:
             f"{'-' if low is None else f'{low:.4f}':>14} {'-' if high is None else f'{high:.4f}':>16} "
             f"{row['people']:>6} {str(row['people_as_with_all']):>11}"
         )
-    out = args.out or ROOT / "bench" / "results" / f"identity_samples-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(f"\nwrote {out}")
+    write_results(results, "identity_samples", args.out)
 
 
 if __name__ == "__main__":

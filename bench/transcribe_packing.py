@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import json
 import subprocess
 import sys
 import tempfile
@@ -43,8 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from long_inputs import test_media  # noqa: E402
+from results_file import write_results  # noqa: E402  (this folder is first on sys.path)
 
-from bench import RESULTS  # noqa: E402  (bench/bench.py: this folder is first on sys.path)
 from core.media_io import decode_audio  # noqa: E402
 from pipeline.config import RunConfig  # noqa: E402
 from pipeline.definition import PIPELINE  # noqa: E402
@@ -260,7 +259,8 @@ def main() -> None:
     options = {field.name: getattr(configured, field.name) for field in dataclasses.fields(configured)}
     options["pack_gap_s"] = float(args.gaps.split(",")[0])
     if args.demo:
-        write(args.out, {"demo": args.demo, "options": options, "rows": demo_rows(args.demo, options, args.batch)})
+        demo = {"demo": args.demo, "options": options, "rows": demo_rows(args.demo, options, args.batch)}
+        write_results(demo, "transcribe-packing", args.out)
         return
     with tempfile.TemporaryDirectory() as folder:
         clips = speech_clips(Path(folder))
@@ -302,14 +302,7 @@ def main() -> None:
         report["gaps"][str(gap)] = rows
     print_summary(summary)
     report["summary"] = summary
-    write(args.out, report)
-
-
-def write(out: Path | None, report: dict) -> None:
-    out = out or RESULTS / f"transcribe-packing-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, default=str))
-    print(f"\nwrote {out}")
+    write_results(report, "transcribe-packing", args.out)
 
 
 if __name__ == "__main__":
