@@ -178,7 +178,12 @@ def main() -> None:
         "--no-foreign", action="store_true", help="skip the foreign-audio, still-face and two-face checks"
     )
     parser.add_argument("--out", type=Path, default=RESULTS / f"sync-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    parser.add_argument("--cache", type=Path, help="keep the stages before sync's outputs here, and reuse them")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help="keep the stages before sync's outputs here, and reuse them (keyed by file, not by code: "
+        "empty it after changing a stage before sync)",
+    )
     args = parser.parse_args()
     shifts = [int(s) for s in args.shifts.split(",")]
     stage = RunConfig.load(None, args.set).section("sync")
