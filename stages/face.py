@@ -366,8 +366,7 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         return np.linspace(0, num_frames - 1, min(self.identity_samples, num_frames)).round().astype(int)
 
     def _identify(self, frames, landmarks, result: FaceResult) -> None:
-        height, width = frames.shape[1:3]
-        keypoints = landmarks[:, IDENTITY_KEYPOINTS, :2] * np.array([width, height], np.float32)
+        keypoints = _identity_keypoints(frames, landmarks)
         picks = self.identity_picks(len(frames))
         embeddings = self._identity.embed([(frames[t], keypoints[t]) for t in picks])
         result.identity_backend = self._identity.name
@@ -382,12 +381,11 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
         """The first frame of the second person in a clip whose face changed person: between the two
         sampled frames around the worst split, bisected by which side's mean identity each frame is
         closer to (a few embeddings more). None when a frame's face cannot be embedded."""
-        height, width = frames.shape[1:3]
-        pixels = face.track.landmarks[:, IDENTITY_KEYPOINTS, :2].astype(np.float32) * np.array([width, height])
+        keypoints = _identity_keypoints(frames, face.track.landmarks)
         picks = self.identity_picks(len(frames))
 
         def embed(indices) -> np.ndarray | None:
-            return self._identity.embed([(frames[t], pixels[t]) for t in indices])
+            return self._identity.embed([(frames[t], keypoints[t]) for t in indices])
 
         embeddings = embed(picks)
         if embeddings is None:
@@ -402,6 +400,12 @@ class FaceStage(Stage[CandidateClip, CandidateClip]):
                 return None
             first, second = (middle, second) if found[0] @ before >= found[0] @ after else (first, middle)
         return second
+
+
+def _identity_keypoints(frames: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The identity models' 5 keypoints of every frame, in pixels of `frames` (float32)."""
+    height, width = frames.shape[1:3]
+    return landmarks[:, IDENTITY_KEYPOINTS, :2].astype(np.float32) * np.array([width, height], np.float32)
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
