@@ -12,8 +12,9 @@ taken together as one chunk's (so the lip-sync backend pools them); a kept clip'
 with the shift, plus the file's own offset where bench/sync_people.json lists one (files every
 backend finds out of sync as published); the rest of the corpus is taken to be in sync.
 
-It also checks what must be rejected: each clip under another person's speech (another file of
-the split), under music, under flite's voice, and a still frame of the face under its own speech;
+It also checks what must be rejected: each file dubbed with another person's speech (another
+person of the split), with music and with flite's voice (each clip gets the dub's sound at its own
+place, and a file's clips are settled together), and a still frame of the face under its own speech;
 and the speaker in two-face composites (two people of the split side by side, the sound of one).
 
 Prints per person and shift how many clips were kept right (within 40 ms), kept near (40-80 ms),
@@ -50,7 +51,7 @@ from long_inputs import test_media  # noqa: E402
 from bench import RESULTS  # noqa: E402  (bench/bench.py: this folder is first on sys.path)
 from pipeline.config import RunConfig  # noqa: E402
 from pipeline.runner import ChainRunner, run_in_process  # noqa: E402
-from schemas.records import CandidateClip, Status  # noqa: E402
+from schemas.records import SAMPLES_PER_FRAME, CandidateClip, Status  # noqa: E402
 from stages.chunk import ChunkStage  # noqa: E402
 from stages.face import FaceStage  # noqa: E402
 from stages.normalize import NormalizeStage  # noqa: E402
@@ -203,13 +204,13 @@ def main() -> None:
             "music": media.decoded_audio(work / "music.wav"),
             "flite voice": media.decoded_audio(work / "flite.wav"),
         }
-        faced_by_person: dict[str, list[CandidateClip]] = defaultdict(list)
+        faced_by_person: dict[str, dict[str, list[CandidateClip]]] = defaultdict(dict)  # person: file: clips
         for person, files in split.items():
             for path in files:
                 for lengths, scene_cut in CLIP_LENGTHS.items():
                     faced = cache.clips(path, f"{lengths} faces", partial(clips, path, scene_cut, True))
                     if lengths == "default":
-                        faced_by_person[person] += faced
+                        faced_by_person[person][path.name] = faced
                     for shift in shifts:
                         shifted = partial(shifted_clips, path, shift, scene_cut, work)
                         contexts = {
@@ -234,36 +235,7 @@ def main() -> None:
                             )
                 print(f"{person}: {path.name} done", file=sys.stderr, flush=True)
         if not args.no_foreign:
-            names = sorted(person for person, faced in faced_by_person.items() if faced)
-            for i, person in enumerate(names):
-                other = names[(i + 1) % len(names)]
-                foreign = {
-                    **others,
-                    "another person": np.concatenate([c.audio_context for c in faced_by_person[other]]),
-                }
-                faced = faced_by_person[person]
-                for kind, audio in foreign.items():  # the whole file dubbed: every clip under the foreign sound
-                    trials = [(clip, np.resize(audio, clip.audio_context.shape)) for clip in faced]
-                    for clip, (outcome, _) in zip(faced, synced(stage, trials)):
-                        rejections.append(
-                            {"person": person, "start_s": clip.start_s, "audio": kind, **dataclasses.asdict(outcome)}
-                        )
-                stills = [
-                    (
-                        dataclasses.replace(clip, face=dataclasses.replace(clip.face, track=_still(clip.face.track))),
-                        clip.audio_context,
-                    )
-                    for clip in faced
-                ]
-                for clip, (outcome, _) in zip(faced, synced(stage, stills)):
-                    rejections.append(
-                        {
-                            "person": person,
-                            "start_s": clip.start_s,
-                            "audio": "still face",
-                            **dataclasses.asdict(outcome),
-                        }
-                    )
+            rejections = foreign_checks(stage, faced_by_person, others)
             speakers = two_face_composites(stage, split, work, cache)
 
     report(rows, rejections, speakers, shifts)
@@ -282,6 +254,42 @@ def main() -> None:
         )
     )
     print(f"wrote {args.out}")
+
+
+def foreign_checks(
+    stage: SyncStage, faced_by_person: dict[str, dict[str, list[CandidateClip]]], others: dict[str, np.ndarray]
+) -> list[dict]:
+    """Each file of each person dubbed with another person's speech, with music and with flite's
+    voice, and its face frozen into a photo under its own sound: every clip must be rejected. A
+    file's clips are settled together, as one chunk's, as the tests of shifted sound are."""
+    names = sorted(person for person, files in faced_by_person.items() if any(files.values()))
+    rejections = []
+    for i, person in enumerate(names):
+        other = names[(i + 1) % len(names)]
+        speech = np.concatenate([c.audio_context for faced in faced_by_person[other].values() for c in faced])
+        for name, faced in faced_by_person[person].items():
+            if not faced:
+                continue
+            trials = {kind: dubbed(faced, audio) for kind, audio in {**others, "another person": speech}.items()}
+            trials["still face"] = [
+                (dataclasses.replace(c, face=dataclasses.replace(c.face, track=_still(c.face.track))), c.audio_context)
+                for c in faced
+            ]
+            for kind, pairs in trials.items():
+                for clip, (outcome, _) in zip(faced, synced(stage, pairs)):
+                    rejections.append(
+                        {"person": person, "file": name, "start_s": clip.start_s, "audio": kind}
+                        | dataclasses.asdict(outcome)
+                    )
+    return rejections
+
+
+def dubbed(clips: list[CandidateClip], audio: np.ndarray) -> list[tuple[CandidateClip, np.ndarray]]:
+    """The clips of one file, each with its audio context cut from `audio` (repeated as long as the
+    file needs) at the clip's own place: the file's sound replaced, as a dub replaces it."""
+    place = [c.start_frame * SAMPLES_PER_FRAME for c in clips]
+    track = np.resize(audio, max(p + len(c.audio_context) for p, c in zip(place, clips)))
+    return [(c, track[p : p + len(c.audio_context)]) for p, c in zip(place, clips)]
 
 
 def _still(track):
