@@ -273,7 +273,7 @@ def picture_digests(clip: CandidateClip) -> list[str]:
         hashlib.md5(
             b"".join(bytes(plane) for plane in picture.planes)
             + repr(
-                (picture.interlaced_frame, picture.colorspace, picture.color_range, picture.side_data.keys())
+                (picture.interlaced_frame, picture.colorspace, picture.color_range, list(picture.side_data.keys()))
             ).encode()
         ).hexdigest()
         for picture in pictures
