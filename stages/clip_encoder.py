@@ -25,6 +25,7 @@ from stages.base import worker_threads
 
 _TIME_BASE = Fraction(1, FPS)
 _TEMP_PREFIX = "talkcurate-clip-"  # then the writing process's id
+X264_PARAMS = "cpu-independent=1"
 
 
 class ClipEncoder:
@@ -44,10 +45,15 @@ class ClipEncoder:
         self._stream.pix_fmt = "yuv420p"
         # x264 sized to the worker like the models: single-threaded, it spends 16% less CPU a frame
         # (veryfast, 360p: 2.5 against 3.0 ms) than with its default of a thread per core.
+        # cpu-independent: x264's SIMD macroblock-tree propagation (AVX-512 on CPUs that have it)
+        # makes an encode depend on the state of the process's memory, so the same pictures gave
+        # different MP4s within one process (issue 15); with its C version the bytes are the same on
+        # every CPU, at about 3% more x264 time.
         self._stream.options = {
             "crf": str(self._settings.crf),
             "preset": self._settings.preset,
             "threads": str(worker_threads()),
+            "x264-params": X264_PARAMS,
         }
         # A key frame every second: a trainer reading a window late in a clip seeks to the nearest
         # one instead of decoding the whole clip before it (x264's default is 250 frames).

@@ -266,6 +266,17 @@ def test_a_held_clip_encodes_like_a_streamed_one(monkeypatch):
     assert_same_encode(copied.video.mp4, encoded.video.mp4, "two held", waited)
 
 
+def test_x264_encodes_the_same_bytes_on_every_cpu(monkeypatch):
+    """Issue 15's cause: x264's SIMD macroblock-tree propagation (AVX-512 where the CPU has it) made
+    an encode depend on the state of the process's memory, so one process encoded the same held
+    pictures into different MP4s. In x264's cpu-independent mode, which the encoder sets, the SIMD
+    encode is the plain C encode byte for byte, on any CPU and whatever the memory holds."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    simd = EncodeStage().process(only_pending(cut(media.GRID[0]))).video.mp4
+    monkeypatch.setattr(clip_encoder, "X264_PARAMS", clip_encoder.X264_PARAMS + ":asm=0")  # no SIMD at all
+    assert_same_encode(EncodeStage().process(only_pending(cut(media.GRID[0]))).video.mp4, simd, "plain C and SIMD", [])
+
+
 def picture_digests(clip: CandidateClip) -> list[str]:
     """A digest of each held picture: its planes and the frame properties x264 reads."""
     pictures = clip.video.held.part(0, len(clip.video.held)).take()  # a copy of the list: the clip keeps them
@@ -281,19 +292,38 @@ def picture_digests(clip: CandidateClip) -> list[str]:
 
 
 def assert_same_encode(mp4: bytes, other: bytes, what: str, waited: list[int]) -> None:
-    """Issue 15: two held encodes of one clip differed once, under load. On a difference, say what
-    differed: the decoded pictures, x264's settings, and whether held pictures changed while held."""
+    """On a difference, say what differed: the decoded pictures, x264's settings, the NAL units,
+    and whether held pictures changed while held (issue 15 was none of these but x264's own SIMD)."""
     if mp4 == other:
         return
     pictures = [decoded(m) for m in (mp4, other)]
     differing = [i for i, (a, b) in enumerate(zip(*pictures)) if not np.array_equal(a, b)]
     settings = [re.search(rb"options: [^\x00]*", m).group() for m in (mp4, other)]
+    units = [nal_units(m) for m in (mp4, other)]
     pytest.fail(
-        f"{what} encodes of one clip differ: {len(pictures[0])} and {len(pictures[1])} frames, "
-        f"{len(differing)} decode differently (first {differing[:5]}), x264 settings "
+        f"{what} encodes of one clip differ: {len(mp4)} and {len(other)} bytes, {len(pictures[0])} and "
+        f"{len(pictures[1])} frames, {len(differing)} decode differently (first {differing[:5]}), x264 settings "
         + ("the same" if settings[0] == settings[1] else f"differ: {settings}")
+        + ", NAL units by type (count, bytes) "
+        + ("the same" if units[0] == units[1] else f"differ: {units}")
         + f"; held pictures that changed while another decode ran: {waited or 'none'}"
     )
+
+
+def nal_units(mp4: bytes) -> dict[int, tuple[int, int]]:
+    """H.264 NAL units of an MP4's samples by type: how many, how many bytes (an extra or missing
+    SEI or parameter set shows here; different coding decisions show in the picture units)."""
+    units: dict[int, tuple[int, int]] = {}
+    with av.open(io.BytesIO(mp4)) as container:
+        for packet in container.demux(video=0):
+            data, at = bytes(packet), 0
+            while at + 4 < len(data):  # length-prefixed units (avcC)
+                size = int.from_bytes(data[at : at + 4], "big")
+                kind = data[at + 4] & 0x1F
+                count, total = units.get(kind, (0, 0))
+                units[kind] = (count + 1, total + size)
+                at += 4 + size
+    return units
 
 
 def test_a_killed_encoders_temporary_file_is_removed_by_the_next_one(tmp_path, monkeypatch):
