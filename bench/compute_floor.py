@@ -106,8 +106,8 @@ class ClipPlan:
     start_frame: int
     num_frames: int
     faces: bool  # reached the face stage
-    mesh: bool  # the face stage meshed its face: its detection rules passed
-    identity: bool  # the face stage embedded its face: every face rule before identity passed
+    mesh: bool  # the face stage meshed its face (the row has its head pose)
+    identity: bool  # the face stage embedded its face (the row has its identity consistency)
     speech: bool  # reached transcription
     audio_shift: int  # samples the sync stage moved the clip's audio by, so Whisper hears what the stage's did
     encode: bool  # kept
@@ -124,18 +124,23 @@ def _stage_order(name: str | None) -> int:
     return names.index(name) if name in names else len(names)
 
 
-_BEFORE_MESH = {"no_face", "multiple_faces", "face_too_small", "face_cut_off"}
-"""The face stage's rejections made from detections alone: the mesh runs only on a track past them."""
-_BEFORE_IDENTITY = _BEFORE_MESH | {"profile_face", "low_quality"}
-"""The face stage's rejections made before the identity model runs (it embeds only a face past them)."""
-
-
 def plan_clips(manifest: Path) -> dict[str, list[ClipPlan]]:
     """Per source (by source_id: the manifest names a source relative to its input), the clips of a
     run's manifest that reached the face stage, with what each needs."""
     import pyarrow.parquet as pq
 
-    columns = ["source_id", "start_s", "num_frames", "status", "rejected_by", "reason", "sync_offset_ms"]
+    # A row carries what the face stage measured before its rules decided (null: not measured), so
+    # the head pose says the face was meshed and the identity consistency that it was embedded.
+    columns = [
+        "source_id",
+        "start_s",
+        "num_frames",
+        "status",
+        "rejected_by",
+        "sync_offset_ms",
+        "head_yaw",
+        "identity_consistency",
+    ]
     rows = pq.read_table(manifest, columns=columns).to_pylist()
     plans: dict[str, list[ClipPlan]] = defaultdict(list)
     for row in rows:
@@ -148,8 +153,8 @@ def plan_clips(manifest: Path) -> dict[str, list[ClipPlan]]:
                 start_frame=round(row["start_s"] * FPS),
                 num_frames=row["num_frames"],
                 faces=True,
-                mesh=row["rejected_by"] != FaceStage.name or row["reason"] not in _BEFORE_MESH,
-                identity=row["rejected_by"] != FaceStage.name or row["reason"] not in _BEFORE_IDENTITY,
+                mesh=row["head_yaw"] is not None,
+                identity=row["identity_consistency"] is not None,
                 speech=reached >= _stage_order(TranscribeStage.name),
                 encode=kept,
                 audio_shift=round((row["sync_offset_ms"] or 0.0) * SAMPLE_RATE / 1000),  # as the sync stage rounds it
