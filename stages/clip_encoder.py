@@ -48,7 +48,7 @@ class ClipEncoder:
         # cpu-independent: x264's SIMD macroblock-tree propagation (AVX-512 on CPUs that have it)
         # makes an encode depend on the state of the process's memory, so the same pictures gave
         # different MP4s within one process (issue 15); with its C version the bytes are the same on
-        # every CPU, at about 3% more x264 time.
+        # every CPU, at 1-8% more x264 time.
         self._stream.options = {
             "crf": str(self._settings.crf),
             "preset": self._settings.preset,
