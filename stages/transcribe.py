@@ -164,7 +164,7 @@ class TranscribeStage(Stage[CandidateClip, CandidateClip]):
                 packed = transcribe_packed(
                     self._model, [items[i].audio for i in indices], [clip_spans[w] for w in window], self.pack_gap_s
                 )
-                if _compression_ratio(" ".join(s.text for t in packed for s in t.segments)) > MAX_COMPRESSION_RATIO:
+                if window_loops(packed):
                     packed = []  # a repetition loop, which may have run over several clips: each decoded alone
                 for i, transcription in zip(indices, packed):
                     decided = self._decided(results[i][0], transcription, packed=True)
@@ -236,6 +236,11 @@ class TranscribeStage(Stage[CandidateClip, CandidateClip]):
 
 def _duration(clip: CandidateClip) -> float:
     return clip.num_frames / FPS
+
+
+def window_loops(packed: list[Transcription]) -> bool:
+    """Whether a packed window's text, all its clips' together, is a repetition loop."""
+    return _compression_ratio(" ".join(s.text for t in packed for s in t.segments)) > MAX_COMPRESSION_RATIO
 
 
 def _compression_ratio(text: str) -> float:
