@@ -31,7 +31,7 @@ import numpy as np
 
 from schemas.face import LIPS_INNER, LIPS_OUTER
 from schemas.records import SAMPLE_RATE, SAMPLES_PER_FRAME
-from stages.sync_models import SyncEstimate
+from stages.sync_models import SyncEstimate, refined_peak
 
 FORMAT = "talkcurate-lip-sync-v2"
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "models" / "lip_sync.npz"
@@ -166,14 +166,7 @@ class SyncEvidence:
     @property
     def offset_frames(self) -> float:
         """The peak, refined between frames by the parabola through it and its neighbours."""
-        best, values = self._best, self.curve
-        refined = float(best)
-        if 0 < best < len(values) - 1:
-            below, peak, above = values[best - 1 : best + 2]
-            curvature = below - 2 * peak + above
-            if curvature < 0:
-                refined += float(np.clip(0.5 * (below - above) / curvature, -0.5, 0.5))
-        return refined - self.max_offset
+        return refined_peak(self.curve) - self.max_offset
 
     @property
     def rival(self) -> float:
@@ -292,6 +285,8 @@ def shipped_model() -> LipSyncModel:
 class LipSyncScorer:
     """The sync stage's face-and-audio scorer on the learned model: `confidence` is the peak's
     significance above chance, `margin` its lead over the best rival offset."""
+
+    pooled = staticmethod(pooled)
 
     def __init__(self, model_path: str = ""):
         self.model = LipSyncModel(model_path) if model_path else shipped_model()

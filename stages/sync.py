@@ -16,6 +16,9 @@ measurement is recorded before the rule, so a rejected row says what was measure
 5. `low_sync_confidence` below the backend's threshold; `out_of_sync` when the offset is beyond
    what may be corrected; otherwise the clip is corrected: its audio is taken the offset later in
    the audio context around it, so the stored `KEY.wav` is in sync with the video.
+6. With either embedded backend (`sync.pool_chunk`), the chunk's clips are then settled together:
+   their evidence pooled into one offset for the source, which keeps clips too short to be sure
+   alone and rejects a clip that disagrees with a surer source (`settle`).
 """
 
 from __future__ import annotations
@@ -34,10 +37,11 @@ from schemas.sync import SyncResult, TrackScore
 from stages import lip_sync
 from stages.base import Resources, Stage
 from stages.lip_sync import LipSyncScorer, SyncEvidence
-from stages.sync_embedded import MouthAudioScorer, mouth_motion, speech_range_db
+from stages.sync_embedded import MouthAudioEvidence, MouthAudioScorer, mouth_motion, speech_range_db
 from stages.sync_models import SyncEstimate, SyncNetScorer, crop_for_syncnet
 
 MS_PER_FRAME = 1000 / FPS
+Evidence = SyncEvidence | MouthAudioEvidence  # what a backend that pools measured on one clip, or on several
 SYNC_MODES = ("filter", "measure")
 SYNC_BACKENDS = ("mouth-audio-cca", "lip-sync")
 
@@ -124,10 +128,16 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
     )
     pool_chunk: bool = option(
         True,
-        "lip-sync backend: decide each clip with the evidence of every clip of its chunk (a source, or chunk.chunk_s "
+        "Without SyncNet: decide each clip with the evidence of every clip of its chunk (a source, or chunk.chunk_s "
         "of a long one): an offset is usually one number per file, so clips too short to be sure alone are kept when "
         "the pooled evidence is sure and their own agrees, and a clip differs from its source only when its own "
         "evidence is the stronger.",
+    )
+    pool_tolerance_embedded: float = option(
+        0.1,
+        "mouth-audio-cca backend, pooling: a clip unsure alone is kept at its chunk's pooled offset only when its own "
+        "canonical correlation there stands above chance and within this of its own peak (the lip-sync backend "
+        "uses sync.min_margin).",
     )
     mode: str = option(
         "filter",
@@ -159,7 +169,7 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
             raise ValueError(_context_error(self.max_offset_frames, context))
 
     def settles(self) -> bool:
-        return self.pool_chunk and self.mode == "filter" and self.backend == "lip-sync" and not self.syncnet_model_path
+        return self.pool_chunk and self.mode == "filter" and not self.syncnet_model_path
 
     def required_modules(self) -> tuple[str, ...]:
         return ("torch", "python_speech_features") if self.syncnet_model_path else ()
@@ -286,16 +296,24 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
         kept at the source's offset when the source is sure and the clip's own curve there stands
         above chance and near its own peak; anything else is `low_sync_confidence`."""
         pending, self._pending = self._pending, {}
-        source = lip_sync.pooled([p.evidence for p in pending.values()]) if len(pending) > 1 else None
+        source = self._scorer.pooled([p.evidence for p in pending.values()]) if len(pending) > 1 else None
         return [self._settled(item, pending.get(item.key), source, len(pending)) for item in items]
 
     def _settled(
-        self, item: CandidateClip, own: _Pending | None, source: SyncEvidence | None, clips: int
+        self, item: CandidateClip, own: _Pending | None, source: Evidence | None, clips: int
     ) -> CandidateClip | Rejected:
         if own is None:  # not scored here (the sync stage rejected nothing it did not score)
             return item
         evidence = own.evidence
-        sure = source is not None and source.significance >= self.min_significance and source.margin >= self.min_margin
+        if isinstance(self._scorer, LipSyncScorer):
+            threshold, chance_floor, tolerance = self.min_significance, 1.0, self.min_margin
+        else:  # the CCA's confidence is 0 at chance's mean peak
+            threshold, chance_floor, tolerance = self.min_confidence_embedded, 0.0, self.pool_tolerance_embedded
+        sure = (
+            source is not None
+            and source.significance >= threshold
+            and (source.margin is None or source.margin >= self.min_margin)
+        )
         pooled = f"the {clips} clips of its chunk"
         if own.unsure is None:
             if not sure or abs(source.offset_frames - evidence.offset_frames) < lip_sync.RIVAL_FRAMES:
@@ -308,7 +326,7 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
                     f"its offset {evidence.offset_frames * MS_PER_FRAME:+.0f} ms disagrees with {pooled} "
                     f"({source.offset_frames * MS_PER_FRAME:+.0f} ms), which are surer ({self._scorer.name})",
                 )
-        elif sure and _supports(evidence, source.offset_frames, self.min_margin):
+        elif sure and _supports(evidence, source.offset_frames, chance_floor, tolerance):
             decided = source  # unsure alone, but its own curve there stands above chance and near its peak
         elif source is None:
             return Rejected(own.unsure.reason, f"{own.unsure.detail}; no other clip of its chunk to pool with")
@@ -316,13 +334,13 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
             return Rejected(
                 own.unsure.reason,
                 f"{own.unsure.detail}; {pooled}: offset {source.offset_frames * MS_PER_FRAME:+.0f} ms, "
-                f"confidence {source.significance:.2f}, margin {source.margin:.3f}: not sure, or not this clip's",
+                f"confidence {source.significance:.2f}{_margin(source)}: not sure, or not this clip's",
             )
         result = dataclasses.replace(
             item.sync,
             offset_ms=float(decided.offset_frames * MS_PER_FRAME),
             confidence=float(decided.significance),
-            margin=float(decided.margin),
+            margin=None if decided.margin is None else float(decided.margin),
             pooled_clips=clips if decided is source else 1,
         )
         too_far = self._out_of_sync(result.offset_ms, f" (from {pooled})")
@@ -351,15 +369,20 @@ def _corrected(result: SyncResult) -> SyncResult:
     return dataclasses.replace(result, audio_shift=round(result.offset_ms * SAMPLE_RATE / 1000))
 
 
-def _supports(evidence: SyncEvidence, offset_frames: float, tolerance: float) -> bool:
-    """A clip's own curve at `offset_frames` stands above chance and within `tolerance` of its own peak."""
+def _supports(evidence: Evidence, offset_frames: float, chance_floor: float, tolerance: float) -> bool:
+    """A clip's own curve at `offset_frames` stands above chance (its significance there above
+    `chance_floor`) and within `tolerance` of its own peak."""
     value = evidence.at(offset_frames)
-    return evidence.significance_of(value) >= 1.0 and value >= evidence.peak - tolerance
+    return evidence.significance_of(value) > chance_floor and value >= evidence.peak - tolerance
+
+
+def _margin(evidence: Evidence) -> str:
+    return "" if evidence.margin is None else f", margin {evidence.margin:.3f}"
 
 
 @dataclass
 class _Pending:
-    evidence: SyncEvidence
+    evidence: Evidence
     unsure: Rejected | None  # why the clip's own estimate is not enough, or None
 
 

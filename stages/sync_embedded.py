@@ -19,15 +19,24 @@ chance: the same search is repeated with the audio circularly rolled beyond the 
 above the mean chance peak, scaled by the square root of the clip's length in seconds, so that it
 grows with the evidence like a z-score instead of rewarding short clips. It is zero when the audio
 holds no speech-like energy or the mouth does not move.
+
+Each search keeps its moments (the sums canonical correlation is computed from, at every offset and
+under every chance roll), so the sync stage can pool a source's clips: their moments add up to
+those of the clips taken together, and a source cut into many short clips gets one search over all
+its seconds.
 """
 
 from __future__ import annotations
+
+import functools
+import operator
+from dataclasses import dataclass
 
 import numpy as np
 
 from schemas.face import LIPS_INNER, LIPS_OUTER, LOWER_LIP_INNER, UPPER_LIP_INNER, mouth_opening
 from schemas.records import FPS, SAMPLE_RATE
-from stages.sync_models import SyncEstimate
+from stages.sync_models import SyncEstimate, refined_peak
 
 FEATURE_RATE = 100  # Hz: 10 ms steps for the offset search
 _HOP = SAMPLE_RATE // FEATURE_RATE
@@ -107,44 +116,129 @@ def _floor_silence(energies: np.ndarray, percentile: float = 10.0) -> np.ndarray
     return np.maximum(energies, np.percentile(energies[live], percentile, axis=0))
 
 
-def canonical_correlations(video: np.ndarray, audio: np.ndarray, ridge: float) -> np.ndarray:
-    """First canonical correlation of `video` (S, p) with every window of S steps of `audio`
-    (S + L - 1, q), window l starting at step l, with ridge regularization (a share of each
-    covariance's mean variance added to its diagonal).
+@dataclass
+class MouthAudioMoments:
+    """What canonical correlation is computed from, at every offset of a search: the video's scatter
+    about its mean (p, p), each audio window's scatter about its own mean (L, q, q) and their
+    cross-products (L, p, q), summed over `steps` steps. Moments of several clips add up to those of
+    the clips taken together (each centred on its own means): how a source's clips are pooled."""
 
-    The windows' covariances come from running sums and the cross-covariances from one correlation
-    per feature pair: O((S + L) q^2 + S L p q) in C, instead of materializing L centred copies of
-    the windows (the search runs 25 times per clip)."""
-    steps, q = len(video), audio.shape[1]
-    count = len(audio) - steps + 1
-    video = video - video.mean(axis=0)
-    cvv = video.T @ video / steps
-    cvv += (ridge * np.trace(cvv) / len(cvv) + _EPSILON) * np.eye(len(cvv))
-    sums = np.concatenate([np.zeros((1, q)), np.cumsum(audio, axis=0)])
-    products = np.concatenate([np.zeros((1, q, q)), np.cumsum(audio[:, :, None] * audio[:, None, :], axis=0)])
-    means = (sums[steps:] - sums[:count]) / steps
-    caa = (products[steps:] - products[:count]) / steps - means[:, :, None] * means[:, None, :]
-    caa += (ridge * np.trace(caa, axis1=1, axis2=2) / q + _EPSILON)[:, None, None] * np.eye(q)
-    # The video is centred, so the windows' means drop out of the cross-covariance.
-    cva = (
-        np.stack(
+    video: np.ndarray
+    audio: np.ndarray
+    cross: np.ndarray
+    steps: int
+
+    @classmethod
+    def of(cls, video: np.ndarray, audio: np.ndarray) -> MouthAudioMoments:
+        """The moments of `video` (S, p) with every window of S steps of `audio` (S + L - 1, q),
+        window l starting at step l.
+
+        The windows' scatters come from running sums and the cross-products from one correlation
+        per feature pair: O((S + L) q^2 + S L p q) in C, instead of materializing L centred copies
+        of the windows (the search runs 25 times per clip)."""
+        steps, q = len(video), audio.shape[1]
+        count = len(audio) - steps + 1
+        video = video - video.mean(axis=0)
+        sums = np.concatenate([np.zeros((1, q)), np.cumsum(audio, axis=0)])
+        products = np.concatenate([np.zeros((1, q, q)), np.cumsum(audio[:, :, None] * audio[:, None, :], axis=0)])
+        means = (sums[steps:] - sums[:count]) / steps
+        scatter = (products[steps:] - products[:count]) - steps * means[:, :, None] * means[:, None, :]
+        # The video is centred, so the windows' means drop out of the cross-products.
+        cross = np.stack(
             [
                 np.stack([np.correlate(audio[:, j], video[:, i], mode="valid") for j in range(q)], axis=1)
                 for i in range(video.shape[1])
             ],
             axis=1,
         )
-        / steps
+        return cls(video.T @ video, scatter, cross, steps)
+
+    def __add__(self, other: MouthAudioMoments) -> MouthAudioMoments:
+        return MouthAudioMoments(
+            self.video + other.video, self.audio + other.audio, self.cross + other.cross, self.steps + other.steps
+        )
+
+    def correlations(self, ridge: float) -> np.ndarray:
+        """(L,): the first canonical correlation at every offset, with ridge regularization (a share
+        of each covariance's mean variance added to its diagonal)."""
+        cvv, caa, cva = self.video / self.steps, self.audio / self.steps, self.cross / self.steps
+        cvv = cvv + (ridge * np.trace(cvv) / len(cvv) + _EPSILON) * np.eye(len(cvv))
+        q = caa.shape[1]
+        caa = caa + (ridge * np.trace(caa, axis1=1, axis2=2) / q + _EPSILON)[:, None, None] * np.eye(q)
+        whiten_video = np.linalg.inv(np.linalg.cholesky(cvv))
+        whiten_audio = np.linalg.inv(np.linalg.cholesky(caa))
+        return np.linalg.svd(whiten_video[None] @ cva @ np.swapaxes(whiten_audio, 1, 2), compute_uv=False)[:, 0]
+
+
+def canonical_correlations(video: np.ndarray, audio: np.ndarray, ridge: float) -> np.ndarray:
+    """First canonical correlation of `video` (S, p) with every window of S steps of `audio`
+    (S + L - 1, q), window l starting at step l."""
+    return MouthAudioMoments.of(video, audio).correlations(ridge)
+
+
+@dataclass
+class MouthAudioEvidence:
+    """The search of one clip (or, pooled, of several clips of one source): the moments at every
+    offset, -reach..reach steps of 10 ms, and the same under each chance roll of the audio."""
+
+    moments: MouthAudioMoments
+    chance: list[MouthAudioMoments]
+    ridge: float
+
+    @functools.cached_property
+    def curve(self) -> np.ndarray:
+        return self.moments.correlations(self.ridge)
+
+    @functools.cached_property
+    def _chance_peak(self) -> float:
+        return float(np.mean([c.correlations(self.ridge).max() for c in self.chance]))
+
+    @property
+    def offset_frames(self) -> float:
+        return (refined_peak(self.curve) - len(self.curve) // 2) / _STEPS_PER_FRAME
+
+    @property
+    def peak(self) -> float:
+        return float(self.curve.max())
+
+    @property
+    def margin(self) -> None:  # this backend has no rival-peak rule
+        return None
+
+    @property
+    def significance(self) -> float:
+        return self.significance_of(self.peak)
+
+    def significance_of(self, value: float) -> float:
+        """Fisher-z distance of `value` above the mean peak of the chance searches, times the square
+        root of the evidence's seconds (so it grows with the evidence like a z-score); at least 0."""
+        clipped = np.clip([value, self._chance_peak], 0.0, 0.999)
+        seconds = self.moments.steps / FEATURE_RATE
+        return max(0.0, float((np.arctanh(clipped[0]) - np.arctanh(clipped[1])) * np.sqrt(seconds)))
+
+    def at(self, offset_frames: float) -> float:
+        """The curve at an offset (the nearest 10 ms step)."""
+        index = round(offset_frames * _STEPS_PER_FRAME) + len(self.curve) // 2
+        return float(self.curve[int(np.clip(index, 0, len(self.curve) - 1))])
+
+
+def pooled(evidence: list[MouthAudioEvidence]) -> MouthAudioEvidence:
+    """Several clips' searches taken together, as if their steps were one clip's: their moments
+    summed at each offset, and under each chance roll (roll r of every clip: wrong audio under each,
+    as a wrong file's would be)."""
+    rolls = min(len(e.chance) for e in evidence)
+    return MouthAudioEvidence(
+        functools.reduce(operator.add, (e.moments for e in evidence)),
+        [functools.reduce(operator.add, (e.chance[r] for e in evidence)) for r in range(rolls)],
+        evidence[0].ridge,
     )
-    whiten_video = np.linalg.inv(np.linalg.cholesky(cvv))
-    whiten_audio = np.linalg.inv(np.linalg.cholesky(caa))
-    return np.linalg.svd(whiten_video[None] @ cva @ np.swapaxes(whiten_audio, 1, 2), compute_uv=False)[:, 0]
 
 
 class MouthAudioScorer:
     """Offset and confidence of a clip's audio against a tracked face, from landmarks alone."""
 
     name = "mouth-audio-cca"
+    pooled = staticmethod(pooled)
 
     def __init__(
         self,
@@ -181,37 +275,30 @@ class MouthAudioScorer:
         reach = max_offset * _STEPS_PER_FRAME
         start = context_frames * _STEPS_PER_FRAME - reach
 
-        def curve(energies: np.ndarray) -> np.ndarray:
-            """Canonical correlation at every offset, -reach..+reach steps."""
-            return canonical_correlations(video, energies[start : start + steps + 2 * reach], self.ridge)
+        def searched(energies: np.ndarray) -> MouthAudioMoments:
+            return MouthAudioMoments.of(video, energies[start : start + steps + 2 * reach])
 
-        correlations = curve(audio)
-        best = int(np.argmax(correlations))
-        refined = float(best - reach)
-        if 0 < best < len(correlations) - 1:
-            below, peak, above = correlations[best - 1 : best + 2]
-            curvature = below - 2 * peak + above
-            if curvature < 0:
-                refined += 0.5 * (below - above) / curvature
-        clip_audio = audio_context[context_frames * SAMPLE_RATE // FPS :][: len(landmarks) * SAMPLE_RATE // FPS]
-        gated = (
-            speech_range_db(clip_audio) < self.min_speech_range_db
-            or mouth_motion(landmarks, width, height) < self.min_mouth_motion
-        )
-        confidence = 0.0 if gated else self._significance(correlations[best], audio, curve, reach, steps)
-        per_frame = correlations[::_STEPS_PER_FRAME]  # one value per whole-frame offset, -max_offset..max_offset
-        return SyncEstimate(offset_frames=refined / _STEPS_PER_FRAME, confidence=confidence, distances=1.0 - per_frame)
-
-    def _significance(self, peak: float, audio: np.ndarray, curve, reach: int, steps: int) -> float:
-        """Fisher-z distance of `peak` above the mean peak of the same search on the audio rolled
-        past the search range, times the square root of the clip's seconds; at least 0."""
+        # Chance: the same search with the audio circularly rolled past the search range (same
+        # sounds, alignment destroyed).
+        lowest = 2 * reach + FEATURE_RATE // 5
         total = len(audio)
-        lowest = 2 * reach + FEATURE_RATE // 5  # a roll that leaves the true alignment out of reach
         rolls = (
             np.linspace(lowest, total - lowest, self.chance_rolls).round().astype(int)
             if total - lowest > lowest
             else [total // 2]
         )
-        chance = np.mean([curve(np.roll(audio, roll, axis=0)).max() for roll in rolls])
-        clip = np.clip([peak, chance], 0.0, 0.999)
-        return max(0.0, float((np.arctanh(clip[0]) - np.arctanh(clip[1])) * np.sqrt(steps / FEATURE_RATE)))
+        evidence = MouthAudioEvidence(
+            searched(audio), [searched(np.roll(audio, roll, axis=0)) for roll in rolls], self.ridge
+        )
+        clip_audio = audio_context[context_frames * SAMPLE_RATE // FPS :][: len(landmarks) * SAMPLE_RATE // FPS]
+        gated = (
+            speech_range_db(clip_audio) < self.min_speech_range_db
+            or mouth_motion(landmarks, width, height) < self.min_mouth_motion
+        )
+        per_frame = evidence.curve[::_STEPS_PER_FRAME]  # one value per whole-frame offset, -max_offset..max_offset
+        return SyncEstimate(
+            offset_frames=evidence.offset_frames,
+            confidence=0.0 if gated else evidence.significance,
+            distances=1.0 - per_frame,
+            evidence=evidence,
+        )

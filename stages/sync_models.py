@@ -92,6 +92,18 @@ class SyncEstimate:
     evidence: Any = None
 
 
+def refined_peak(curve: np.ndarray) -> float:
+    """The index of `curve`'s maximum, refined between samples by the parabola through it and its
+    neighbours (at most half a sample either way, since they are not above it)."""
+    best = int(np.argmax(curve))
+    if 0 < best < len(curve) - 1:
+        below, peak, above = curve[best - 1 : best + 2]
+        curvature = below - 2 * peak + above
+        if curvature < 0:
+            return best + 0.5 * float(below - above) / float(curvature)
+    return float(best)
+
+
 def syncnet_model_file() -> Path:
     """The installed syncnet-python's SyncNetModel.py, found without importing the package."""
     spec = importlib.util.find_spec("syncnet_python")

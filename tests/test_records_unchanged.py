@@ -87,16 +87,17 @@ def test_the_face_stage_leaves_its_input_as_it_was(cut):
 def test_the_sync_stage_leaves_its_input_as_it_was(faced):
     kept = processed(set_up(SyncStage()), faced)
     assert kept.sync.offset_ms is not None and kept.backends["sync"] == "mouth-audio-cca"
-    rejected = processed(set_up(SyncStage(min_confidence_embedded=100.0)), faced)
+    rejected = processed(set_up(SyncStage(min_confidence_embedded=100.0, pool_chunk=False)), faced)
     assert rejected.reason == "low_sync_confidence"
     assert rejected.measured.sync.confidence == kept.sync.confidence and rejected.measured.sync.audio_shift == 0
 
-    pooling = set_up(SyncStage(backend="lip-sync"))
-    scored = processed(pooling, faced)
-    before = held(scored)
-    (settled,) = pooling.settle([scored])
-    assert_unchanged(scored, before)
-    assert settled.sync.pooled_clips == 1 and settled.sync.audio_shift == scored.sync.audio_shift != 0
+    for backend in ("mouth-audio-cca", "lip-sync"):
+        pooling = set_up(SyncStage(backend=backend))
+        scored = processed(pooling, faced)
+        before = held(scored)
+        (settled,) = pooling.settle([scored])
+        assert_unchanged(scored, before)
+        assert settled.sync.pooled_clips == 1 and settled.sync.audio_shift == scored.sync.audio_shift != 0
 
 
 def test_the_transcribe_stage_leaves_its_input_as_it_was(cut):

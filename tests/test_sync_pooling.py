@@ -1,8 +1,8 @@
-"""The sync stage's learned backend on people it was never trained or tuned on, from the development
-corpus (../shared/media/talking; `test` people of bench/sync_people.json): one source made of several
-shots of one person, its sound shifted by one amount for the whole file, and a shot dubbed with
-another person's speech. Pooled over the chunk, every kept clip gets the file's offset, the dubbed
-shot is rejected, and pooling keeps more than each clip alone would."""
+"""The sync stage's pooling, with both embedded backends, on a person neither was trained or tuned on,
+from the development corpus (../shared/media/talking; a `test` person of bench/sync_people.json): one
+source made of several shots of one person, its sound shifted by one amount for the whole file, and
+a shot dubbed with another person's speech. Pooled over the chunk, every kept clip gets the file's
+offset, the dubbed shot is rejected, and pooling keeps more than each clip alone would."""
 
 from __future__ import annotations
 
@@ -60,8 +60,12 @@ def synced(clips: list[CandidateClip], stage: SyncStage) -> list[CandidateClip]:
     return [outs[c.start_frame] for c in clips]
 
 
-def test_every_kept_clip_of_a_shifted_source_gets_its_offset_and_the_dubbed_shot_none(interview):
-    outs = synced(interview, SyncStage(backend="lip-sync"))
+BACKENDS = pytest.mark.parametrize("backend", ["mouth-audio-cca", "lip-sync"])
+
+
+@BACKENDS
+def test_every_kept_clip_of_a_shifted_source_gets_its_offset_and_the_dubbed_shot_none(interview, backend):
+    outs = synced(interview, SyncStage(backend=backend))
     details = [
         (o.start_s, o.status.value, o.sync.offset_ms, o.sync.confidence, o.sync.pooled_clips, o.reason_detail)
         for o in outs
@@ -79,9 +83,10 @@ def test_every_kept_clip_of_a_shifted_source_gets_its_offset_and_the_dubbed_shot
             assert (clip.status, clip.reason) == (Status.REJECTED, "low_sync_confidence"), details
 
 
-def test_pooling_keeps_clips_that_are_unsure_alone(interview):
-    pooled = synced(interview, SyncStage(backend="lip-sync"))
-    alone = synced(interview, SyncStage(backend="lip-sync", pool_chunk=False))
+@BACKENDS
+def test_pooling_keeps_clips_that_are_unsure_alone(interview, backend):
+    pooled = synced(interview, SyncStage(backend=backend))
+    alone = synced(interview, SyncStage(backend=backend, pool_chunk=False))
     kept_pooled = {o.start_frame for o in pooled if o.status is Status.PENDING}
     kept_alone = {o.start_frame for o in alone if o.status is Status.PENDING}
     assert kept_alone <= kept_pooled and len(kept_pooled) > len(kept_alone), (kept_alone, kept_pooled)
