@@ -8,7 +8,7 @@ runs probe .. face once for 3 s clips (scene_cut.max_clip_s=3) and once for the 
 (up to 10 s), then for every shift writes the file with its sound moved that many ms later
 (ffmpeg, PCM in Matroska) and gives each clip the shifted file's audio context, as a run would.
 The sync stage (with the `--set` options) then keeps or rejects the clips of each file and shift,
-taken together as one chunk's (so the lip-sync backend pools them); a kept clip's offset is compared
+taken together as one chunk's (so the embedded backends pool them); a kept clip's offset is compared
 with the shift, plus the file's own offset where bench/sync_people.json lists one (files every
 backend finds out of sync as published); the rest of the corpus is taken to be in sync.
 
