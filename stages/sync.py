@@ -297,21 +297,21 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
         above chance and near its own peak; anything else is `low_sync_confidence`."""
         pending, self._pending = self._pending, {}
         source = self._scorer.pooled([p.evidence for p in pending.values()]) if len(pending) > 1 else None
-        return [self._settled(item, pending.get(item.key), source, len(pending)) for item in items]
+        if isinstance(self._scorer, LipSyncScorer):
+            rules = _PoolRules(self.min_significance, chance_floor=1.0, tolerance=self.min_margin)
+        else:  # the CCA's confidence is 0 at chance's mean peak
+            rules = _PoolRules(self.min_confidence_embedded, chance_floor=0.0, tolerance=self.pool_tolerance_embedded)
+        return [self._settled(item, pending.get(item.key), source, len(pending), rules) for item in items]
 
     def _settled(
-        self, item: CandidateClip, own: _Pending | None, source: Evidence | None, clips: int
+        self, item: CandidateClip, own: _Pending | None, source: Evidence | None, clips: int, rules: _PoolRules
     ) -> CandidateClip | Rejected:
         if own is None:  # not scored here (the sync stage rejected nothing it did not score)
             return item
         evidence = own.evidence
-        if isinstance(self._scorer, LipSyncScorer):
-            threshold, chance_floor, tolerance = self.min_significance, 1.0, self.min_margin
-        else:  # the CCA's confidence is 0 at chance's mean peak
-            threshold, chance_floor, tolerance = self.min_confidence_embedded, 0.0, self.pool_tolerance_embedded
         sure = (
             source is not None
-            and source.significance >= threshold
+            and source.significance >= rules.threshold
             and (source.margin is None or source.margin >= self.min_margin)
         )
         pooled = f"the {clips} clips of its chunk"
@@ -326,7 +326,7 @@ class SyncStage(Stage[CandidateClip, CandidateClip]):
                     f"its offset {evidence.offset_frames * MS_PER_FRAME:+.0f} ms disagrees with {pooled} "
                     f"({source.offset_frames * MS_PER_FRAME:+.0f} ms), which are surer ({self._scorer.name})",
                 )
-        elif sure and _supports(evidence, source.offset_frames, chance_floor, tolerance):
+        elif sure and _supports(evidence, source.offset_frames, rules):
             decided = source  # unsure alone, but its own curve there stands above chance and near its peak
         elif source is None:
             return Rejected(own.unsure.reason, f"{own.unsure.detail}; no other clip of its chunk to pool with")
@@ -369,11 +369,21 @@ def _corrected(result: SyncResult) -> SyncResult:
     return dataclasses.replace(result, audio_shift=round(result.offset_ms * SAMPLE_RATE / 1000))
 
 
-def _supports(evidence: Evidence, offset_frames: float, chance_floor: float, tolerance: float) -> bool:
-    """A clip's own curve at `offset_frames` stands above chance (its significance there above
-    `chance_floor`) and within `tolerance` of its own peak."""
+@dataclass(frozen=True)
+class _PoolRules:
+    """What a backend's pooled evidence must reach: the confidence a sure source needs, and how a
+    clip unsure alone supports the source's offset (its own significance there above `chance_floor`,
+    its curve there within `tolerance` of its own peak)."""
+
+    threshold: float
+    chance_floor: float
+    tolerance: float
+
+
+def _supports(evidence: Evidence, offset_frames: float, rules: _PoolRules) -> bool:
+    """A clip's own curve at `offset_frames` stands above chance and near its own peak."""
     value = evidence.at(offset_frames)
-    return evidence.significance_of(value) > chance_floor and value >= evidence.peak - tolerance
+    return evidence.significance_of(value) > rules.chance_floor and value >= evidence.peak - rules.tolerance
 
 
 def _margin(evidence: Evidence) -> str:

@@ -280,7 +280,7 @@ class MouthAudioScorer:
 
         # Chance: the same search with the audio circularly rolled past the search range (same
         # sounds, alignment destroyed).
-        lowest = 2 * reach + FEATURE_RATE // 5
+        lowest = 2 * reach + FEATURE_RATE // 5  # a roll that leaves the true alignment out of reach
         total = len(audio)
         rolls = (
             np.linspace(lowest, total - lowest, self.chance_rolls).round().astype(int)
